@@ -1,0 +1,55 @@
+"""The thin submit API: validates, records the task in PostgreSQL, enqueues its first wake-up, never runs agents.
+
+``create_app()`` builds the FastAPI application; ``autogpt-workers api`` serves it with uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from api_shim.routes import router
+from autogpt_workers.broker import Publisher
+from autogpt_workers.celery_app import app as celery_app
+from autogpt_workers.config import Settings, get_settings
+from autogpt_workers.store.db import Database
+from autogpt_workers.submit import IdempotencyConflict
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
+        app.state.publisher = Publisher(celery_app)
+        yield
+        app.state.db.dispose()
+
+    app = FastAPI(
+        title="autogpt-workers",
+        version="0.1.0",
+        description="Submit autonomous agent tasks; they run as durable background jobs.",
+        lifespan=lifespan,
+    )
+    app.include_router(router)
+
+    @app.exception_handler(IdempotencyConflict)
+    async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _db_down(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the task store is unavailable; retry shortly"},
+            headers={"Retry-After": "2"},
+        )
+
+    return app

@@ -1,0 +1,122 @@
+"""One validated settings object, read at the edge (env vars and ``.env``) and passed inward.
+
+Every variable is ``AUTOGPT_<NAME>`` except the LLM's, which use the names the openai client reads
+(``OPENAI_API_KEY``, ``OPENAI_BASE_URL``) so an existing environment just works.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from autogpt_workers.errors import ConfigError
+
+# RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min by default).
+RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S = 1800.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AUTOGPT_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+
+    # services
+    database_url: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/autogpt"
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+
+    # LLM (any OpenAI-compatible endpoint)
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "AUTOGPT_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AUTOGPT_OPENAI_BASE_URL")
+    )
+    llm_model: str = "gpt-4o-mini"
+    llm_timeout_s: float = Field(default=60.0, gt=0)
+    llm_max_attempts: int = Field(default=5, ge=1, le=20)
+    llm_backoff_max_s: float = Field(default=20.0, gt=0)
+    llm_max_connections: int = Field(default=500, ge=1)
+    # USD per 1k tokens: {"model": [prompt, completion]}; unknown models cost the default pair
+    llm_prices_per_1k: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini": (0.00015, 0.0006),
+            "gpt-4o": (0.0025, 0.01),
+            "scripted-demo": (0.001, 0.002),
+        }
+    )
+    llm_default_price_per_1k: tuple[float, float] = (0.001, 0.002)
+
+    # durable steps
+    lease_ttl_s: float = Field(default=30.0, gt=0)
+    lease_heartbeat_s: float = Field(default=10.0, gt=0)
+    max_deliveries: int = Field(default=5, ge=1)
+    reaper_interval_s: float = Field(default=5.0, gt=0)
+    outbox_grace_s: float = Field(default=10.0, ge=0)
+    think_time_limit_s: float = Field(default=600.0, gt=0)
+    act_time_limit_s: float = Field(default=300.0, gt=0)
+    rabbitmq_consumer_timeout_s: float = Field(default=RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S, gt=0)
+    think_concurrency: int = Field(default=100, ge=1)
+    act_concurrency: int = Field(default=2, ge=1)
+
+    # tasks
+    default_max_steps: int = Field(default=20, ge=1)
+    max_goal_chars: int = Field(default=20_000, ge=1)
+    workspace_root: Path = Path("var/workspaces")
+    max_file_bytes: int = Field(default=1_000_000, ge=1)
+    max_observation_chars: int = Field(default=8_000, ge=100)
+
+    # API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    api_url: str = "http://127.0.0.1:8000"
+
+    # Flower
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_basic_auth: SecretStr = SecretStr("admin:admin")
+
+    log_json: bool = True
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        problems: list[str] = []
+        if self.lease_heartbeat_s * 2 > self.lease_ttl_s:
+            problems.append("lease_heartbeat_s must be at most half of lease_ttl_s (a lease survives one missed beat)")
+        limit = self.rabbitmq_consumer_timeout_s
+        if self.act_time_limit_s + 30 >= limit:
+            problems.append(f"act_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
+        if self.think_time_limit_s + 30 >= limit:
+            problems.append(f"think_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
+        worst_llm = self.llm_max_attempts * (self.llm_timeout_s + self.llm_backoff_max_s)
+        if worst_llm >= self.think_time_limit_s:
+            problems.append(
+                f"llm_max_attempts x (llm_timeout_s + llm_backoff_max_s) = {worst_llm:.0f}s must be below "
+                f"think_time_limit_s ({self.think_time_limit_s:.0f}s)"
+            )
+        if self.env == "production":
+            if "guest:guest@" in self.broker_url:
+                problems.append("production refuses the RabbitMQ guest account in AUTOGPT_BROKER_URL")
+            if self.flower_basic_auth.get_secret_value() in ("admin:admin", ""):
+                problems.append("production refuses the default Flower credentials (AUTOGPT_FLOWER_BASIC_AUTH)")
+            if self.openai_api_key is None:
+                problems.append("production needs OPENAI_API_KEY")
+            if "postgres@" in self.database_url and ":" not in self.database_url.split("//", 1)[1].split("@")[0]:
+                problems.append("production refuses a PostgreSQL URL without a password")
+        if problems:
+            raise ConfigError("unsafe or inconsistent settings: " + "; ".join(problems))
+        return self
+
+    def price_per_1k(self, model: str) -> tuple[float, float]:
+        return self.llm_prices_per_1k.get(model, self.llm_default_price_per_1k)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,121 @@
+"""The platform's public vocabulary: pure pydantic, shared by the API, the submit function and the workers.
+
+Nothing here imports Celery, SQLAlchemy or openai, so any service may depend on it.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from autogpt_workers.agent.types import Budget
+
+THINK_TASK = "autogpt.think"
+ACT_TASK = "autogpt.act"
+THINK_QUEUE = "autogpt.think"
+ACT_QUEUE = "autogpt.act"
+DEAD_LETTER_EXCHANGE = "autogpt.dlx"
+DEAD_LETTER_QUEUE = "autogpt.dead"
+MAX_PRIORITY = 9
+PHASE_TASKS = {"think": THINK_TASK, "act": ACT_TASK}
+PHASE_QUEUES = {"think": THINK_QUEUE, "act": ACT_QUEUE}
+
+
+class TaskStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    completed = "completed"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({TaskStatus.completed, TaskStatus.failed, TaskStatus.cancelled})
+
+
+class StepStatus(enum.StrEnum):
+    pending = "pending"
+    thinking = "thinking"
+    proposed = "proposed"
+    acting = "acting"
+    completed = "completed"
+    failed = "failed"
+
+
+class TaskSubmission(BaseModel):
+    """What a caller asks for. Validated at the edge; stored as given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    goal: str = Field(min_length=1, max_length=20_000, description="What the agent should achieve.")
+    priority: int = Field(default=5, ge=0, le=MAX_PRIORITY, description="0 (lowest) to 9 (highest).")
+    budget: Budget = Field(default_factory=Budget)
+    allowed_commands: list[str] | None = Field(
+        default=None, max_length=100, description="Commands this task may use; all registered ones if omitted."
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("goal")
+    @classmethod
+    def _goal_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("goal must not be blank")
+        if "\x00" in v:
+            raise ValueError("goal must not contain NUL characters")
+        return v
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: float
+    llm_calls: int
+
+
+class TaskView(BaseModel):
+    id: uuid.UUID
+    status: TaskStatus
+    goal: str
+    priority: int
+    budget: Budget
+    steps_completed: int
+    usage: Usage
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    metadata: dict[str, Any]
+
+
+class StepView(BaseModel):
+    step_index: int
+    status: StepStatus
+    command: str | None
+    arguments: dict[str, Any] | None
+    thought: str | None
+    output: str | None
+    is_error: bool
+    is_last: bool
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    deliveries: int
+    created_at: datetime
+    committed_at: datetime | None
+
+
+class ArtifactView(BaseModel):
+    artifact_id: uuid.UUID
+    relative_path: str
+    size_bytes: int
+    step_index: int | None
+    created_at: datetime

@@ -1,0 +1,54 @@
+"""Builds a worker process's collaborators from the settings, once per process (after fork)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from autogpt_workers.agent.loop import Agent
+from autogpt_workers.broker import Publisher
+from autogpt_workers.celery_app import app
+from autogpt_workers.commands.registry import default_registry
+from autogpt_workers.config import Settings, get_settings
+from autogpt_workers.lease import LeaseKeeper
+from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
+from autogpt_workers.runner import StepRunner
+from autogpt_workers.store.db import Database
+from autogpt_workers.store.ledger import Ledger
+
+_lock = threading.Lock()
+_runner: tuple[int, StepRunner] | None = None
+
+
+def build_runner(settings: Settings) -> StepRunner:
+    db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
+    ledger = Ledger(db)
+    api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
+    client = make_client(
+        base_url=settings.openai_base_url,
+        api_key=api_key,
+        timeout_s=settings.llm_timeout_s,
+        max_connections=settings.llm_max_connections,
+    )
+    llm = OpenAIChatModel(
+        client,
+        model=settings.llm_model,
+        max_attempts=settings.llm_max_attempts,
+        backoff_max_s=settings.llm_backoff_max_s,
+    )
+    agent = Agent(llm, default_registry(max_file_bytes=settings.max_file_bytes), settings.price_per_1k)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    leases = LeaseKeeper(lambda tokens: ledger.renew(tokens, settings.lease_ttl_s), settings.lease_heartbeat_s)
+    return StepRunner(ledger, Publisher(app), agent, settings, owner, leases)
+
+
+def get_runner() -> StepRunner:
+    """The process's runner; a forked child builds its own (connections do not survive a fork)."""
+    global _runner
+    pid = os.getpid()
+    if _runner is None or _runner[0] != pid:
+        with _lock:
+            if _runner is None or _runner[0] != pid:
+                _runner = (pid, build_runner(get_settings()))
+    return _runner[1]

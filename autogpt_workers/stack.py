@@ -1,0 +1,158 @@
+"""``autogpt-workers run``: the whole stack on one machine, a demo task, and a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+from rich.console import Console
+
+from autogpt_workers.config import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FAKE_LLM_PORT = 8765
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _service_problems(settings: Settings) -> list[str]:
+    problems = []
+    for name, url, default in (
+        ("PostgreSQL", settings.database_url, 5432),
+        ("RabbitMQ", settings.broker_url, 5672),
+        ("Redis", settings.redis_url, 6379),
+    ):
+        parsed = urlparse(url)
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or default
+        if not _port_open(host, port):
+            problems.append(f"{name} is not reachable at {host}:{port}")
+    return problems
+
+
+class Stack:
+    def __init__(self, log_dir: Path, env: dict[str, str], console: Console) -> None:
+        self.log_dir = log_dir
+        self.env = env
+        self.console = console
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, args: list[str]) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        self.procs[name] = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO_ROOT, start_new_session=True
+        )
+
+    def dead(self) -> list[str]:
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def _wait_http(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Console) -> int:
+    from autogpt_workers.watch import follow, summary
+
+    problems = _service_problems(settings)
+    if problems:
+        for p in problems:
+            console.print(f"[red]{p}[/]")
+        console.print("Start them with `make services` (or use `make run`, which does it for you).")
+        return 1
+    log_dir = REPO_ROOT / "var" / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    me = [sys.executable, "-m", "autogpt_workers.cli"]
+    stack = Stack(log_dir, env, console)
+
+    if settings.openai_api_key is None:
+        if not (REPO_ROOT / "tests" / "fake_llm").is_dir():
+            console.print("[red]No OPENAI_API_KEY is set and the scripted demo model (tests/fake_llm) is missing.[/]")
+            return 1
+        base = f"http://127.0.0.1:{FAKE_LLM_PORT}/v1"
+        console.print(
+            "[yellow]No OPENAI_API_KEY is set: using the project's scripted demo model "
+            f"(tests/fake_llm, OpenAI-compatible, at {base}). It replays a fixed plan; set OPENAI_API_KEY "
+            "(and OPENAI_BASE_URL for a non-OpenAI endpoint) to run a real model.[/]"
+        )
+        env.update(OPENAI_BASE_URL=base, OPENAI_API_KEY="scripted-demo", AUTOGPT_LLM_MODEL="scripted-demo")
+        stack.start("fake-llm", [sys.executable, "-m", "tests.fake_llm", "--port", str(FAKE_LLM_PORT)])
+    else:
+        console.print(f"Using the model [bold]{settings.llm_model}[/] at {settings.openai_base_url or 'OpenAI'}.")
+
+    console.print("migrating the database and declaring queues …")
+    migrated = subprocess.run([*me, "migrate"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+    if migrated.returncode != 0:
+        console.print(f"[red]migration failed:[/]\n{migrated.stdout}{migrated.stderr}")
+        stack.stop()
+        return 1
+
+    stack.start("api", [*me, "api"])
+    stack.start("worker-think", [*me, "worker", "--queue", "think"])
+    stack.start("worker-act", [*me, "worker", "--queue", "act"])
+    stack.start("reaper", [*me, "reaper"])
+    stack.start("flower", [*me, "flower"])
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    flower_url = f"http://127.0.0.1:{settings.flower_port}"
+    try:
+        if not _wait_http(f"{api_url}/healthz", 30):
+            console.print(f"[red]the API did not come up; see {log_dir / 'api.log'}[/]")
+            return 1
+        user = settings.flower_basic_auth.get_secret_value().split(":", 1)[0]
+        console.print(
+            f"\n[bold]Stack up.[/]\n  API     {api_url}  (docs: {api_url}/docs)\n"
+            f"  Flower  {flower_url}  (basic auth, user '{user}')\n  Logs    {log_dir}/\n"
+        )
+        with httpx.Client(base_url=api_url, timeout=30) as client:
+            task = client.post("/v1/tasks", json={"goal": goal, "budget": {"max_steps": 10}}).raise_for_status().json()
+            console.print(f"demo task [bold]{task['id']}[/]: {goal}")
+            task = follow(client, task["id"], console, timeout_s=300)
+            summary(console, task)
+        ok = task["status"] == "completed"
+        if exit_after_demo:
+            return 0 if ok else 1
+        console.print("\nThe stack keeps running; submit more with `autogpt-workers submit \"goal\" --wait`. "
+                      "Ctrl-C stops everything.")
+        while True:
+            dead = stack.dead()
+            if dead:
+                console.print(f"[red]{', '.join(dead)} stopped; see {log_dir}/. Stopping the stack.[/]")
+                return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("\nstopping …")
+        return 0
+    finally:
+        stack.stop()
+        console.print("stack stopped")

@@ -1,0 +1,47 @@
+"""Engine and session factory. One engine per process, made from the settings at the edge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_pre_ping=True,  # survive a PostgreSQL restart: stale pooled connections are replaced
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 5, "application_name": "autogpt-workers"},
+    )
+
+
+class Database:
+    """A process's handle on PostgreSQL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str, pool_size: int = 10, max_overflow: int = 20) -> Database:
+        return cls(make_engine(url, pool_size, max_overflow))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any exception."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for reads."""
+        with self._sessions() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,89 @@
+"""Enqueue an agent task without HTTP: ``submit_task(...)``. The API calls the same function.
+
+The task row, its first step and its first wake-up commit in one transaction; the wake-up is published after
+commit with publisher confirms. If the broker is down the task is still accepted: the reaper publishes it later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import uuid
+
+import structlog
+from sqlalchemy import select
+
+from autogpt_workers.broker import Publisher
+from autogpt_workers.contracts import TaskSubmission
+from autogpt_workers.errors import UsageError
+from autogpt_workers.store.db import Database
+from autogpt_workers.store.ledger import Ledger
+from autogpt_workers.store.models import Task
+
+log = structlog.get_logger(__name__)
+
+
+class IdempotencyConflict(UsageError):
+    """The idempotency key was already used for a different request."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    task_id: uuid.UUID
+    created: bool  # False: an earlier identical submission with the same idempotency key
+    published: bool  # False: accepted, the wake-up waits in the outbox for the reaper
+
+
+def request_hash(submission: TaskSubmission) -> str:
+    canonical = json.dumps(submission.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_task(
+    db: Database,
+    publisher: Publisher,
+    submission: TaskSubmission,
+    *,
+    tenant_id: str = "default",
+    idempotency_key: str | None = None,
+    model: str | None = None,
+) -> Submitted:
+    ledger = Ledger(db)
+    digest = request_hash(submission)
+    values = {
+        "tenant_id": tenant_id,
+        "goal": submission.goal,
+        "priority": submission.priority,
+        "budget": submission.budget.model_dump(mode="json"),
+        "allowed_commands": submission.allowed_commands,
+        "metadata_": submission.metadata,
+        "idempotency_key": idempotency_key,
+        "request_hash": digest,
+        "model": model,
+    }
+    with db.transaction() as s:
+        created = ledger.create_task(s, values)
+        if created is None:
+            existing_id, existing_hash = s.execute(
+                select(Task.id, Task.request_hash).where(
+                    Task.tenant_id == tenant_id, Task.idempotency_key == idempotency_key
+                )
+            ).one()
+    if created is None:
+        if existing_hash != digest:
+            raise IdempotencyConflict(
+                f"idempotency key {idempotency_key!r} was already used for a different request (task {existing_id})"
+            )
+        return Submitted(existing_id, created=False, published=True)
+    task_id, wakeup = created
+    try:
+        publisher.wake(task_id, 0, "think", submission.priority)
+    except Exception as exc:  # accepted all the same: the outbox row is committed
+        log.warning("submit_publish_deferred", task_id=str(task_id), error=str(exc))
+        return Submitted(task_id, created=True, published=False)
+    try:
+        ledger.mark_published([wakeup.outbox_id])
+    except Exception as exc:  # harmless: the reaper may publish a duplicate, the ledger ignores it
+        log.warning("submit_mark_published_failed", task_id=str(task_id), error=str(exc))
+    return Submitted(task_id, created=True, published=True)

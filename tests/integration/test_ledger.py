@@ -1,0 +1,134 @@
+"""The step protocol against real PostgreSQL: leases, fencing, commits, the outbox and the reaper."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import select, update
+
+from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger
+from autogpt_workers.store.models import Artifact, Outbox, Step, Task
+
+PROPOSAL = {
+    "assistant_message": {"role": "assistant", "content": "write it"},
+    "command": "write_file",
+    "arguments": {"path": "a.txt", "content": "x"},
+    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    "cost_usd": 0.01,
+    "model": "m",
+}
+
+
+@pytest.fixture
+def ledger(db) -> Ledger:  # type: ignore[no-untyped-def]
+    return Ledger(db)
+
+
+@pytest.fixture
+def task_id(ledger: Ledger) -> uuid.UUID:
+    with ledger.db.transaction() as s:
+        created = ledger.create_task(s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 3})
+    assert created is not None
+    return created[0]
+
+
+def claim(ledger: Ledger, task_id: uuid.UUID, step: int, phase: str, ttl: float = 30.0, owner: str = "w1"):  # type: ignore[no-untyped-def]
+    return ledger.claim(task_id, step, phase, owner, ttl, max_deliveries=3)
+
+
+def test_a_step_runs_think_then_act_then_commits_with_its_successor(ledger: Ledger, task_id: uuid.UUID) -> None:
+    c = claim(ledger, task_id, 0, "think")
+    assert c.outcome is ClaimOutcome.claimed and c.token
+    wake = ledger.record_proposal(task_id, 0, c.token, PROPOSAL)
+    assert wake is not None and wake.phase == "act"
+    a = claim(ledger, task_id, 0, "act")
+    assert a.outcome is ClaimOutcome.claimed and a.token
+    committed, nxt = ledger.commit_step(task_id, 0, a.token, "ok", False, False, [FileRecord("a.txt", 1, "ab")])
+    assert committed and nxt is not None and (nxt.step_index, nxt.phase) == (1, "think")
+    with ledger.db.session() as s:
+        task = s.get_one(Task, task_id)
+        assert (task.status, task.steps_completed, task.prompt_tokens, task.cost_usd) == ("running", 1, 10, 0.01)
+        assert s.scalars(select(Artifact.relative_path).where(Artifact.task_id == task_id)).all() == ["a.txt"]
+        assert s.scalar(select(Step.status).where(Step.task_id == task_id, Step.step_index == 1)) == "pending"
+
+
+def test_a_second_delivery_while_the_lease_is_held_does_not_execute(ledger: Ledger, task_id: uuid.UUID) -> None:
+    first = claim(ledger, task_id, 0, "think")
+    second = claim(ledger, task_id, 0, "think", owner="w2")
+    assert first.outcome is ClaimOutcome.claimed
+    assert second.outcome is ClaimOutcome.lease_held and 0 < second.retry_in <= 30.5
+
+
+def test_a_zombie_whose_lease_was_taken_over_commits_nothing(ledger: Ledger, task_id: uuid.UUID) -> None:
+    zombie = claim(ledger, task_id, 0, "think", ttl=0.001)
+    assert zombie.token
+    import time
+
+    time.sleep(0.01)
+    taker = claim(ledger, task_id, 0, "think", owner="w2")
+    assert taker.outcome is ClaimOutcome.claimed and taker.token != zombie.token
+    assert ledger.record_proposal(task_id, 0, zombie.token, PROPOSAL) is None  # fenced
+    assert ledger.record_proposal(task_id, 0, taker.token, PROPOSAL) is not None  # type: ignore[arg-type]
+    with ledger.db.session() as s:
+        assert s.get_one(Task, task_id).llm_calls == 1  # the fenced proposal was not counted
+
+
+def test_a_delivery_for_a_committed_step_is_recognised(ledger: Ledger, task_id: uuid.UUID) -> None:
+    c = claim(ledger, task_id, 0, "think")
+    ledger.record_proposal(task_id, 0, c.token, PROPOSAL)  # type: ignore[arg-type]
+    assert claim(ledger, task_id, 0, "think").outcome is ClaimOutcome.advanced
+    a = claim(ledger, task_id, 0, "act")
+    ledger.commit_step(task_id, 0, a.token, "ok", False, True)  # type: ignore[arg-type]
+    assert claim(ledger, task_id, 0, "act").outcome is ClaimOutcome.committed
+    assert claim(ledger, task_id, 0, "think").outcome is ClaimOutcome.committed
+    with ledger.db.session() as s:
+        assert s.get_one(Task, task_id).status == "completed"
+        # the last step has no successor
+        assert s.scalar(select(Step.id).where(Step.task_id == task_id, Step.step_index == 1)) is None
+
+
+def test_too_many_deliveries_poison_the_step_and_fail_the_task(ledger: Ledger, task_id: uuid.UUID) -> None:
+    for _ in range(3):
+        c = claim(ledger, task_id, 0, "think", ttl=0.0001)
+        assert c.outcome is ClaimOutcome.claimed
+    poisoned = claim(ledger, task_id, 0, "think")
+    assert poisoned.outcome is ClaimOutcome.poisoned and "poisoned" in (poisoned.reason or "")
+    with ledger.db.session() as s:
+        task = s.get_one(Task, task_id)
+        assert task.status == "failed" and "3 deliveries" in (task.error or "")
+
+
+def test_the_reaper_breaks_expired_leases_and_rearms_their_wakeups(ledger: Ledger, task_id: uuid.UUID) -> None:
+    c = claim(ledger, task_id, 0, "think")
+    with ledger.db.transaction() as s:
+        s.execute(update(Step).where(Step.task_id == task_id).values(lease_expires_at=Step.created_at))
+    wakeups = [w for w in ledger.reap_expired_leases() if w.task_id == task_id]
+    assert [(w.step_index, w.phase) for w in wakeups] == [(0, "think")]
+    with ledger.db.session() as s:
+        step = s.scalars(select(Step).where(Step.task_id == task_id)).one()
+        assert step.status == "pending" and step.lease_token is None
+        assert s.scalar(select(Outbox.published_at).where(Outbox.id == wakeups[0].outbox_id)) is None
+    assert ledger.record_proposal(task_id, 0, c.token, PROPOSAL) is None  # type: ignore[arg-type]
+    assert claim(ledger, task_id, 0, "think").outcome is ClaimOutcome.claimed
+
+
+def test_unpublished_wakeups_become_due_after_the_grace(ledger: Ledger, task_id: uuid.UUID) -> None:
+    assert task_id in {w.task_id for w in ledger.due_wakeups(older_than_s=0)}
+    assert task_id not in {w.task_id for w in ledger.due_wakeups(older_than_s=3600)}
+    ledger.mark_published([w.outbox_id for w in ledger.pending_wakeups(task_id)])
+    assert task_id not in {w.task_id for w in ledger.due_wakeups(older_than_s=0)}
+
+
+def test_a_claim_marks_its_own_wakeup_consumed(ledger: Ledger, task_id: uuid.UUID) -> None:
+    assert ledger.pending_wakeups(task_id)
+    claim(ledger, task_id, 0, "think")
+    assert ledger.pending_wakeups(task_id) == []
+
+
+def test_release_hands_the_step_back_at_once(ledger: Ledger, task_id: uuid.UUID) -> None:
+    c = claim(ledger, task_id, 0, "think")
+    wake = ledger.release(task_id, 0, c.token, error="LLM 503")  # type: ignore[arg-type]
+    assert wake is not None and wake.phase == "think"
+    again = claim(ledger, task_id, 0, "think", owner="w2")
+    assert again.outcome is ClaimOutcome.claimed and again.deliveries == 2

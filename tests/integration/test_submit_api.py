@@ -1,0 +1,89 @@
+"""The submit API in-process (FastAPI TestClient) on real PostgreSQL and RabbitMQ."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from autogpt_workers.store.models import Outbox, Step, Task
+
+
+@pytest.fixture
+def client(migrated, settings) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    from api_shim.app import create_app
+
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_submit_commits_the_task_and_its_first_wakeup(client: TestClient, db) -> None:  # type: ignore[no-untyped-def]
+    resp = client.post("/v1/tasks", json={"goal": "say hi", "priority": 7, "budget": {"max_steps": 3}})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["status"] == "queued" and body["priority"] == 7 and body["budget"]["max_steps"] == 3
+    assert resp.headers["location"] == f"/v1/tasks/{body['id']}"
+    tid = uuid.UUID(body["id"])
+    with db.session() as s:
+        assert s.get_one(Task, tid).goal == "say hi"
+        assert s.scalars(select(Step.step_index).where(Step.task_id == tid)).all() == [0]
+        outbox = s.scalars(select(Outbox).where(Outbox.task_id == tid)).one()
+        assert outbox.phase == "think" and outbox.published_at is not None  # confirmed by the broker
+    got = client.get(f"/v1/tasks/{tid}")
+    assert got.status_code == 200 and got.json()["id"] == str(tid)
+    steps = client.get(f"/v1/tasks/{tid}/steps").json()
+    assert [s["step_index"] for s in steps] == [0] and steps[0]["status"] in ("pending", "thinking", "proposed")
+
+
+def test_idempotency_key_same_body_same_task_other_body_conflict(client: TestClient) -> None:
+    key = f"key-{uuid.uuid4()}"
+    body = {"goal": "once only"}
+    first = client.post("/v1/tasks", json=body, headers={"Idempotency-Key": key})
+    again = client.post("/v1/tasks", json=body, headers={"Idempotency-Key": key})
+    other = client.post("/v1/tasks", json={"goal": "something else"}, headers={"Idempotency-Key": key})
+    assert first.status_code == 201 and again.status_code == 200
+    assert first.json()["id"] == again.json()["id"]
+    assert other.status_code == 409 and "idempotency key" in other.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"goal": ""},
+        {"goal": "   "},
+        {"goal": "x", "priority": 10},
+        {"goal": "x", "priority": -1},
+        {"goal": "x", "budget": {"max_steps": 0}},
+        {"goal": "x", "budget": {"max_cost_usd": -1}},
+        {"goal": "x", "unknown_field": 1},
+        {"goal": "x" * 20_001},
+        {"goal": "nul\x00byte"},
+        [1, 2],
+    ],
+)
+def test_bad_input_is_a_clear_422(client: TestClient, body: object) -> None:
+    resp = client.post("/v1/tasks", json=body)
+    assert resp.status_code == 422
+    assert resp.json()["detail"]
+
+
+def test_not_json_is_a_4xx(client: TestClient) -> None:
+    resp = client.post("/v1/tasks", content=b"{not json", headers={"content-type": "application/json"})
+    assert resp.status_code == 422
+
+
+def test_unknown_and_malformed_ids(client: TestClient) -> None:
+    missing = uuid.uuid4()
+    for path in (f"/v1/tasks/{missing}", f"/v1/tasks/{missing}/steps", f"/v1/tasks/{missing}/artifacts"):
+        resp = client.get(path)
+        assert resp.status_code == 404 and str(missing) in resp.json()["detail"]
+    assert client.get("/v1/tasks/not-a-uuid").status_code == 422
+
+
+def test_the_openapi_document_describes_the_native_api(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/steps"} <= set(paths)
