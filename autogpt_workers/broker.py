@@ -26,6 +26,4 @@ class Publisher:
             countdown=countdown,
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0.1, "interval_step": 0.3, "interval_max": 1.0},
-            # shows in Flower instead of an opaque id
-            shadow=f"{PHASE_TASKS[phase]}[{str(task_id)[:8]}#{step_index}]",
         )
