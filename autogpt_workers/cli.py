@@ -48,11 +48,11 @@ def _configure_logs(json: bool | None = None) -> None:
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic) and declare the broker's queues."""
+    s = _settings()
     from autogpt_workers.celery_app import app as celery_app
     from autogpt_workers.celery_app import declare_topology
     from autogpt_workers.store.migrate import upgrade
 
-    s = _settings()
     try:
         upgrade(s.database_url)
         declare_topology(celery_app)
@@ -70,12 +70,12 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "INFO",
 ) -> None:
     """Run a Celery worker for the think queue (thread pool) or the act queue (prefork)."""
+    s = _settings()
     from autogpt_workers.celery_app import app as celery_app
     from autogpt_workers.celery_app import ensure_worker_settings
     from autogpt_workers.contracts import PHASE_QUEUES
     from autogpt_workers.errors import ConfigError
 
-    s = _settings()
     _configure_logs()
     try:
         ensure_worker_settings(celery_app.conf, s)
@@ -125,6 +125,7 @@ def api(
 @app.command()
 def reaper() -> None:
     """Re-drive steps whose lease expired and publish wake-ups nobody published."""
+    s = _settings()
     import signal
 
     from autogpt_workers.broker import Publisher
@@ -133,7 +134,6 @@ def reaper() -> None:
     from autogpt_workers.store.db import Database
     from autogpt_workers.store.ledger import Ledger
 
-    s = _settings()
     _configure_logs()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -145,9 +145,9 @@ def reaper() -> None:
 @app.command()
 def flower(port: Annotated[int | None, typer.Option()] = None) -> None:
     """Run Flower (basic auth from AUTOGPT_FLOWER_BASIC_AUTH) on the platform's broker."""
+    s = _settings()
     from autogpt_workers.celery_app import app as celery_app
 
-    s = _settings()
     celery_app.start(
         [
             "flower",

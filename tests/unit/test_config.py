@@ -1,0 +1,75 @@
+"""Settings refuse unsafe or inconsistent values; the worker refuses unsafe Celery settings."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from autogpt_workers.celery_app import check_worker_settings, make_celery
+from autogpt_workers.config import Settings
+from autogpt_workers.errors import ConfigError
+
+
+def make(**overrides: Any) -> Settings:
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+def test_development_defaults_are_accepted() -> None:
+    s = make()
+    assert s.env in ("development", "test")
+    assert s.lease_heartbeat_s * 2 <= s.lease_ttl_s
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"broker_url": "amqp://guest:guest@rabbit:5672//"}, "guest account"),
+        ({"flower_basic_auth": "admin:admin"}, "Flower credentials"),
+        ({"openai_api_key": None}, "OPENAI_API_KEY"),
+        ({"database_url": "postgresql+psycopg2://postgres@db/autogpt"}, "without a password"),
+    ],
+)
+def test_production_refuses_unsafe_values(overrides: dict[str, Any], needle: str) -> None:
+    safe = {
+        "env": "production",
+        "broker_url": "amqp://app:s3cret@rabbit:5672//",
+        "flower_basic_auth": "ops:long-secret",
+        "openai_api_key": "sk-x",
+        "database_url": "postgresql+psycopg2://app:pw@db/autogpt",
+    }
+    make(**safe)  # the safe set passes
+    with pytest.raises(ConfigError, match=needle):
+        make(**{**safe, **overrides})
+
+
+def test_time_limits_must_stay_below_the_rabbitmq_consumer_timeout() -> None:
+    with pytest.raises(ConfigError, match="consumer_timeout"):
+        make(act_time_limit_s=1800)
+    with pytest.raises(ConfigError, match="think_time_limit_s"):
+        make(llm_timeout_s=200, llm_max_attempts=5, think_time_limit_s=600)
+
+
+def test_a_lease_must_survive_a_missed_heartbeat() -> None:
+    with pytest.raises(ConfigError, match="heartbeat"):
+        make(lease_ttl_s=10, lease_heartbeat_s=6)
+
+
+def test_the_platform_celery_settings_pass_the_worker_check() -> None:
+    s = make()
+    assert check_worker_settings(make_celery(s).conf, s) == []
+
+
+def test_the_worker_check_names_every_unsafe_setting() -> None:
+    s = make()
+    conf = SimpleNamespace(
+        task_acks_late=False,
+        task_reject_on_worker_lost=False,
+        worker_prefetch_multiplier=4,
+        broker_transport_options={},
+        task_annotations={"autogpt.act": {"time_limit": 3600}},
+    )
+    problems = " ".join(check_worker_settings(conf, s))
+    for needle in ("task_acks_late", "reject_on_worker_lost", "prefetch", "confirm_publish", "time_limit"):
+        assert needle in problems
