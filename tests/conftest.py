@@ -7,6 +7,7 @@ below are the same, so ``pytest`` alone works too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -63,7 +64,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def services() -> None:
-    missing = [name for name, port in (("PostgreSQL", 5432), ("RabbitMQ", 5672), ("Redis", 6379)) if not _reachable(port)]
+    wanted = (("PostgreSQL", 5432), ("RabbitMQ", 5672), ("Redis", 6379))
+    missing = [name for name, port in wanted if not _reachable(port)]
     if missing:
         pytest.fail(f"{', '.join(missing)} not reachable: run `make services` (make test does it for you)")
 
@@ -152,10 +154,8 @@ class Proc:
     def kill(self, sig: int = 9) -> None:
         """Signal the whole process group (a prefork worker's children too)."""
         assert self.popen is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
         self.popen.wait(timeout=30)
 
     def stop(self) -> None:

@@ -1,0 +1,59 @@
+# autogpt-workers developer entry points. `make` (or `make help`) lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV := .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/autogpt-workers
+
+# Settings for `make test`: its own database and RabbitMQ vhost (created by scripts/services.sh).
+TEST_ENV := AUTOGPT_ENV=test \
+	AUTOGPT_DATABASE_URL=postgresql+psycopg2://postgres@127.0.0.1:5432/autogpt_test \
+	AUTOGPT_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/autogpt_test
+
+.PHONY: help services venv run test test-unit lint format typecheck bench migrate clean distclean
+
+help: ## List the targets with a one-line description
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+services: ## Install/start PostgreSQL, Redis, RabbitMQ (idempotent; scripts/services.sh up)
+	@bash scripts/services.sh up
+
+venv: ## Create .venv and pip install -e '.[dev]' when pyproject.toml changed
+	@bash scripts/venv.sh
+
+run: services venv ## Run the whole stack locally (autogpt-workers run)
+	$(CLI) run
+
+test: services venv ## Import contracts, then the whole test suite against the local services
+	$(VENV)/bin/lint-imports
+	export $(TEST_ENV) && $(PY) -m pytest -q -ra
+
+test-unit: venv ## Unit tests only (tests/unit), no services needed
+	$(PY) -m pytest -q -ra tests/unit
+
+lint: venv ## ruff check
+	$(VENV)/bin/ruff check .
+
+format: venv ## ruff format (rewrites files)
+	$(VENV)/bin/ruff format .
+
+typecheck: venv ## mypy on the packages listed in pyproject.toml
+	$(VENV)/bin/mypy
+
+bench: services venv ## Run the benchmark (python -m bench) if there is one
+	@if [ -f bench/__main__.py ]; then \
+		echo "$(PY) -m bench"; $(PY) -m bench; \
+	else \
+		echo "no benchmark yet"; \
+	fi
+
+migrate: services venv ## Apply the database migrations (autogpt-workers migrate)
+	$(CLI) migrate
+
+clean: ## Remove var/, artifacts/ and tool caches (keeps .venv)
+	rm -rf var/ artifacts/ .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
+
+distclean: clean ## clean, and also remove .venv and *.egg-info
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,255 @@
+"""Offline checks of the deployment files: docker-compose.yml, deploy/k8s/*.yaml, deploy/docker/Dockerfile.*.
+
+Nothing here needs a Docker engine or a cluster:
+- the compose file is validated by Debian's ``docker-compose config -q`` (skipped only if the binary is absent);
+- every Kubernetes manifest is validated against the Kubernetes OpenAPI schemas by ``kubernetes-validate``;
+- the design rules (health checks, start order, shutdown grace above the step time limits, secrets by
+  reference) are asserted on the parsed files.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from autogpt_workers.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+K8S_DIR = REPO / "deploy" / "k8s"
+DOCKER_DIR = REPO / "deploy" / "docker"
+K8S_FILES = sorted(K8S_DIR.glob("*.yaml"))
+
+# The step time limits the shutdown grace periods must exceed (the settings' defaults).
+THINK_LIMIT_S = float(Settings.model_fields["think_time_limit_s"].default)
+ACT_LIMIT_S = float(Settings.model_fields["act_time_limit_s"].default)
+
+INFRA_SERVICES = {"rabbitmq", "postgres", "redis"}
+APP_SERVICES = {"migrate", "api", "worker-think", "worker-act", "reaper", "flower"}
+WORKER_LIMITS = {"worker-think": THINK_LIMIT_S, "worker-act": ACT_LIMIT_S}
+# API groups of custom resources whose schemas kubernetes-validate does not ship (validated elsewhere).
+CRD_GROUPS = {"keda.sh"}
+SECRET_NAME = "autogpt-workers-secrets"
+
+
+def parse_duration_s(value: str | int | float) -> float:
+    """A compose duration ("660s", "1m30s", "1h", 90) in seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        raise ValueError(f"not a compose duration: {value!r}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE_FILE.read_text())
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+def k8s_docs() -> list[tuple[str, dict[str, Any]]]:
+    docs: list[tuple[str, dict[str, Any]]] = []
+    for path in K8S_FILES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                docs.append((path.name, doc))
+    return docs
+
+
+def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
+    if doc.get("kind") in {"Deployment", "StatefulSet", "DaemonSet", "Job"}:
+        spec: dict[str, Any] = doc["spec"]["template"]["spec"]
+        return spec
+    return None
+
+
+def by_component(component: str) -> dict[str, Any]:
+    for _, doc in k8s_docs():
+        labels = doc.get("metadata", {}).get("labels", {})
+        if doc.get("kind") == "Deployment" and labels.get("app.kubernetes.io/component") == component:
+            return doc
+    raise AssertionError(f"no Deployment with component label {component!r} in deploy/k8s")
+
+
+# ----------------------------------------------------------------------------------------- compose
+
+
+def test_docker_compose_config_is_valid() -> None:
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (apt-get install -y docker-compose); .ci/run installs it")
+    proc = subprocess.run(
+        [binary, "-f", str(COMPOSE_FILE), "config", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"docker-compose config -q failed:\n{proc.stdout}\n{proc.stderr}"
+
+
+def test_compose_has_the_designed_services(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == INFRA_SERVICES | APP_SERVICES
+
+
+def test_compose_infra_services_have_healthchecks(compose: dict[str, Any]) -> None:
+    for name in INFRA_SERVICES:
+        check = compose["services"][name].get("healthcheck")
+        assert check and check.get("test"), f"{name} needs a healthcheck (app services wait for it)"
+
+
+def test_compose_app_services_start_in_order(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in APP_SERVICES:
+        deps = services[name].get("depends_on")
+        assert isinstance(deps, dict) and deps, f"{name}: depends_on must be a mapping with conditions"
+        for dep, cond in deps.items():
+            expected = "service_completed_successfully" if dep == "migrate" else "service_healthy"
+            assert cond.get("condition") == expected, f"{name} -> {dep}: condition should be {expected}"
+            if expected == "service_healthy":
+                assert services[dep].get("healthcheck"), f"{name} waits for {dep}, which has no healthcheck"
+    # the database must be migrated before anything that uses it starts
+    for name in ("api", "worker-think", "worker-act", "reaper"):
+        assert "migrate" in services[name]["depends_on"], f"{name} must wait for migrate"
+    assert "postgres" in services["migrate"]["depends_on"]
+    assert services["migrate"].get("restart", "no") == "no"
+
+
+def test_compose_serving_services_have_healthchecks(compose: dict[str, Any]) -> None:
+    assert "/healthz" in str(compose["services"]["api"]["healthcheck"]["test"])
+    assert "/healthcheck" in str(compose["services"]["flower"]["healthcheck"]["test"])
+
+
+@pytest.mark.parametrize("name", sorted(WORKER_LIMITS))
+def test_compose_worker_grace_exceeds_step_time_limit(compose: dict[str, Any], name: str) -> None:
+    service = compose["services"][name]
+    assert service.get("stop_signal", "SIGTERM") == "SIGTERM", "SIGTERM is Celery's warm shutdown"
+    grace = parse_duration_s(service["stop_grace_period"])
+    limit = WORKER_LIMITS[name]
+    assert grace > limit, f"{name}: stop_grace_period {grace:.0f}s must exceed the step time limit {limit:.0f}s"
+
+
+def test_compose_app_env_points_at_compose_services(compose: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        env = compose["services"][name].get("environment")
+        assert isinstance(env, dict), f"{name}: environment must be a mapping"
+        assert "@postgres:5432/" in env["AUTOGPT_DATABASE_URL"], name
+        assert "@rabbitmq:5672/" in env["AUTOGPT_BROKER_URL"], name
+        assert env["AUTOGPT_REDIS_URL"].startswith("redis://redis:6379/"), name
+
+
+def test_parse_duration() -> None:
+    assert parse_duration_s("660s") == 660
+    assert parse_duration_s("1m30s") == 90
+    assert parse_duration_s(45) == 45
+    with pytest.raises(ValueError):
+        parse_duration_s("ten minutes")
+
+
+# -------------------------------------------------------------------------------------- kubernetes
+
+
+def test_k8s_manifests_exist() -> None:
+    assert K8S_FILES, "deploy/k8s/*.yaml is empty"
+
+
+@pytest.mark.parametrize("path", K8S_FILES, ids=[p.name for p in K8S_FILES])
+def test_k8s_manifest_is_valid(path: Path) -> None:
+    kv = pytest.importorskip(
+        "kubernetes_validate", reason="kubernetes-validate is not installed (it belongs in the dev extra)"
+    )
+    version = kv.latest_version()
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+    assert docs, f"{path.name} holds no resource"
+    for doc in docs:
+        kind = f"{doc.get('apiVersion')}/{doc.get('kind')}"
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.SchemaNotFoundError:
+            group = str(doc.get("apiVersion", "")).split("/")[0]
+            if group in CRD_GROUPS:
+                continue  # custom resource: kubernetes-validate has no schema for it
+            pytest.fail(f"{path.name}: no Kubernetes {version} schema for {kind}")
+        except kv.ValidationError as e:
+            pytest.fail(f"{path.name}: {kind} {doc['metadata'].get('name')} is invalid: {e.message}")
+
+
+def test_k8s_everything_in_one_namespace_and_no_embedded_secret() -> None:
+    for filename, doc in k8s_docs():
+        assert doc.get("kind") != "Secret", f"{filename}: secrets are referenced by name, never embedded"
+        if doc.get("kind") != "Namespace":
+            assert doc["metadata"].get("namespace") == "autogpt-workers", f"{filename}: {doc['metadata']['name']}"
+
+
+def test_k8s_secrets_only_by_reference() -> None:
+    for filename, doc in k8s_docs():
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        for container in spec["containers"]:
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if var["name"] in {"AUTOGPT_DATABASE_URL", "AUTOGPT_BROKER_URL", "OPENAI_API_KEY"}:
+                    assert ref, f"{filename}: {var['name']} must come from a secretKeyRef"
+                if ref:
+                    assert ref["name"] == SECRET_NAME, f"{filename}: unexpected secret {ref['name']}"
+                assert "value" not in var or "://" not in str(var["value"]), f"{filename}: URL inline"
+
+
+@pytest.mark.parametrize("component", sorted(WORKER_LIMITS))
+def test_k8s_worker_grace_exceeds_step_time_limit(component: str) -> None:
+    spec = by_component(component)["spec"]["template"]["spec"]
+    grace = float(spec["terminationGracePeriodSeconds"])
+    limit = WORKER_LIMITS[component]
+    assert grace > limit, f"{component}: terminationGracePeriodSeconds {grace:.0f} must exceed {limit:.0f}s"
+    assert "--queue" in spec["containers"][0]["command"]
+
+
+@pytest.mark.parametrize(("component", "path"), [("api", "/healthz"), ("flower", "/healthcheck")])
+def test_k8s_serving_deployments_have_probes(component: str, path: str) -> None:
+    container = by_component(component)["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["path"] == path, f"{component}: {probe}"
+
+
+def test_k8s_has_every_component() -> None:
+    for component in ("api", "worker-think", "worker-act", "reaper", "flower"):
+        by_component(component)
+    kinds = {(doc["kind"], doc["metadata"]["name"]) for _, doc in k8s_docs()}
+    assert ("Service", "autogpt-api") in kinds
+    assert ("Service", "autogpt-flower") in kinds
+    assert any(kind == "Job" for kind, _ in kinds), "a migration Job"
+
+
+# ------------------------------------------------------------------------------------------ images
+
+
+@pytest.mark.parametrize("name", ["Dockerfile.api", "Dockerfile.worker"])
+def test_dockerfile_basics(name: str) -> None:
+    text = (DOCKER_DIR / name).read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M), "base image python:3.11-slim"
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, "the image must run as a non-root user"
+    assert re.search(r"^RUN pip install \.", text, re.M), "the image installs the project"
+    assert re.search(r'^CMD \["autogpt-workers"', text, re.M), "CMD runs the CLI (exec form)"
+
+
+def test_api_dockerfile_healthcheck() -> None:
+    text = (DOCKER_DIR / "Dockerfile.api").read_text()
+    assert re.search(r"^HEALTHCHECK .*\n?.*urllib.*?/healthz", text, re.M)
+    assert '"--host", "0.0.0.0", "--port", "8000"' in text
+
+
+def test_worker_dockerfile_warm_shutdown() -> None:
+    text = (DOCKER_DIR / "Dockerfile.worker").read_text()
+    assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.M)
+    assert 'CMD ["autogpt-workers", "worker", "--queue", "think"]' in text
