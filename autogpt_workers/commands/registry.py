@@ -1,0 +1,113 @@
+"""The command registry: built-in commands plus third-party ones found through entry points.
+
+A plugin is an entry point in the group ``autogpt_workers.commands`` that yields a ``Command`` subclass (built
+with no arguments) or a ready ``Command`` instance::
+
+    [project.entry-points."autogpt_workers.commands"]
+    web_fetch = "my_package.commands:WebFetch"
+
+A plugin that fails to load, is not a command, or reuses a taken name is skipped with a warning and recorded
+in ``CommandRegistry.plugin_errors``; it never stops a worker. Plugins cannot shadow built-in commands.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from autogpt_workers.commands.base import Command
+from autogpt_workers.commands.files import ListFiles, ReadFile, WriteFile
+from autogpt_workers.commands.finish import Finish
+from autogpt_workers.errors import UnknownCommand, UsageError
+
+ENTRY_POINT_GROUP = "autogpt_workers.commands"
+
+log = structlog.get_logger(__name__)
+
+
+class CommandRegistry:
+    """Commands by name."""
+
+    def __init__(self, commands: Sequence[Command[Any]] = ()) -> None:
+        self._commands: dict[str, Command[Any]] = {}
+        self.plugin_errors: list[tuple[str, str]] = []
+        for command in commands:
+            self.register(command)
+
+    def register(self, command: Command[Any]) -> None:
+        """Add ``command``; a name can be registered once (raises ``UsageError`` otherwise)."""
+        if not isinstance(command, Command):
+            raise UsageError(f"{command!r} is not a Command instance")
+        if command.name in self._commands:
+            raise UsageError(f"a command named {command.name!r} is already registered")
+        self._commands[command.name] = command
+
+    def get(self, name: str) -> Command[Any]:
+        """The command called ``name``; raises ``UnknownCommand`` listing the known names."""
+        try:
+            return self._commands[name]
+        except KeyError:
+            raise UnknownCommand(
+                f"unknown command {name!r}; known commands: {', '.join(self.names())}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._commands
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._commands)
+
+    def select(self, allowed: Sequence[str] | None = None) -> list[Command[Any]]:
+        """The commands a task may use: all of them (``None``), or the allow-list in its order.
+
+        An allowed name nobody registered raises ``UnknownCommand``: the task asks for something this worker
+        cannot do, and that should fail loudly rather than silently shrink the model's toolbox.
+        """
+        if allowed is None:
+            return [self._commands[name] for name in self.names()]
+        return [self.get(name) for name in dict.fromkeys(allowed)]
+
+    def tool_schemas(self, allowed: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """OpenAI ``tools`` entries for the commands a task may use (see ``select``)."""
+        return [command.tool_schema() for command in self.select(allowed)]
+
+    def load_plugins(self, group: str = ENTRY_POINT_GROUP) -> list[tuple[str, str]]:
+        """Register the commands of entry-point ``group``; return the ``(name, error)`` pairs skipped."""
+        skipped: list[tuple[str, str]] = []
+        for entry_point in importlib.metadata.entry_points(group=group):
+            try:
+                command = _instantiate(entry_point.load())
+                self.register(command)
+            except Exception as exc:  # a broken plugin must never stop the worker
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("command plugin skipped", entry_point=entry_point.name, group=group, error=error)
+                skipped.append((entry_point.name, error))
+            else:
+                log.info("command plugin loaded", entry_point=entry_point.name, command=command.name)
+        self.plugin_errors.extend(skipped)
+        return skipped
+
+
+def _instantiate(obj: object) -> Command[Any]:
+    if isinstance(obj, Command):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, Command):
+        return obj()
+    raise UsageError(f"{obj!r} is neither a Command subclass nor a Command instance")
+
+
+def builtin_commands(max_file_bytes: int) -> list[Command[Any]]:
+    """The commands every worker has."""
+    return [WriteFile(max_bytes=max_file_bytes), ReadFile(), ListFiles(), Finish()]
+
+
+def default_registry(max_file_bytes: int, *, load_plugins: bool = True) -> CommandRegistry:
+    """Built-ins, then the installed plugins (failures recorded in ``plugin_errors``, never raised)."""
+    registry = CommandRegistry(builtin_commands(max_file_bytes))
+    if load_plugins:
+        registry.load_plugins()
+    return registry

@@ -1,0 +1,282 @@
+"""The LLM adapter for any OpenAI-compatible chat-completions endpoint (OpenAI, Azure, vLLM, Ollama).
+
+The only module that imports ``openai``. It keeps two things apart, as pydantic-ai does:
+
+- the *provider*: one authenticated ``openai.OpenAI`` client per process (``make_client``), shared by every
+  thread, with the SDK's own retries off and a connection pool large enough for hundreds of waiting threads;
+- the *model*: ``OpenAIChatModel``, which implements the loop's ``LLM`` protocol, retries with tenacity and
+  translates every openai exception into our error tree.
+
+Retries: exponential backoff with full jitter capped at ``backoff_max_s``, at most ``max_attempts`` attempts,
+on 408/409/429/5xx, timeouts, connection errors and replies that are not a readable chat completion. A
+``Retry-After`` / ``retry-after-ms`` header sets the minimum wait (still capped). When attempts run out:
+``LLMTransientError(message, retry_after)``; a refused request (400/401/403/404/422, exhausted quota):
+``LLMPermanentError`` at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import functools
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx2
+import openai
+import structlog
+import tenacity
+from openai.types.chat import ChatCompletion
+
+from autogpt_workers.agent.types import LLMResponse, Message, ToolCall, ToolSchema, Usage
+from autogpt_workers.errors import LLMPermanentError, LLMTransientError
+
+if TYPE_CHECKING:
+    from autogpt_workers.config import Settings
+
+log = structlog.get_logger(__name__)
+
+# Local servers (vLLM, Ollama) accept any key; OpenAI answers 401, which becomes a clear LLMPermanentError.
+PLACEHOLDER_API_KEY = "EMPTY"
+
+_REFUSED = {
+    400: "bad request",
+    401: "authentication failed (check OPENAI_API_KEY)",
+    403: "permission denied (check the key's access to this model)",
+    404: "not found (check the model name and OPENAI_BASE_URL)",
+    422: "unprocessable request",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryEvent:
+    """Handed to ``on_retry`` before each wait: count it, label it by ``reason``."""
+
+    attempt: int  # the attempt that just failed, from 1
+    wait_s: float
+    reason: str  # rate_limited | server_error | timeout | connection | bad_response
+    message: str
+
+
+RetryHook = Callable[[RetryEvent], None]
+
+
+class _Retryable(Exception):
+    """One failed attempt worth repeating (internal: becomes LLMTransientError when attempts run out)."""
+
+    def __init__(self, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(reason, message, retry_after)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+def make_client(
+    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int
+) -> openai.OpenAI:
+    """One OpenAI client for the process (create it after fork; it is thread-safe, share it).
+
+    ``max_retries=0``: ``OpenAIChatModel`` retries. The pool allows ``max_connections`` concurrent requests,
+    all kept alive, and a thread waits for a free connection at most ``timeout_s``.
+    """
+    timeout = httpx2.Timeout(timeout_s, connect=min(timeout_s, 10.0))
+    http_client = openai.DefaultHttpxClient(
+        timeout=timeout,
+        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key or PLACEHOLDER_API_KEY,
+        timeout=timeout,
+        max_retries=0,
+        http_client=http_client,
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def shared_client(
+    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int
+) -> openai.OpenAI:
+    """``make_client``, memoised: every caller in the process with the same settings gets the same client."""
+    return make_client(base_url, api_key, timeout_s, max_connections)
+
+
+class OpenAIChatModel:
+    """``LLM`` over chat completions with tool calling."""
+
+    def __init__(
+        self,
+        provider: openai.OpenAI,
+        model: str,
+        *,
+        max_attempts: int = 5,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 20.0,
+        temperature: float | None = None,
+        on_retry: RetryHook | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.provider = provider
+        self.model = model
+        self.max_attempts = max_attempts
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.temperature = temperature
+        self.on_retry = on_retry
+        self._sleep = sleep
+        self._backoff = tenacity.wait_random_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, provider: openai.OpenAI | None = None, on_retry: RetryHook | None = None
+    ) -> OpenAIChatModel:
+        """The model the settings describe, on the process's shared client unless ``provider`` is given."""
+        api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        client = provider or shared_client(
+            settings.openai_base_url, api_key, settings.llm_timeout_s, settings.llm_max_connections
+        )
+        return cls(
+            client,
+            settings.llm_model,
+            max_attempts=settings.llm_max_attempts,
+            backoff_max_s=settings.llm_backoff_max_s,
+            on_retry=on_retry,
+        )
+
+    def complete(self, messages: list[Message], tools: list[ToolSchema]) -> LLMResponse:
+        """One chat completion, retried on transient failures; see the module docstring for the policy."""
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=self._wait,
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            before_sleep=self._before_sleep,
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, messages, tools)
+        except _Retryable as exc:
+            attempts = f"{self.max_attempts} attempt{'s' if self.max_attempts > 1 else ''}"
+            raise LLMTransientError(f"{exc.message} (gave up after {attempts})", exc.retry_after) from exc
+
+    def _attempt(self, messages: list[Message], tools: list[ToolSchema]) -> LLMResponse:
+        request: dict[str, Any] = {"model": self.model, "messages": messages}
+        if tools:
+            request["tools"] = tools
+        if self.temperature is not None:
+            request["temperature"] = self.temperature
+        try:
+            completion = self.provider.chat.completions.create(**request)
+        except openai.APITimeoutError as exc:
+            raise _Retryable("timeout", f"the LLM request to {self._where()} timed out") from exc
+        except openai.APIConnectionError as exc:
+            cause = exc.__cause__ or exc
+            raise _Retryable("connection", f"cannot reach the LLM at {self._where()}: {cause}") from exc
+        except openai.APIStatusError as exc:
+            raise _translate_status(exc) from exc
+        except openai.APIResponseValidationError as exc:
+            raise _Retryable("bad_response", f"the LLM sent an unreadable reply: {exc.message}") from exc
+        except json.JSONDecodeError as exc:
+            raise _Retryable("bad_response", f"the LLM sent a reply that is not valid JSON: {exc}") from exc
+        except openai.OpenAIError as exc:
+            raise LLMPermanentError(f"the LLM client refused the request: {exc}") from exc
+        return _to_response(completion, self.model)
+
+    def _where(self) -> str:
+        return str(self.provider.base_url)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        wait = self._backoff(state)
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            wait = max(wait, exc.retry_after)
+        return min(wait, self.backoff_max_s)
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if not isinstance(exc, _Retryable):
+            return
+        wait_s = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "llm call failed, retrying",
+            attempt=state.attempt_number,
+            max_attempts=self.max_attempts,
+            wait_s=round(wait_s, 3),
+            reason=exc.reason,
+            error=exc.message,
+        )
+        if self.on_retry is not None:
+            self.on_retry(RetryEvent(state.attempt_number, wait_s, exc.reason, exc.message))
+
+
+def _translate_status(exc: openai.APIStatusError) -> Exception:
+    """A 4xx/5xx answer as ``_Retryable`` (worth another attempt) or ``LLMPermanentError``."""
+    status = exc.status_code
+    headers = exc.response.headers
+    detail = f"HTTP {status} from the LLM: {exc.message}"
+    should_retry = headers.get("x-should-retry")
+    if should_retry == "false":
+        return LLMPermanentError(f"{detail} (the server said not to retry)")
+    if status == 429 and exc.code == "insufficient_quota":
+        return LLMPermanentError(f"{detail} (the account's quota is exhausted; retrying will not help)")
+    retry_after = parse_retry_after(headers)
+    if status == 429:
+        return _Retryable("rate_limited", detail, retry_after)
+    if status >= 500 or status in (408, 409) or should_retry == "true":
+        return _Retryable("server_error", detail, retry_after)
+    reason = _REFUSED.get(status, "request refused")
+    return LLMPermanentError(f"{detail} ({reason})")
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait per ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date); None if absent."""
+    for name, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / divisor
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError, IndexError):
+                continue
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    return None
+
+
+def _to_response(completion: object, model: str) -> LLMResponse:
+    """Our ``LLMResponse`` from the SDK's completion; anything unreadable is a ``bad_response`` to retry."""
+    if not isinstance(completion, ChatCompletion):
+        raise _Retryable(
+            "bad_response", f"the LLM sent something other than a chat completion: {completion!r:.200}"
+        )
+    try:
+        message = completion.choices[0].message
+        tool_calls = []
+        for call in message.tool_calls or []:
+            function = getattr(call, "function", None)
+            if function is None:  # a custom (non-function) tool call: we never offer those
+                continue
+            arguments = function.arguments
+            if not isinstance(arguments, str):  # some servers send an object instead of JSON text
+                arguments = json.dumps(arguments)
+            tool_calls.append(ToolCall(id=call.id or "", name=function.name or "", arguments=arguments))
+        usage = completion.usage
+        return LLMResponse(
+            content=message.content,
+            tool_calls=tool_calls,
+            usage=Usage(
+                prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
+                completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+            ),
+            model=completion.model or model,
+        )
+    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        raise _Retryable("bad_response", f"the LLM sent a malformed chat completion: {exc}") from exc

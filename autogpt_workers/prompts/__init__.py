@@ -1,0 +1,1 @@
+"""Prompt templates as data (``*.yaml``), read by ``agent.prompt.load_prompt``."""
