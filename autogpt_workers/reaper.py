@@ -13,6 +13,7 @@ import threading
 import structlog
 
 from autogpt_workers.broker import Publisher
+from autogpt_workers.observe import RunObserver
 from autogpt_workers.store.ledger import Ledger, Wakeup
 
 log = structlog.get_logger(__name__)
@@ -26,7 +27,15 @@ class ReapReport:
 
 
 class Reaper:
-    def __init__(self, ledger: Ledger, publisher: Publisher, outbox_grace_s: float, interval_s: float) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        publisher: Publisher,
+        outbox_grace_s: float,
+        interval_s: float,
+        observer: RunObserver | None = None,
+    ) -> None:
+        self.observer = observer or RunObserver()
         self.ledger = ledger
         self.publisher = publisher
         self.outbox_grace_s = outbox_grace_s
@@ -36,6 +45,7 @@ class Reaper:
         expired = self.ledger.reap_expired_leases()
         due = {w.outbox_id: w for w in [*expired, *self.ledger.due_wakeups(self.outbox_grace_s)]}
         published, failed = self._publish(list(due.values()))
+        self.observer.reaped(len(expired), published)
         if expired or due:
             log.info("reaped", expired_leases=len(expired), published=published, failed_publishes=failed)
         return ReapReport(len(expired), published, failed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +24,9 @@ from autogpt_workers.agent.types import Budget, Observation, Proposal, Spent, St
 from autogpt_workers.broker import Publisher
 from autogpt_workers.commands.workspace import Workspace
 from autogpt_workers.config import Settings
-from autogpt_workers.errors import BudgetExceeded, LLMPermanentError, LLMTransientError, StepPoisoned
+from autogpt_workers.errors import BudgetExceeded, LLMPermanentError, LLMTransientError, StepPoisoned, UsageError
 from autogpt_workers.lease import LeaseKeeper
+from autogpt_workers.observe import RunObserver
 from autogpt_workers.store.ledger import Claim, ClaimOutcome, FileRecord, Ledger, Wakeup
 from autogpt_workers.store.models import Step, Task
 
@@ -37,6 +39,10 @@ def _record(step: Step) -> StepRecord:
         proposal=Proposal.model_validate(step.proposal),
         observation=Observation(output=step.output or "", is_error=step.is_error, is_last=step.is_last),
     )
+
+
+def _age(task: Task) -> float:
+    return (datetime.now(UTC) - task.created_at).total_seconds()
 
 
 def _context(task: Task, step_index: int) -> TaskContext:
@@ -65,7 +71,9 @@ class StepRunner:
         settings: Settings,
         owner: str,
         leases: LeaseKeeper,
+        observer: RunObserver | None = None,
     ) -> None:
+        self.observer = observer or RunObserver()
         self.ledger = ledger
         self.publisher = publisher
         self.agent = agent
@@ -80,6 +88,7 @@ class StepRunner:
         if claim.token is None:
             return self._settle(claim, task_id, step_index, "think")
         token = claim.token
+        started = time.monotonic()
         bound = log.bind(task_id=str(task_id), step=step_index, phase="think")
         with self.leases.hold(token):
             task, history, _ = self.ledger.load_run(task_id, step_index)
@@ -87,23 +96,30 @@ class StepRunner:
             try:
                 proposal = self.agent.think(ctx, [_record(s) for s in history], datetime.now(UTC))
             except BudgetExceeded as exc:
-                self.ledger.fail_task(task_id, step_index, token, exc.reason)
-                bound.info("task_failed", reason=exc.reason)
-                return f"failed: {exc.reason}"
+                return self._fail(task, step_index, token, exc.reason, "think", started)
             except LLMPermanentError as exc:
-                reason = f"the LLM refused the request: {exc}"
-                self.ledger.fail_task(task_id, step_index, token, reason)
-                bound.warning("task_failed", reason=reason)
-                return f"failed: {reason}"
+                return self._fail(task, step_index, token, f"the LLM refused the request: {exc}", "think", started)
+            except UsageError as exc:  # e.g. an allow-list naming a command this platform does not have
+                return self._fail(task, step_index, token, f"the task cannot run: {exc}", "think", started)
             except LLMTransientError as exc:
+                self.observer.phase_finished("think", time.monotonic() - started, "retry")
                 return self._hand_back(task_id, step_index, token, "think", claim.deliveries, exc)
+            llm_seconds = time.monotonic() - started
             wakeup = self.ledger.record_proposal(task_id, step_index, token, proposal.model_dump(mode="json"))
         if wakeup is None:
             bound.warning("fenced", detail="lease taken over before the proposal was persisted")
+            self.observer.phase_finished("think", time.monotonic() - started, "fenced")
             return "fenced"
         self._publish([wakeup])
-        bound.info("step_proposed", command=proposal.command, error=proposal.error,
-                   tokens=proposal.usage.total_tokens)
+        self.observer.proposal(
+            proposal.model,
+            proposal.usage.prompt_tokens,
+            proposal.usage.completion_tokens,
+            proposal.cost_usd,
+            llm_seconds,
+        )
+        self.observer.phase_finished("think", time.monotonic() - started, "proposed")
+        bound.info("step_proposed", command=proposal.command, error=proposal.error, tokens=proposal.usage.total_tokens)
         return f"proposed {proposal.command or 'nothing (model error)'}"
 
     def act(self, task_id: uuid.UUID, step_index: int) -> str:
@@ -111,6 +127,7 @@ class StepRunner:
         if claim.token is None:
             return self._settle(claim, task_id, step_index, "act")
         token = claim.token
+        started = time.monotonic()
         bound = log.bind(task_id=str(task_id), step=step_index, phase="act")
         with self.leases.hold(token):
             task, _, current = self.ledger.load_run(task_id, step_index)
@@ -131,11 +148,18 @@ class StepRunner:
             )
         if not committed:
             bound.warning("fenced", detail="lease taken over before the step was committed")
+            self.observer.phase_finished("act", time.monotonic() - started, "fenced")
             return "fenced"
         if wakeup is not None:
             self._publish([wakeup])
-        bound.info("step_committed", command=proposal.command, is_last=observation.is_last,
-                   is_error=observation.is_error)
+        self.observer.phase_finished(
+            "act", time.monotonic() - started, "finished" if observation.is_last else "committed"
+        )
+        if observation.is_last:
+            self.observer.task_ended("completed", _age(task))
+        bound.info(
+            "step_committed", command=proposal.command, is_last=observation.is_last, is_error=observation.is_error
+        )
         return "finished" if observation.is_last else f"committed step {step_index}"
 
     def workspace_dir(self, task_id: uuid.UUID) -> Path:
@@ -144,9 +168,20 @@ class StepRunner:
     # -- helpers ---------------------------------------------------------------------------------------------------
 
     def _claim(self, task_id: uuid.UUID, step_index: int, phase: str) -> Claim:
-        return self.ledger.claim(
+        claim = self.ledger.claim(
             task_id, step_index, phase, self.owner, self.settings.lease_ttl_s, self.settings.max_deliveries
         )
+        wait = (datetime.now(UTC) - claim.queued_at).total_seconds() if claim.queued_at else None
+        self.observer.delivery(phase, claim.outcome.value, wait)
+        return claim
+
+    def _fail(self, task: Task, step_index: int, token: uuid.UUID, reason: str, phase: str, started: float) -> str:
+        failed = self.ledger.fail_task(task.id, step_index, token, reason)
+        self.observer.phase_finished(phase, time.monotonic() - started, "failed" if failed else "fenced")
+        if failed:
+            self.observer.task_ended("failed", _age(task))
+        log.info("task_failed", task_id=str(task.id), step=step_index, reason=reason)
+        return f"failed: {reason}"
 
     def _settle(self, claim: Claim, task_id: uuid.UUID, step_index: int, phase: str) -> str:
         """A delivery we do not execute: say why, and make sure the run moves on."""
@@ -158,6 +193,8 @@ class StepRunner:
             # a redelivery while the previous holder's lease runs (it may have died): look again when it expires
             self.publisher.wake(task_id, step_index, phase, self._priority(task_id), countdown=claim.retry_in)
         elif outcome is ClaimOutcome.poisoned:
+            self.observer.error("step_poisoned")
+            self.observer.task_ended("failed", None)
             log.error("step_poisoned", task_id=str(task_id), step=step_index, reason=claim.reason)
             raise StepPoisoned(claim.reason or "poisoned")
         log.info("delivery_settled", task_id=str(task_id), step=step_index, phase=phase, outcome=outcome.value)
@@ -172,8 +209,14 @@ class StepRunner:
         if wakeup is not None:
             self.publisher.wake(task_id, step_index, phase, wakeup.priority, countdown=countdown)
             self.ledger.mark_published([wakeup.outbox_id])
-        log.warning("step_handed_back", task_id=str(task_id), step=step_index, phase=phase, error=str(exc),
-                    retry_in=round(countdown, 1))
+        log.warning(
+            "step_handed_back",
+            task_id=str(task_id),
+            step=step_index,
+            phase=phase,
+            error=str(exc),
+            retry_in=round(countdown, 1),
+        )
         return f"retry in {countdown:.1f}s: {exc}"
 
     def _publish(self, wakeups: list[Wakeup]) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from autogpt_workers.store.db import Database
-from autogpt_workers.store.models import Artifact, Outbox, Step, Task
+from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
 
 OPEN_STEP = ("pending", "thinking", "proposed", "acting")
 TERMINAL_TASK = ("completed", "failed", "cancelled")
@@ -50,6 +50,7 @@ class Claim:
     retry_in: float = 0.0
     deliveries: int = 0
     reason: str | None = None
+    queued_at: datetime | None = None  # when this phase's wake-up was committed (for the queue-wait metric)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,15 @@ def _add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: st
     return Wakeup(outbox_id, task_id, step_index, phase, priority)
 
 
+def emit(session: Session, task_id: uuid.UUID, kind: str, step_index: int | None = None, **data: Any) -> None:
+    """Append to the task's event log, in the caller's transaction (so an event exists iff its change does)."""
+    session.execute(insert(TaskEvent).values(task_id=task_id, kind=kind, step_index=step_index, data=data))
+
+
+def _clip(text: str | None, limit: int = 500) -> str | None:
+    return text if text is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -104,9 +114,8 @@ class Ledger:
         if task_id is None:
             return None
         session.execute(insert(Step).values(task_id=task_id, step_index=0))
-        wakeup = _add_wakeup(session, task_id, 0, "think", values.get("priority", 5))
-        assert wakeup is not None
-        return task_id, wakeup
+        emit(session, task_id, "task.queued", priority=values.get("priority", 5))
+        return task_id, _add_wakeup(session, task_id, 0, "think", values.get("priority", 5))
 
     # -- the step protocol -----------------------------------------------------------------------------------------
 
@@ -167,18 +176,15 @@ class Ledger:
                     .where(Task.id == task_id, Task.status == "queued")
                     .values(status="running", started_at=func.coalesce(Task.started_at, func.now()))
                 )
+                emit(s, task_id, "task.started", step_index)
             # receiving this wake-up proves it was published
-            s.execute(
+            queued_at = s.execute(
                 update(Outbox)
-                .where(
-                    Outbox.task_id == task_id,
-                    Outbox.step_index == step_index,
-                    Outbox.phase == phase,
-                    Outbox.published_at.is_(None),
-                )
-                .values(published_at=func.now())
-            )
-            return Claim(ClaimOutcome.claimed, token=new_token, deliveries=deliveries + 1)
+                .where(Outbox.task_id == task_id, Outbox.step_index == step_index, Outbox.phase == phase)
+                .values(published_at=func.coalesce(Outbox.published_at, func.now()))
+                .returning(Outbox.created_at)
+            ).scalar_one_or_none()
+            return Claim(ClaimOutcome.claimed, token=new_token, deliveries=deliveries + 1, queued_at=queued_at)
 
     def renew(self, tokens: Sequence[uuid.UUID], lease_ttl_s: float) -> int:
         """Heartbeat: extend every lease this process still holds. Returns how many were extended."""
@@ -239,6 +245,19 @@ class Ledger:
                 )
                 .returning(Task.priority)
             ).scalar_one()
+            emit(
+                s,
+                task_id,
+                "step.proposed",
+                step_index,
+                command=proposal.get("command"),
+                arguments=proposal.get("arguments"),
+                thought=_clip((proposal.get("assistant_message") or {}).get("content")),
+                error=_clip(proposal.get("error")),
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd=cost,
+            )
             return _add_wakeup(s, task_id, step_index, "act", priority)
 
     def commit_step(
@@ -285,7 +304,9 @@ class Ledger:
             task_status, priority = s.execute(
                 update(Task).where(Task.id == task_id).values(**values).returning(Task.status, Task.priority)
             ).one()
+            emit(s, task_id, "step.completed", step_index, output=_clip(output), is_error=is_error, is_last=is_last)
             for f in files:
+                emit(s, task_id, "artifact.written", step_index, relative_path=f.relative_path, size_bytes=f.size_bytes)
                 s.execute(
                     insert(Artifact)
                     .values(
@@ -305,11 +326,11 @@ class Ledger:
                         },
                     )
                 )
+            if is_last and task_status == "completed":
+                emit(s, task_id, "task.completed", step_index)
             if is_last or task_status in TERMINAL_TASK:
                 return True, None
-            s.execute(
-                insert(Step).values(task_id=task_id, step_index=step_index + 1).on_conflict_do_nothing()
-            )
+            s.execute(insert(Step).values(task_id=task_id, step_index=step_index + 1).on_conflict_do_nothing())
             return True, _add_wakeup(s, task_id, step_index + 1, "think", priority)
 
     def fail_task(self, task_id: uuid.UUID, step_index: int, token: uuid.UUID | None, reason: str) -> bool:
@@ -317,9 +338,9 @@ class Ledger:
         with self.db.transaction() as s:
             if token is not None:
                 held = s.execute(
-                    select(Step.id).where(
-                        Step.task_id == task_id, Step.step_index == step_index, Step.lease_token == token
-                    ).with_for_update()
+                    select(Step.id)
+                    .where(Step.task_id == task_id, Step.step_index == step_index, Step.lease_token == token)
+                    .with_for_update()
                 ).scalar_one_or_none()
                 if held is None:
                     return False
@@ -360,11 +381,13 @@ class Ledger:
                 lease_expires_at=None,
             )
         )
-        s.execute(
+        failed = s.execute(
             update(Task)
             .where(Task.id == task_id, Task.status.not_in(TERMINAL_TASK))
             .values(status="failed", error=reason, finished_at=func.now())
         )
+        if failed.rowcount:  # type: ignore[attr-defined]
+            emit(s, task_id, "task.failed", step_index, reason=reason)
 
     # -- reads for the agent ---------------------------------------------------------------------------------------
 
@@ -374,9 +397,7 @@ class Ledger:
             task = s.get_one(Task, task_id)
             steps = list(
                 s.scalars(
-                    select(Step)
-                    .where(Step.task_id == task_id, Step.step_index <= step_index)
-                    .order_by(Step.step_index)
+                    select(Step).where(Step.task_id == task_id, Step.step_index <= step_index).order_by(Step.step_index)
                 )
             )
         current = steps[-1] if steps and steps[-1].step_index == step_index else None

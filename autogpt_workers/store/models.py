@@ -149,3 +149,21 @@ class Outbox(Base):
         UniqueConstraint("task_id", "step_index", "phase", name="uq_outbox_task_step_phase"),
         Index("ix_outbox_unpublished", "created_at", postgresql_where=text("published_at IS NULL")),
     )
+
+
+class TaskEvent(Base):
+    """The task's life as an append-only log, written in the same transaction as the change it describes.
+
+    Event streams (SSE), webhooks and metrics read it; ``id`` orders it and is the stream's event id.
+    """
+
+    __tablename__ = "task_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    task_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("tasks.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    step_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now_default())
+
+    __table_args__ = (Index("ix_task_events_task_id_id", "task_id", "id"),)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from autogpt_workers.store.models import Step, Task
+from autogpt_workers.store.models import Step, Task, TaskEvent
 
 
 def submit(stack, goal: str, **fields: Any) -> str:  # type: ignore[no-untyped-def]
@@ -34,6 +34,11 @@ def wait_terminal(stack, task_id: str, timeout_s: float = 90) -> dict[str, Any]:
 def ledger_steps(db, task_id: str) -> list[Step]:  # type: ignore[no-untyped-def]
     with db.session() as s:
         return list(s.scalars(select(Step).where(Step.task_id == uuid.UUID(task_id)).order_by(Step.step_index)))
+
+
+def event_kinds(db, task_id: str) -> Counter[str]:  # type: ignore[no-untyped-def]
+    with db.session() as s:
+        return Counter(s.scalars(select(TaskEvent.kind).where(TaskEvent.task_id == uuid.UUID(task_id))))
 
 
 def ok_calls_per_turn(llm, task_id: str) -> Counter[int]:  # type: ignore[no-untyped-def]
@@ -73,6 +78,11 @@ def test_a_five_step_task_runs_to_completed(stack, llm, db, settings) -> None:  
     assert task["steps_completed"] == 5
     # each completion was bought once
     assert ok_calls_per_turn(llm, task_id) == Counter({0: 1, 1: 1, 2: 1, 3: 1, 4: 1})
+    # the event log has each transition exactly once
+    assert event_kinds(db, task_id) == Counter(
+        {"task.queued": 1, "task.started": 1, "step.proposed": 5, "step.completed": 5, "artifact.written": 3,
+         "task.completed": 1}
+    )
 
 
 def test_sigkill_of_the_think_worker_during_the_llm_call(stack, llm, db) -> None:  # type: ignore[no-untyped-def]
@@ -91,6 +101,7 @@ def test_sigkill_of_the_think_worker_during_the_llm_call(stack, llm, db) -> None
     assert [s.step_index for s in steps] == [0, 1, 2, 3, 4]
     assert all(s.status == "completed" for s in steps)
     assert steps[2].deliveries >= 2  # the killed delivery, then the recovery
+    assert event_kinds(db, task_id)["step.completed"] == 5
     calls = ok_calls_per_turn(llm, task_id)
     # only the completion in flight when the worker died may be bought twice
     assert calls[2] <= 2 and all(calls[t] == 1 for t in (0, 1, 3, 4)), calls
@@ -146,3 +157,9 @@ def test_a_task_over_its_step_budget_fails_with_a_clear_reason(stack, llm, db) -
     with db.session() as s:
         assert s.get_one(Task, uuid.UUID(task_id)).finished_at is not None
     assert len(llm.log(task_id)) == 3  # the budget is checked before the LLM call
+
+
+def test_an_allow_list_naming_an_unknown_command_fails_the_task_clearly(stack, llm) -> None:  # type: ignore[no-untyped-def]
+    task_id = submit(stack, "Use a tool we lack [[steps:2]]", allowed_commands=["write_file", "teleport"])
+    task = wait_terminal(stack, task_id)
+    assert task["status"] == "failed" and "teleport" in task["error"]

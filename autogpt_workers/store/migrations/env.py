@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from autogpt_workers.store.models import Base
+from autogpt_workers.store.schema import metadata
 
 config = context.config
 if not config.get_main_option("sqlalchemy.url"):
@@ -13,7 +13,7 @@ if not config.get_main_option("sqlalchemy.url"):
 
     config.set_main_option("sqlalchemy.url", get_settings().database_url)
 
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_migrations_offline() -> None:
