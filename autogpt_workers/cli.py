@@ -5,7 +5,9 @@ from __future__ import annotations
 import enum
 import sys
 import threading
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -45,6 +47,34 @@ def _configure_logs(json: bool | None = None) -> None:
     configure_logging(s.log_level, s.log_json if json is None else json)
 
 
+METRICS_PORT_HELP = "Serve Prometheus /metrics on this port; 0: none. Default: AUTOGPT_METRICS_PORT."
+
+
+def _start_metrics(
+    role: str, s: Settings, port: int | None, platform: bool = False, extra: Callable[[], list[Any]] | None = None
+) -> None:
+    """Choose the process group's metrics storage (before prometheus_client loads) and serve /metrics."""
+    from autogpt_workers.metrics_server import start_group_metrics
+
+    def collectors() -> list[Any]:
+        if not platform:
+            return extra() if extra is not None else []
+        from autogpt_workers.metrics_platform import PlatformCollector
+        from autogpt_workers.queues import QueueReader
+        from autogpt_workers.store.db import Database
+
+        db = Database.from_url(s.database_url, pool_size=1, max_overflow=1)
+        reader = QueueReader.from_settings(s.broker_url, s.rabbitmq_management_url)
+        return [PlatformCollector(db, reader, s.stuck_after_s)]
+
+    chosen = s.metrics_port if port is None else port
+    try:
+        start_group_metrics(role, s.metrics_dir, chosen, s.metrics_host, collectors)
+    except OSError as exc:
+        err.print(f"[red]autogpt-workers: cannot serve /metrics on {s.metrics_host}:{chosen}: {exc}[/]")
+        raise typer.Exit(2) from exc
+
+
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (Alembic) and declare the broker's queues."""
@@ -68,9 +98,17 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Threads (think) or processes (act).")] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
+    metrics_port: Annotated[int | None, typer.Option(help=METRICS_PORT_HELP)] = None,
 ) -> None:
     """Run a Celery worker for the think queue (thread pool) or the act queue (prefork)."""
     s = _settings()
+    _start_metrics(f"worker-{queue.value}", s, metrics_port)
+    from autogpt_workers.metrics import install_worker_hooks, touch_series
+    from autogpt_workers.queues import stamp_publish_time
+
+    install_worker_hooks()
+    touch_series()
+    stamp_publish_time()
     from autogpt_workers.celery_app import app as celery_app
     from autogpt_workers.celery_app import ensure_worker_settings
     from autogpt_workers.contracts import PHASE_QUEUES
@@ -112,6 +150,10 @@ def api(
 
     s = _settings()
     _configure_logs()
+    if workers > 1:
+        from autogpt_workers.metrics_server import use_multiprocess_dir
+
+        use_multiprocess_dir("api", s.metrics_dir)
     uvicorn.run(
         "api_shim.app:create_app",
         factory=True,
@@ -123,9 +165,15 @@ def api(
 
 
 @app.command()
-def reaper() -> None:
+def reaper(
+    metrics_port: Annotated[int | None, typer.Option(help=METRICS_PORT_HELP)] = None,
+    platform_metrics: Annotated[
+        bool, typer.Option(help="Also serve the platform's gauges (ledger, queues) on /metrics.")
+    ] = True,
+) -> None:
     """Re-drive steps whose lease expired and publish wake-ups nobody published."""
     s = _settings()
+    _start_metrics("reaper", s, metrics_port, platform=platform_metrics)
     import signal
 
     from autogpt_workers.broker import Publisher
@@ -139,20 +187,93 @@ def reaper() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     db = Database.from_url(s.database_url, pool_size=2, max_overflow=2)
-    Reaper(Ledger(db), Publisher(celery_app), s.outbox_grace_s, s.reaper_interval_s).run_forever(stop)
+    from autogpt_workers.metrics import PrometheusObserver, touch_series
+    from autogpt_workers.queues import stamp_publish_time
+
+    touch_series()
+    stamp_publish_time()
+    observer = PrometheusObserver()
+    Reaper(Ledger(db), Publisher(celery_app), s.outbox_grace_s, s.reaper_interval_s, observer).run_forever(stop)
 
 
 @app.command()
-def flower(port: Annotated[int | None, typer.Option()] = None) -> None:
-    """Run Flower (basic auth from AUTOGPT_FLOWER_BASIC_AUTH) on the platform's broker."""
+def autoscale(
+    queue: Annotated[
+        list[QueueName] | None, typer.Option("--queue", help="A queue to scale (repeat it); default: both.")
+    ] = None,
+    min_workers: Annotated[int, typer.Option("--min", min=0, help="Worker processes per queue, at least.")] = 1,
+    max_workers: Annotated[int, typer.Option("--max", min=1, help="Worker processes per queue, at most.")] = 4,
+    target: Annotated[
+        int | None, typer.Option(min=1, help="Messages one worker should hold; default: its concurrency.")
+    ] = None,
+    max_age: Annotated[float, typer.Option(min=0, help="Add a worker while the oldest message is older (s).")] = 30.0,
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between two readings.")] = 2.0,
+    cooldown: Annotated[float, typer.Option(min=0, help="Seconds below target before scaling in.")] = 30.0,
+    grace: Annotated[float | None, typer.Option(help="Seconds a stopping worker may finish its steps.")] = None,
+    log_dir: Annotated[Path, typer.Option(help="Where the workers' logs go.")] = Path("var/log/autoscale"),
+    metrics_port: Annotated[int | None, typer.Option(help=METRICS_PORT_HELP)] = None,
+) -> None:
+    """Grow and shrink worker processes on queue depth and oldest-message age (no Kubernetes needed)."""
+    import signal
+
+    s = _settings()
+    if min_workers > max_workers:
+        err.print(f"[red]autogpt-workers: --min ({min_workers}) must not exceed --max ({max_workers})[/]")
+        raise typer.Exit(2)
+    from autogpt_workers import autoscale as scaling
+    from autogpt_workers.contracts import PHASE_QUEUES
+    from autogpt_workers.queues import QueueReader
+
+    chosen = list(dict.fromkeys(queue or [QueueName.think, QueueName.act]))
+    concurrency = {"think": s.think_concurrency, "act": s.act_concurrency}
+    policies = {
+        q.value: (
+            PHASE_QUEUES[q.value],
+            scaling.ScalePolicy(min_workers, max_workers, target or concurrency[q.value], max_age, cooldown),
+        )
+        for q in chosen
+    }
+    holder: list[scaling.Autoscaler] = []
+    _start_metrics("autoscale", s, metrics_port, extra=lambda: [scaling.AutoscalerCollector(holder[0])])
+    _configure_logs()
+    scaler = scaling.Autoscaler(
+        policies,
+        QueueReader.from_settings(s.broker_url, s.rabbitmq_management_url),
+        scaling.worker_launcher(log_dir),
+        scaling.celery_inspector(),
+    )
+    holder.append(scaler)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        scaler.run_forever(stop, interval)
+    finally:
+        scaler.shutdown(grace if grace is not None else max(s.think_time_limit_s, s.act_time_limit_s) + 30)
+
+
+@app.command()
+def flower(
+    port: Annotated[int | None, typer.Option()] = None,
+    address: Annotated[str | None, typer.Option(help="Bind address (default: 0.0.0.0 in production).")] = None,
+) -> None:
+    """Run Flower (basic auth from AUTOGPT_FLOWER_BASIC_AUTH) on the platform's broker, with its broker view
+    reading the RabbitMQ management API (AUTOGPT_RABBITMQ_MANAGEMENT_URL, default: the broker's host :15672)."""
+    import os
+
     s = _settings()
     from autogpt_workers.celery_app import app as celery_app
+    from autogpt_workers.queues import ManagementEndpoint
 
+    endpoint = ManagementEndpoint.from_urls(s.broker_url, s.rabbitmq_management_url)
+    # through the environment (Flower reads FLOWER_*), so the credentials stay out of the process list
+    os.environ.setdefault("FLOWER_BROKER_API", endpoint.api_url_with_credentials)
     celery_app.start(
         [
             "flower",
             f"--port={port or s.flower_port}",
-            "--address=127.0.0.1" if s.env != "production" else "--address=0.0.0.0",
+            f"--address={address or ('0.0.0.0' if s.env == 'production' else '127.0.0.1')}",
+            "--enable_events",
             f"--basic-auth={s.flower_basic_auth.get_secret_value()}",
             "--purge_offline_workers=60",
         ]

@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     flower_port: int = Field(default=5555, ge=1, le=65535)
     flower_basic_auth: SecretStr = SecretStr("admin:admin")
 
+    # Prometheus /metrics (a worker group, the reaper, the autoscaler); 0 = this process serves none
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # multiprocess mode: each process group writes under metrics_dir/<role>-<pid> (wiped at start)
+    metrics_dir: Path = Path("var/metrics")
+    # RabbitMQ management API (queue depth, unacked, oldest message); default: the broker's host on :15672
+    # with the broker's credentials and vhost
+    rabbitmq_management_url: str | None = None
+    # a running task with no live lease and no event for this long counts as stuck (when stuck.py is absent)
+    stuck_after_s: float = Field(default=900.0, gt=0)
+
     log_json: bool = True
     log_level: str = "INFO"
 

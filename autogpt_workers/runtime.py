@@ -25,6 +25,9 @@ def build_runner(settings: Settings) -> StepRunner:
     db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
     ledger = Ledger(db)
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
+    from autogpt_workers.metrics import PrometheusObserver  # after the CLI chose the metrics storage
+
+    observer = PrometheusObserver()
     client = make_client(
         base_url=settings.openai_base_url,
         api_key=api_key,
@@ -36,11 +39,12 @@ def build_runner(settings: Settings) -> StepRunner:
         model=settings.llm_model,
         max_attempts=settings.llm_max_attempts,
         backoff_max_s=settings.llm_backoff_max_s,
+        on_retry=observer.on_llm_retry,
     )
     agent = Agent(llm, default_registry(max_file_bytes=settings.max_file_bytes), settings.price_per_1k)
     owner = f"{socket.gethostname()}:{os.getpid()}"
     leases = LeaseKeeper(lambda tokens: ledger.renew(tokens, settings.lease_ttl_s), settings.lease_heartbeat_s)
-    return StepRunner(ledger, Publisher(app), agent, settings, owner, leases)
+    return StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer)
 
 
 def get_runner() -> StepRunner:

@@ -30,7 +30,10 @@ K8S_FILES = sorted(K8S_DIR.glob("*.yaml"))
 THINK_LIMIT_S = float(Settings.model_fields["think_time_limit_s"].default)
 ACT_LIMIT_S = float(Settings.model_fields["act_time_limit_s"].default)
 
-INFRA_SERVICES = {"rabbitmq", "postgres", "redis"}
+INFRA_SERVICES = {"rabbitmq", "postgres", "redis", "weaviate"}
+OBSERVABILITY_SERVICES = {"prometheus", "grafana"}
+PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
+GRAFANA_DIR = REPO / "deploy" / "grafana"
 APP_SERVICES = {"migrate", "api", "worker-think", "worker-act", "reaper", "flower"}
 WORKER_LIMITS = {"worker-think": THINK_LIMIT_S, "worker-act": ACT_LIMIT_S}
 # API groups of custom resources whose schemas kubernetes-validate does not ship (validated elsewhere).
@@ -98,7 +101,7 @@ def test_docker_compose_config_is_valid() -> None:
 
 
 def test_compose_has_the_designed_services(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == INFRA_SERVICES | APP_SERVICES
+    assert set(compose["services"]) == INFRA_SERVICES | APP_SERVICES | OBSERVABILITY_SERVICES
 
 
 def test_compose_infra_services_have_healthchecks(compose: dict[str, Any]) -> None:
@@ -145,6 +148,42 @@ def test_compose_app_env_points_at_compose_services(compose: dict[str, Any]) -> 
         assert "@postgres:5432/" in env["AUTOGPT_DATABASE_URL"], name
         assert "@rabbitmq:5672/" in env["AUTOGPT_BROKER_URL"], name
         assert env["AUTOGPT_REDIS_URL"].startswith("redis://redis:6379/"), name
+
+
+def test_compose_observability_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in OBSERVABILITY_SERVICES:
+        assert services[name].get("healthcheck", {}).get("test"), f"{name} needs a healthcheck"
+        for dep, cond in services[name]["depends_on"].items():
+            assert cond["condition"] == "service_healthy" and services[dep].get("healthcheck"), f"{name} -> {dep}"
+    prom = services["prometheus"]
+    assert any(v.startswith("./deploy/prometheus:/etc/prometheus") for v in prom["volumes"])
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prom["command"]
+    grafana = services["grafana"]
+    assert any(v.startswith("./deploy/grafana/provisioning:/etc/grafana/provisioning") for v in grafana["volumes"])
+    assert any(v.startswith("./deploy/grafana/dashboards:") for v in grafana["volumes"])
+    # the secret Prometheus scrapes Flower with exists, and is the password of the compose default credentials
+    secret = REPO / compose["secrets"]["flower-password"]["file"]
+    default_auth = re.search(r"AUTOGPT_FLOWER_BASIC_AUTH:-([^}]+)}", COMPOSE_FILE.read_text())
+    assert default_auth and secret.read_text().strip() == default_auth.group(1).split(":", 1)[1]
+
+
+def test_compose_metrics_ports_match_the_scrape_config(compose: dict[str, Any]) -> None:
+    """Every job of deploy/prometheus/prometheus.yml names a compose service serving /metrics on that port."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    services = compose["services"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    for name in ("worker-think", "worker-act", "reaper"):
+        env = services[name]["environment"]
+        assert env["AUTOGPT_METRICS_PORT"] == "9100" and env["AUTOGPT_METRICS_HOST"] == "0.0.0.0", name
+        (sd,) = jobs[f"autogpt-{name}"]["dns_sd_configs"]
+        assert sd["names"] == [name] and sd["port"] == 9100
+    (sd,) = jobs["autogpt-api"]["dns_sd_configs"]
+    assert sd["names"] == ["api"] and sd["port"] == 8000
+    assert jobs["flower"]["static_configs"][0]["targets"] == ["flower:5555"]
+    assert jobs["flower"]["basic_auth"]["password_file"] == "/run/secrets/flower-password"
+    assert services["flower"]["command"][-2:] == ["--address", "0.0.0.0"], "reachable from the other containers"
+    assert config["rule_files"] == ["alerts.yml"] and (PROMETHEUS_DIR / "alerts.yml").is_file()
 
 
 def test_parse_duration() -> None:
@@ -212,6 +251,39 @@ def test_k8s_worker_grace_exceeds_step_time_limit(component: str) -> None:
     limit = WORKER_LIMITS[component]
     assert grace > limit, f"{component}: terminationGracePeriodSeconds {grace:.0f} must exceed {limit:.0f}s"
     assert "--queue" in spec["containers"][0]["command"]
+
+
+@pytest.mark.parametrize("component", ["worker-think", "worker-act", "reaper"])
+def test_k8s_worker_groups_serve_metrics_with_probes(component: str) -> None:
+    pod = by_component(component)["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert env["AUTOGPT_METRICS_PORT"] == str(ports["metrics"])
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, f"{component}: {probe}"
+
+
+@pytest.mark.parametrize("component", ["api", "worker-think", "worker-act"])
+def test_k8s_disruption_budgets(component: str) -> None:
+    deployment = by_component(component)
+    budgets = [
+        doc for _, doc in k8s_docs()
+        if doc["kind"] == "PodDisruptionBudget"
+        and doc["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    ]
+    assert len(budgets) == 1, f"one PodDisruptionBudget for {component}"
+    spec = budgets[0]["spec"]
+    assert spec.get("maxUnavailable") == 1 or spec.get("minAvailable") == 1
+
+
+def test_k8s_worker_pre_stop_fits_in_the_grace_period() -> None:
+    for component, limit in WORKER_LIMITS.items():
+        spec = by_component(component)["spec"]["template"]["spec"]
+        command = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep"
+        assert float(spec["terminationGracePeriodSeconds"]) > limit + float(command[1]), component
 
 
 @pytest.mark.parametrize(("component", "path"), [("api", "/healthz"), ("flower", "/healthcheck")])
