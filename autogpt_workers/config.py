@@ -92,6 +92,34 @@ class Settings(BaseSettings):
     # a running task with no live lease and no event for this long counts as stuck (when stuck.py is absent)
     stuck_after_s: float = Field(default=900.0, gt=0)
 
+    # memory (see autogpt_workers/memory): long-term store, embeddings, short-term TTL, the prompt's token window
+    memory_backend: Literal["embedded", "weaviate", "none"] = "embedded"
+    memory_path: Path = Path("var/memory/memory.sqlite3")  # the embedded store: one file shared by the host
+    memory_embedder: Literal["local", "openai"] = "local"  # local: all-MiniLM-L6-v2 (the local-embeddings extra)
+    memory_embedding_model: str = "text-embedding-3-small"  # for memory_embedder=openai
+    memory_embedding_dims: int | None = Field(default=None, ge=1)  # openai: None asks the endpoint once
+    memory_embeddings_base_url: str | None = None  # openai: default OPENAI_BASE_URL
+    memory_embeddings_api_key: SecretStr | None = None  # openai: default OPENAI_API_KEY
+    memory_embedding_batch_size: int = Field(default=64, ge=1, le=2048)
+    memory_embedding_cache_ttl_s: int = Field(default=7 * 24 * 3600, ge=0)  # Redis cache; 0 = no cache
+    memory_local_threads: int | None = Field(default=1, ge=1)  # torch threads per worker process
+    memory_top_k: int = Field(default=5, ge=0, le=50)  # memories in every step's prompt; 0 = none
+    memory_min_score: float = Field(default=0.25, ge=-1, le=1)
+    memory_importance_threshold: float = Field(default=0.5, ge=0, le=1)
+    memory_shortterm_ttl_s: int = Field(default=3600, ge=1)
+    memory_shortterm_items: int = Field(default=20, ge=1)
+    weaviate_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("AUTOGPT_WEAVIATE_URL", "WEAVIATE_URL")
+    )
+    weaviate_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AUTOGPT_WEAVIATE_API_KEY", "WEAVIATE_API_KEY")
+    )
+    weaviate_grpc_port: int = Field(default=50051, ge=1, le=65535)
+    weaviate_collection: str = Field(default="AgentMemory", pattern=r"^[A-Z][A-Za-z0-9_]*$")
+    weaviate_batch_size: int = Field(default=100, ge=1, le=10_000)
+    llm_context_tokens: int | None = Field(default=128_000, ge=2_000)  # the model's window; None = never trim
+    llm_completion_reserve_tokens: int = Field(default=4_096, ge=0)
+
     log_json: bool = True
     log_level: str = "INFO"
 
@@ -111,6 +139,10 @@ class Settings(BaseSettings):
                 f"llm_max_attempts x (llm_timeout_s + llm_backoff_max_s) = {worst_llm:.0f}s must be below "
                 f"think_time_limit_s ({self.think_time_limit_s:.0f}s)"
             )
+        if self.memory_backend == "weaviate" and not self.weaviate_url:
+            problems.append("memory_backend=weaviate needs AUTOGPT_WEAVIATE_URL (or WEAVIATE_URL)")
+        if self.llm_context_tokens is not None and self.llm_completion_reserve_tokens * 2 > self.llm_context_tokens:
+            problems.append("llm_completion_reserve_tokens must be at most half of llm_context_tokens")
         if self.env == "production":
             if "guest:guest@" in self.broker_url:
                 problems.append("production refuses the RabbitMQ guest account in AUTOGPT_BROKER_URL")

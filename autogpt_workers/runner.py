@@ -152,6 +152,7 @@ class StepRunner:
             return "fenced"
         if wakeup is not None:
             self._publish([wakeup])
+        self.agent.observed(_context(task, step_index), proposal, observation)  # memory: best-effort
         self.observer.phase_finished(
             "act", time.monotonic() - started, "finished" if observation.is_last else "committed"
         )

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import select
 
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app
+from autogpt_workers.commands.memory import memory_commands
 from autogpt_workers.commands.registry import default_registry
 from autogpt_workers.config import Settings, get_settings
 from autogpt_workers.lease import LeaseKeeper
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
+from autogpt_workers.memory.factory import build_memory
 from autogpt_workers.runner import StepRunner
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import Ledger
+from autogpt_workers.store.models import Task
 
 _lock = threading.Lock()
 _runner: tuple[int, StepRunner] | None = None
@@ -41,10 +49,37 @@ def build_runner(settings: Settings) -> StepRunner:
         backoff_max_s=settings.llm_backoff_max_s,
         on_retry=observer.on_llm_retry,
     )
-    agent = Agent(llm, default_registry(max_file_bytes=settings.max_file_bytes), settings.price_per_1k)
+    memory = build_memory(settings, tenant_lookup(db))
+    registry = default_registry(max_file_bytes=settings.max_file_bytes, load_plugins=False)
+    for command in memory_commands(memory) if memory is not None else []:
+        registry.register(command)
+    registry.load_plugins()
+    window = settings.llm_context_tokens
+    agent = Agent(
+        llm,
+        registry,
+        settings.price_per_1k,
+        memory=memory,
+        memory_top_k=settings.memory_top_k,
+        context_tokens=window - settings.llm_completion_reserve_tokens if window is not None else None,
+    )
     owner = f"{socket.gethostname()}:{os.getpid()}"
     leases = LeaseKeeper(lambda tokens: ledger.renew(tokens, settings.lease_ttl_s), settings.lease_heartbeat_s)
     return StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer)
+
+
+def tenant_lookup(db: Database) -> Callable[[str], str]:
+    """Task id -> its tenant (memory is scoped by it); cached, a task's tenant never changes."""
+
+    @functools.lru_cache(maxsize=4096)
+    def tenant_of(task_id: str) -> str:
+        with db.session() as s:
+            tenant = s.execute(select(Task.tenant_id).where(Task.id == uuid.UUID(task_id))).scalar_one_or_none()
+        if tenant is None:
+            raise LookupError(f"no task {task_id}")
+        return str(tenant)
+
+    return tenant_of
 
 
 def get_runner() -> StepRunner:

