@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from autogpt_workers.memory.base import VectorStore
 from autogpt_workers.memory.embeddings import CachedEmbedder, Embedder, OpenAIEmbedder
+from autogpt_workers.memory.errors import MemoryConfigError
 from autogpt_workers.memory.longterm import LongTermMemory
 from autogpt_workers.memory.service import MemoryService
 from autogpt_workers.memory.shortterm import ShortTermMemory
@@ -35,6 +36,12 @@ def build_embedder(settings: Settings, redis: object | None = None) -> Embedder:
     else:
         from autogpt_workers.memory.local_embeddings import LocalEmbedder
 
+        if not LocalEmbedder.available():
+            raise MemoryConfigError(
+                "AUTOGPT_MEMORY_EMBEDDER=local needs the local-embeddings extra "
+                "(pip install 'autogpt-workers[local-embeddings]'); or set AUTOGPT_MEMORY_EMBEDDER=openai, "
+                "or AUTOGPT_MEMORY_BACKEND=none"
+            )
         embedder = LocalEmbedder(
             batch_size=settings.memory_embedding_batch_size, num_threads=settings.memory_local_threads
         )
