@@ -72,6 +72,32 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=1_000_000, ge=1)
     max_observation_chars: int = Field(default=8_000, ge=100)
 
+    # commands: the code sandbox (see commands/sandbox.py), web_fetch, profiles, artifacts
+    sandbox_cpu_seconds: int = Field(default=10, ge=1)
+    sandbox_wall_seconds: float = Field(default=30.0, gt=0)
+    sandbox_memory_mb: int = Field(default=512, ge=32)  # address space per process
+    sandbox_file_size_mb: int = Field(default=16, ge=1)
+    sandbox_max_processes: int = Field(default=32, ge=1)
+    sandbox_tmp_mb: int = Field(default=64, ge=1)
+    sandbox_uid_base: int = Field(default=200_000, ge=1000)  # each concurrent run on a host gets its own uid
+    sandbox_uid_count: int = Field(default=1024, ge=1)
+    sandbox_runtime_dir: Path | None = None  # uid locks and mount points; default <tmp>/autogpt-sandbox
+    sandbox_python: str = "python3"  # looked up on the sandbox's PATH (the host's /usr)
+    sandbox_shell_programs: list[str] | None = None  # execute_shell's allow-list; None: the built-in list
+    web_allowed_domains: list[str] = Field(default_factory=list)  # empty: web_fetch refuses every URL
+    web_max_bytes: int = Field(default=1_000_000, ge=1)
+    web_timeout_s: float = Field(default=10.0, gt=0)
+    profiles_dir: Path | None = None  # extra/overriding agent profiles (<name>.yaml)
+    approval_timeout_s: float | None = Field(default=86_400.0, gt=0)  # a waiting approval/question expires; None: never
+    artifact_store: Literal["local", "s3"] = "local"
+    artifact_scratch_dir: Path = Path("var/scratch")  # where an s3-backed act worker materialises workspaces
+    artifact_s3_bucket: str | None = None
+    artifact_s3_prefix: str = "tasks/"
+    artifact_s3_endpoint_url: str | None = None  # MinIO, Ceph, moto...; None: AWS
+    artifact_s3_region: str | None = None
+    artifact_s3_access_key_id: str | None = None  # None: boto3's own chain (AWS_* variables, instance role)
+    artifact_s3_secret_access_key: SecretStr | None = None
+
     # API
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
@@ -133,6 +159,10 @@ class Settings(BaseSettings):
             problems.append(f"act_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
         if self.think_time_limit_s + 30 >= limit:
             problems.append(f"think_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
+        if self.sandbox_wall_seconds + 10 >= self.act_time_limit_s:
+            problems.append("sandbox_wall_seconds must stay well below act_time_limit_s (the run is killed first)")
+        if self.artifact_store == "s3" and not self.artifact_s3_bucket:
+            problems.append("artifact_store=s3 needs AUTOGPT_ARTIFACT_S3_BUCKET")
         worst_llm = self.llm_max_attempts * (self.llm_timeout_s + self.llm_backoff_max_s)
         if worst_llm >= self.think_time_limit_s:
             problems.append(

@@ -12,16 +12,19 @@ from collections.abc import Callable
 from sqlalchemy import select
 
 from autogpt_workers.agent.loop import Agent
+from autogpt_workers.artifacts import artifact_store
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app
-from autogpt_workers.commands.memory import memory_commands
-from autogpt_workers.commands.registry import default_registry
+from autogpt_workers.commands import CommandRegistry, Sandbox, SandboxLimits, default_registry
+from autogpt_workers.commands.memory import MemoryAccess, memory_commands
 from autogpt_workers.config import Settings, get_settings
 from autogpt_workers.lease import LeaseKeeper
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
 from autogpt_workers.memory.factory import build_memory
+from autogpt_workers.profiles import ProfileCatalog
 from autogpt_workers.runner import StepRunner
 from autogpt_workers.store.db import Database
+from autogpt_workers.store.gateway import TaskOptions
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.store.models import Task
 
@@ -50,22 +53,59 @@ def build_runner(settings: Settings) -> StepRunner:
         on_retry=observer.on_llm_retry,
     )
     memory = build_memory(settings, tenant_lookup(db))
-    registry = default_registry(max_file_bytes=settings.max_file_bytes, load_plugins=False)
-    for command in memory_commands(memory) if memory is not None else []:
-        registry.register(command)
-    registry.load_plugins()
     window = settings.llm_context_tokens
     agent = Agent(
         llm,
-        registry,
+        build_registry(settings, memory),
         settings.price_per_1k,
+        max_observation_chars=settings.max_observation_chars,
+        profiles=ProfileCatalog(settings.profiles_dir),
+        profile_of=profile_lookup(db),
         memory=memory,
         memory_top_k=settings.memory_top_k,
         context_tokens=window - settings.llm_completion_reserve_tokens if window is not None else None,
     )
     owner = f"{socket.gethostname()}:{os.getpid()}"
     leases = LeaseKeeper(lambda tokens: ledger.renew(tokens, settings.lease_ttl_s), settings.lease_heartbeat_s)
-    return StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer)
+    return StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer, artifact_store(settings))
+
+
+def build_sandbox(settings: Settings) -> Sandbox:
+    """The code sandbox with the settings' limits (the host check runs at its first use)."""
+    limits = SandboxLimits(
+        cpu_seconds=settings.sandbox_cpu_seconds,
+        wall_seconds=settings.sandbox_wall_seconds,
+        memory_bytes=settings.sandbox_memory_mb * 2**20,
+        file_size_bytes=settings.sandbox_file_size_mb * 2**20,
+        max_processes=settings.sandbox_max_processes,
+        tmp_bytes=settings.sandbox_tmp_mb * 2**20,
+        output_bytes=max(4096, settings.max_observation_chars * 4),
+    )
+    return Sandbox(
+        limits,
+        runtime_dir=settings.sandbox_runtime_dir,
+        uid_base=settings.sandbox_uid_base,
+        uid_count=settings.sandbox_uid_count,
+    )
+
+
+def build_registry(settings: Settings, memory: MemoryAccess | None = None) -> CommandRegistry:
+    """Built-in commands configured from the settings, ``remember``/``recall`` when there is memory, then the
+    installed plugins."""
+    registry = default_registry(
+        load_plugins=False,
+        max_file_bytes=settings.max_file_bytes,
+        sandbox=build_sandbox(settings),
+        python=settings.sandbox_python,
+        shell_programs=settings.sandbox_shell_programs,
+        web_allowed_domains=settings.web_allowed_domains,
+        web_max_bytes=settings.web_max_bytes,
+        web_timeout_s=settings.web_timeout_s,
+    )
+    for command in memory_commands(memory) if memory is not None else []:
+        registry.register(command)
+    registry.load_plugins()
+    return registry
 
 
 def tenant_lookup(db: Database) -> Callable[[str], str]:
@@ -80,6 +120,19 @@ def tenant_lookup(db: Database) -> Callable[[str], str]:
         return str(tenant)
 
     return tenant_of
+
+
+def profile_lookup(db: Database) -> Callable[[str], str | None]:
+    """Task id -> the name of its profile (``task_options.profile``); cached, a task's profile never changes."""
+
+    @functools.lru_cache(maxsize=4096)
+    def profile_of(task_id: str) -> str | None:
+        with db.session() as s:
+            return s.execute(
+                select(TaskOptions.profile).where(TaskOptions.task_id == uuid.UUID(task_id))
+            ).scalar_one_or_none()
+
+    return profile_of
 
 
 def get_runner() -> StepRunner:

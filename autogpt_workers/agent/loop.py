@@ -40,6 +40,7 @@ from autogpt_workers.agent.types import (
 )
 from autogpt_workers.commands import Command, CommandContext, CommandRegistry, Workspace, truncate_output
 from autogpt_workers.errors import CommandError, UsageError
+from autogpt_workers.profiles import Profile, ProfileCatalog
 
 # Commands a task may always use, whatever its allow-list says: without `finish` it could not end.
 ALWAYS_ALLOWED = ("finish",)
@@ -56,6 +57,8 @@ class Agent:
         prompt: Prompt | None = None,
         *,
         max_observation_chars: int = 8_000,
+        profiles: ProfileCatalog | None = None,
+        profile_of: Callable[[str], str | None] | None = None,
         memory: AgentMemory | None = None,
         memory_top_k: int = 5,
         context_tokens: int | None = None,
@@ -65,28 +68,46 @@ class Agent:
         self.prices_per_1k = prices_per_1k
         self.prompt = prompt or load_prompt()
         self.max_observation_chars = max_observation_chars
+        self.profiles = profiles or ProfileCatalog()
+        self.profile_of = profile_of  # task id -> its profile's name (None: no profile)
         self.memory = memory  # long-term recall in every prompt; None: no memory
         self.memory_top_k = memory_top_k
         self.context_tokens = context_tokens  # what the prompt may use of the model's window; None: no limit
 
-    def allowed_commands(self, ctx: TaskContext) -> list[Command[Any]]:
-        """The commands this task may call (its allow-list plus ``ALWAYS_ALLOWED``, or all of them).
+    def profile(self, ctx: TaskContext) -> Profile | None:
+        """The task's profile, if it has one (raises ``UnknownProfile`` for a name nobody defines)."""
+        name = self.profile_of(ctx.task_id) if self.profile_of is not None else None
+        return self.profiles.get(name) if name else None
+
+    def prompt_for(self, profile: Profile | None) -> Prompt:
+        """The prompt set with the profile's role put before the shipped system prompt's general rules."""
+        if profile is None:
+            return self.prompt
+        return self.prompt.model_copy(update={"system": f"{profile.system.strip()}\n\n{self.prompt.system}"})
+
+    def allowed_commands(self, ctx: TaskContext, profile: Profile | None = None) -> list[Command[Any]]:
+        """The commands this task may call: its allow-list (else its profile's) plus ``ALWAYS_ALLOWED``, or all.
 
         Raises ``UnknownCommand`` if the allow-list names a command this worker does not have.
         """
-        if ctx.allowed_commands is None:
+        allowed = ctx.allowed_commands
+        if allowed is None and profile is not None:
+            allowed = profile.allowed_commands
+        if allowed is None:
             return self.registry.select(None)
         extra = [name for name in ALWAYS_ALLOWED if name in self.registry]
-        return self.registry.select([*ctx.allowed_commands, *extra])
+        return self.registry.select([*allowed, *extra])
 
     def think(self, ctx: TaskContext, history: list[StepRecord], now: datetime) -> Proposal:
         """Check the budget, ask the model for one command, and validate what it proposed."""
         check_budget(ctx.budget, ctx.spent, now)
-        commands = self.allowed_commands(ctx)
+        profile = self.profile(ctx)
+        commands = self.allowed_commands(ctx, profile)
+        prompt = self.prompt_for(profile)
         tools = [c.tool_schema() for c in commands]
         memories = self.memory.relevant(ctx, self.memory_top_k) if self.memory and self.memory_top_k else []
         messages = build_messages(
-            ctx, history, self.prompt, [(c.name, c.description) for c in commands], memories, self._window(tools)
+            ctx, history, prompt, [(c.name, c.description) for c in commands], memories, self._window(tools)
         )
         response = self.llm.complete(messages, tools)
         return self._proposal(ctx, response, commands)
@@ -118,6 +139,7 @@ class Agent:
             task_id=ctx.task_id,
             step_index=ctx.step_index,
             max_output_chars=self.max_observation_chars,
+            human_input=ctx.feedback,
         )
         try:
             result = command.run(args, command_ctx)

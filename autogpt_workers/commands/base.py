@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from autogpt_workers.commands.workspace import Workspace
 
 SideEffect = Literal["read_only", "workspace", "external"]
+SIDE_EFFECTS: tuple[SideEffect, ...] = ("read_only", "workspace", "external")
 ArgsT = TypeVar("ArgsT", bound=BaseModel)
 
 
@@ -36,6 +37,7 @@ class CommandContext:
     task_id: str
     step_index: int
     max_output_chars: int = 8_000
+    human_input: str | None = None  # a human's answer to this step's proposal (``ask_user``, approvals)
 
     @property
     def idempotency_key(self) -> str:
@@ -60,6 +62,7 @@ class Command(ABC, Generic[ArgsT]):
     Args: type[ArgsT]
     side_effect: ClassVar[SideEffect] = "read_only"
     idempotent: ClassVar[bool] = True
+    awaits_human: ClassVar[bool] = False  # the step waits for a human's answer before it runs (``ask_user``)
 
     @abstractmethod
     def run(self, args: ArgsT, ctx: CommandContext) -> CommandResult:

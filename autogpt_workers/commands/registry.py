@@ -13,17 +13,24 @@ in ``CommandRegistry.plugin_errors``; it never stops a worker. Plugins cannot sh
 from __future__ import annotations
 
 import importlib.metadata
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from pydantic import BaseModel
 
-from autogpt_workers.commands.base import Command
+from autogpt_workers.commands.ask_user import AskUser
+from autogpt_workers.commands.base import SIDE_EFFECTS, Command
+from autogpt_workers.commands.execute import DEFAULT_SHELL_PROGRAMS, ExecutePython, ExecuteShell
 from autogpt_workers.commands.files import ListFiles, ReadFile, WriteFile
 from autogpt_workers.commands.finish import Finish
+from autogpt_workers.commands.sandbox import Sandbox
+from autogpt_workers.commands.web import WebFetch
 from autogpt_workers.errors import UnknownCommand, UsageError
 
 ENTRY_POINT_GROUP = "autogpt_workers.commands"
+TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +48,7 @@ class CommandRegistry:
         """Add ``command``; a name can be registered once (raises ``UsageError`` otherwise)."""
         if not isinstance(command, Command):
             raise UsageError(f"{command!r} is not a Command instance")
+        _check_declaration(command)
         if command.name in self._commands:
             raise UsageError(f"a command named {command.name!r} is already registered")
         self._commands[command.name] = command
@@ -92,6 +100,22 @@ class CommandRegistry:
         return skipped
 
 
+def _check_declaration(command: Command[Any]) -> None:
+    """A command must say what it is: a tool name, typed arguments, its side-effect class and idempotency."""
+    name = getattr(command, "name", None)
+    if not isinstance(name, str) or not TOOL_NAME.match(name):
+        raise UsageError(f"{command!r}: name must match {TOOL_NAME.pattern} (an OpenAI tool name)")
+    args = getattr(command, "Args", None)
+    if not (isinstance(args, type) and issubclass(args, BaseModel)):
+        raise UsageError(f"command {name!r}: Args must be a pydantic model class")
+    if command.side_effect not in SIDE_EFFECTS:
+        raise UsageError(f"command {name!r}: side_effect must be one of {', '.join(SIDE_EFFECTS)}")
+    if not isinstance(command.idempotent, bool) or not isinstance(command.awaits_human, bool):
+        raise UsageError(f"command {name!r}: idempotent and awaits_human must be True or False")
+    if not isinstance(getattr(command, "description", None), str) or not command.description.strip():
+        raise UsageError(f"command {name!r}: a description is required (the model reads it)")
+
+
 def _instantiate(obj: object) -> Command[Any]:
     if isinstance(obj, Command):
         return obj
@@ -100,14 +124,34 @@ def _instantiate(obj: object) -> Command[Any]:
     raise UsageError(f"{obj!r} is neither a Command subclass nor a Command instance")
 
 
-def builtin_commands(max_file_bytes: int) -> list[Command[Any]]:
-    """The commands every worker has."""
-    return [WriteFile(max_bytes=max_file_bytes), ReadFile(), ListFiles(), Finish()]
+def builtin_commands(
+    max_file_bytes: int,
+    *,
+    sandbox: Sandbox | None = None,
+    python: str = "python3",
+    shell_programs: Sequence[str] | None = None,
+    web_allowed_domains: Sequence[str] = (),
+    web_max_bytes: int = 1_000_000,
+    web_timeout_s: float = 10.0,
+) -> list[Command[Any]]:
+    """The commands every worker has (the same set on every worker: think and act must agree)."""
+    sandbox = sandbox or Sandbox()
+    return [
+        WriteFile(max_bytes=max_file_bytes),
+        ReadFile(),
+        ListFiles(),
+        ExecutePython(sandbox, python=python),
+        ExecuteShell(sandbox, programs=shell_programs or DEFAULT_SHELL_PROGRAMS),
+        WebFetch(web_allowed_domains, max_bytes=web_max_bytes, timeout_s=web_timeout_s),
+        AskUser(),
+        Finish(),
+    ]
 
 
-def default_registry(max_file_bytes: int, *, load_plugins: bool = True) -> CommandRegistry:
-    """Built-ins, then the installed plugins (failures recorded in ``plugin_errors``, never raised)."""
-    registry = CommandRegistry(builtin_commands(max_file_bytes))
+def default_registry(max_file_bytes: int, *, load_plugins: bool = True, **options: Any) -> CommandRegistry:
+    """Built-ins (``options`` go to ``builtin_commands``), then the installed plugins (failures recorded in
+    ``plugin_errors``, never raised)."""
+    registry = CommandRegistry(builtin_commands(max_file_bytes, **options))
     if load_plugins:
         registry.load_plugins()
     return registry

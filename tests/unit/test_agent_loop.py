@@ -106,7 +106,9 @@ def test_three_step_run_writes_files_and_finishes(workspace: Workspace) -> None:
     # what the model saw: tools every time, and its earlier calls answered by tool messages
     assert len(llm.calls) == 3
     messages, tools = llm.calls[2]
-    assert {t["function"]["name"] for t in tools} == {"write_file", "read_file", "list_files", "finish"}
+    assert {t["function"]["name"] for t in tools} == {
+        "write_file", "read_file", "list_files", "execute_python", "execute_shell", "web_fetch", "ask_user", "finish"
+    }
     assert messages[1]["content"].startswith("Task id: task-42\nGoal: Write hello.txt, then finish.")
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant", "tool"]
     assert messages[5]["content"] == "hello"
@@ -173,8 +175,8 @@ def test_command_outside_the_allow_list_is_refused(workspace: Workspace) -> None
 
 def test_allow_list_naming_a_missing_command_fails_loudly() -> None:
     agent = _agent(ScriptedLLM([]))
-    with pytest.raises(UnknownCommand, match="web_fetch"):
-        agent.think(_ctx(allowed_commands=["web_fetch"]), [], NOW)
+    with pytest.raises(UnknownCommand, match="send_email"):
+        agent.think(_ctx(allowed_commands=["send_email"]), [], NOW)
 
 
 def test_arguments_failing_validation_explain_the_schema(workspace: Workspace) -> None:

@@ -41,12 +41,14 @@ class FakeEntryPoint:
 
 def test_builtins_are_registered() -> None:
     registry = default_registry(max_file_bytes=10, load_plugins=False)
-    assert registry.names() == ["finish", "list_files", "read_file", "write_file"]
+    assert registry.names() == [
+        "ask_user", "execute_python", "execute_shell", "finish", "list_files", "read_file", "web_fetch", "write_file"
+    ]
 
 
 def test_unknown_command_names_the_known_ones() -> None:
     registry = default_registry(max_file_bytes=10, load_plugins=False)
-    with pytest.raises(UnknownCommand, match=r"unknown command 'nope'; known commands: finish, list_files"):
+    with pytest.raises(UnknownCommand, match=r"unknown command 'nope'; known commands: ask_user, execute_python"):
         registry.get("nope")
 
 
@@ -73,7 +75,7 @@ def test_tool_schemas_follow_the_allow_list() -> None:
     names = [s["function"]["name"] for s in registry.tool_schemas(["read_file", "finish", "read_file"])]
     assert names == ["read_file", "finish"]
     with pytest.raises(UnknownCommand):
-        registry.tool_schemas(["web_fetch"])
+        registry.tool_schemas(["send_email"])
 
 
 def test_plugins_load_and_broken_ones_are_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
