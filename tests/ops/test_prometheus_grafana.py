@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "autogpt-workers.json"
-INSTALL_HINT = "apt-get install -y prometheus (make test installs it: scripts/ops-tools.sh)"
+INSTALL_HINT = "apt-get install -y prometheus; `make ops-tools` (part of make test) installs it"
 # PromQL words that look like metric names but are functions, keywords or label names
 PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "rate", "irate", "increase", "by", "without", "histogram_quantile",
@@ -51,10 +51,9 @@ def test_promtool_checks_the_rules_and_their_unit_tests() -> None:
 
 
 def _local_config(stack: OpsStack, tmp: Path) -> Path:
-    """deploy/prometheus/prometheus.yml with each job pointed at this machine's processes."""
-    config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
-    config["rule_files"] = [str(PROM_DIR / "alerts.yml")]
+    """deploy/prometheus/prometheus.yml with each platform job pointed at this machine's processes."""
+    from autogpt_workers.metrics_prometheus import local_config
+
     local = {
         "autogpt-api": stack.metrics_urls["api"],
         "autogpt-worker-think": stack.metrics_urls["worker-think"],
@@ -62,22 +61,9 @@ def _local_config(stack: OpsStack, tmp: Path) -> Path:
         "autogpt-reaper": stack.metrics_urls["reaper"],
         "flower": f"{stack.flower_url}/metrics",
     }
-    jobs = []
-    for job in config["scrape_configs"]:
-        url = local.get(job["job_name"])
-        if url is None:
-            continue  # rabbitmq's own endpoint: not part of the platform's processes
-        job.pop("dns_sd_configs", None)
-        job["static_configs"] = [{"targets": [url.split("/")[2]]}]
-        if "basic_auth" in job:
-            secret = tmp / "flower-password"
-            secret.write_text(FLOWER_AUTH[1])
-            job["basic_auth"] = {"username": FLOWER_AUTH[0], "password_file": str(secret)}
-        jobs.append(job)
-    assert {j["job_name"] for j in jobs} == set(local), "every platform job of the scrape config is exercised"
-    config["scrape_configs"] = jobs
-    path = tmp / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config))
+    path = local_config({job: url.split("/")[2] for job, url in local.items()}, tmp, FLOWER_AUTH, "1s")
+    jobs = {j["job_name"] for j in yaml.safe_load(path.read_text())["scrape_configs"]}
+    assert jobs == set(local), "every platform job of the scrape config is exercised"
     return path
 
 

@@ -1,0 +1,184 @@
+"""``autogpt-workers autoscale`` under a burst: 200 three-step tasks arrive at once on an idle platform (one
+worker process per queue); the scaler grows both queues' workers, the queues drain, the scaler shrinks them back
+with warm shutdowns, and every task completes with each step executed once.
+
+Reaction times are not asserted (this machine's speed varies); they are written to
+artifacts/autoscale-timings.json for the record."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from autogpt_workers.store.models import Step, TaskEvent
+from tests.conftest import ARTIFACTS, Proc, free_port
+from tests.ops.conftest import migrate, ops_env, wait_consumers, wait_http
+from tests.ops.helpers import scrape, value
+
+pytestmark = pytest.mark.e2e
+
+TASKS = 200
+STEPS = 3
+MAX_WORKERS = 3
+
+
+class Scaled:
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.api_port, self.metrics_port = free_port(), free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.scaler = Proc("ops-autoscale", [
+            "autoscale", "--min", "1", "--max", str(MAX_WORKERS), "--interval", "1", "--cooldown", "8",
+            "--max-age", "5", "--grace", "90", "--metrics-port", str(self.metrics_port), "--log-dir", str(log_dir),
+        ], env)
+        self.procs = [
+            Proc("ops-autoscale-api", ["api", "--port", str(self.api_port)], env),
+            Proc("ops-autoscale-reaper", ["reaper"], env),
+            self.scaler,
+        ]
+
+    def workers(self) -> dict[str, int]:
+        text = scrape(self.metrics_url)
+        return {q: int(value(text, "autogpt_autoscaler_workers", queue=q)) for q in ("think", "act")}
+
+
+@pytest.fixture(scope="module")
+def scaled(migrated, ops_broker_url, fake_llm, tmp_path_factory) -> Iterator[Scaled]:  # type: ignore[no-untyped-def]
+    env = ops_env(ops_broker_url, fake_llm, tmp_path_factory.mktemp("autoscale"), AUTOGPT_ACT_CONCURRENCY="2")
+    migrate(env)
+    log_dir = ARTIFACTS / "logs" / "autoscale"
+    st = Scaled(env, log_dir)
+    st.scaler.log_path.unlink(missing_ok=True)
+    for proc in st.procs:
+        proc.start()
+    try:
+        wait_http(f"{st.api_url}/healthz")
+        wait_http(st.metrics_url)
+        wait_consumers(env["AUTOGPT_BROKER_URL"], {"autogpt.think", "autogpt.act"})
+        yield st
+    finally:
+        scaler = st.scaler.popen
+        if scaler is not None and scaler.poll() is None:
+            scaler.send_signal(signal.SIGTERM)  # the scaler warm-stops its workers (grace 90 s), then exits
+            try:
+                scaler.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                st.scaler.kill()
+        for proc in st.procs:
+            proc.stop()
+    assert st.scaler.popen is not None and st.scaler.popen.returncode == 0, "the scaler stopped cleanly"
+
+
+def _scale_events(log_path: Path) -> list[dict[str, Any]]:
+    events = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"scale_' in line:
+            event = json.loads(line)
+            if event.get("event") in ("scale_out", "scale_in"):
+                events.append(event)
+    return events
+
+
+def _ts(event: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.timeout(1800)
+def test_a_burst_scales_out_then_back_in_and_loses_no_step(scaled: Scaled, db, fake_llm: str) -> None:  # type: ignore[no-untyped-def]
+    from tests.fake_llm.client import FakeLLMControl
+
+    llm = FakeLLMControl(fake_llm)
+    llm.reset()
+    llm.set_config(latency_s=0.05)
+    assert scaled.workers() == {"think": 1, "act": 1}, "starts at the minimum"
+
+    def submit(i: int) -> str:
+        resp = httpx.post(f"{scaled.api_url}/v1/tasks", json={"goal": f"burst {i} [[steps:{STEPS}]]"}, timeout=30)
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["id"])
+
+    t0 = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(submit, range(TASKS)))
+    submitted = time.time()
+
+    peak = {"think": 1, "act": 1}
+    drained_at = None
+    deadline = time.monotonic() + 1500  # this machine is shared: the drain may be slow
+    while time.monotonic() < deadline:
+        for q, n in scaled.workers().items():
+            peak[q] = max(peak[q], n)
+        with db.session() as s:
+            open_tasks = s.execute(
+                select(Step.task_id).where(Step.task_id.in_([uuid.UUID(t) for t in ids]), Step.is_last.is_(True),
+                                           Step.status == "completed")
+            ).all()
+        if len(open_tasks) == TASKS:
+            drained_at = time.time()
+            break
+        time.sleep(1)
+    assert drained_at is not None, f"the burst did not drain in time (peak workers {peak})"
+    assert peak["think"] > 1 or peak["act"] > 1, f"the burst never scaled out: {peak}"
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and scaled.workers() != {"think": 1, "act": 1}:
+        time.sleep(1)
+    scaled_in_at = time.time()
+    assert scaled.workers() == {"think": 1, "act": 1}, "the drained queues scale back to the minimum"
+
+    # every task completed; every step committed exactly once; every completion bought once
+    statuses = Counter(httpx.get(f"{scaled.api_url}/v1/tasks/{t}", timeout=10).json()["status"] for t in ids)
+    assert statuses == Counter({"completed": TASKS}), statuses
+    with db.session() as s:
+        task_uuids = [uuid.UUID(t) for t in ids]
+        steps = s.execute(select(Step.task_id, Step.step_index, Step.status).where(Step.task_id.in_(task_uuids))).all()
+        committed = Counter(
+            (e.task_id, e.step_index)
+            for e in s.execute(select(TaskEvent.task_id, TaskEvent.step_index).where(
+                TaskEvent.task_id.in_(task_uuids), TaskEvent.kind == "step.completed"))
+        )
+    assert len(steps) == TASKS * STEPS and {st.status for st in steps} == {"completed"}
+    assert set(committed.values()) == {1} and len(committed) == TASKS * STEPS
+    ok = Counter((e["conversation"], e["turn"]) for e in llm.log() if e["outcome"] == "ok")
+    ours = {k: n for k, n in ok.items() if k[0] in set(ids)}
+    assert len(ours) == TASKS * STEPS and set(ours.values()) == {1}, "one paid completion per step"
+
+    events = _scale_events(scaled.scaler.log_path)
+    outs = [e for e in events if e["event"] == "scale_out" and _ts(e) >= t0 - 1]
+    ins = [e for e in events if e["event"] == "scale_in" and _ts(e) >= t0 - 1]
+    assert outs and ins, events
+    stopped = [json.loads(line) for line in scaled.scaler.log_path.read_text().splitlines()
+               if line.startswith("{") and '"autoscale_worker_stopped"' in line]
+    assert stopped and all(e["code"] == 0 for e in stopped), "scaled-in workers exit cleanly (warm shutdown)"
+    timings = {
+        "tasks": TASKS, "steps_per_task": STEPS, "max_workers_per_queue": MAX_WORKERS,
+        "submit_s": round(submitted - t0, 2),
+        "first_scale_out_after_first_submit_s": round(_ts(outs[0]) - t0, 2),
+        "scale_out_events": [(e["queue"], e["workers_before"], e["workers_after"], round(_ts(e) - t0, 2),
+                              e["depth"]) for e in outs],
+        "peak_workers": peak,
+        "drained_after_s": round(drained_at - t0, 2),
+        "last_scale_in_after_drain_s": round(max(_ts(e) for e in ins) - drained_at, 2),
+        "scale_in_events": [(e["queue"], e["workers_before"], e["workers_after"], round(_ts(e) - t0, 2))
+                            for e in ins],
+        "back_at_minimum_after_drain_s": round(scaled_in_at - drained_at, 2),
+        "worker_drain_s": [e.get("drain_s") for e in stopped],
+    }
+    (ARTIFACTS / "autoscale-timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(json.dumps(timings, indent=2))
+    llm.reset()
