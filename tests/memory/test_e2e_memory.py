@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from autogpt_workers.memory.local_embeddings import LocalEmbedder
 from autogpt_workers.store.models import Step
+from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(
     not LocalEmbedder.available(), reason="the local-embeddings extra is not installed (make venv installs it)"
@@ -59,7 +60,7 @@ def test_a_later_task_recalls_what_an_earlier_one_concluded(stack: Any, llm: Any
     first = _submit(stack, "Find out where the production deploy key is stored [[script:conclude]]")
     assert _wait(stack, first)["status"] == "completed"
 
-    path = settings.memory_path if settings.memory_path.is_absolute() else Path.cwd() / settings.memory_path
+    path = settings.memory_path if settings.memory_path.is_absolute() else REPO_ROOT / settings.memory_path
     deadline = time.monotonic() + 180  # the act worker writes the memory right after the commit
     while _stored(path, code) == 0 and time.monotonic() < deadline:
         time.sleep(0.5)
