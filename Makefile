@@ -11,7 +11,7 @@ TEST_ENV := AUTOGPT_ENV=test \
 	AUTOGPT_DATABASE_URL=postgresql+psycopg2://postgres@127.0.0.1:5432/autogpt_test \
 	AUTOGPT_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/autogpt_test
 
-.PHONY: help services venv ops-tools run test test-unit lint format typecheck bench migrate clean distclean
+.PHONY: help services venv ops-tools run test test-unit lint format typecheck bench chaos migrate clean distclean
 
 help: ## List the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,9 @@ bench: services venv ## Run the benchmark (python -m bench) if there is one
 	else \
 		echo "no benchmark yet"; \
 	fi
+
+chaos: services venv ## Chaos suite: every fault scenario twice on private services, checker table (CHAOS_ARGS=...)
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 migrate: services venv ## Apply the database migrations (autogpt-workers migrate)
 	$(CLI) migrate

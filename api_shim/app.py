@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api_shim import metrics as api_metrics
+from api_shim.lifecycle_routes import router as lifecycle_router
 from api_shim.routes import router
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app as celery_app
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(router)
+    app.include_router(lifecycle_router)
     api_metrics.install(app)
 
     @app.exception_handler(IdempotencyConflict)

@@ -3,10 +3,21 @@
 Durability comes from the ledger (PostgreSQL); the broker carries "run phase P of step k of task T" wake-ups.
 The settings below are what make redelivery safe, and ``check_worker_settings`` refuses to start a worker without
 them.
+
+Graceful shutdown (SIGTERM, e.g. a scale-in): Celery stops consuming and waits for the running tasks (warm
+shutdown). On top of that, each worker process drains (``LeaseKeeper.drain``): it takes no new step, lets the
+steps in flight finish for ``shutdown_grace_s``, then hands back what is left (the lease released through
+``Ledger.release``, the wake-up re-published) so another worker continues at once and nothing waits for a lease
+to expire. The thread pool (think) abandons its LLM calls at the grace; a prefork child (act) running a command
+in-process releases its lease and exits, and the parent forwards SIGTERM to its children when only it was
+signalled (as Kubernetes does).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 from typing import Any
 
@@ -135,3 +146,65 @@ def _refuse_unsafe_worker(sender: Any = None, conf: Any = None, **_: Any) -> Non
         print(f"autogpt-workers: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     declare_topology(app)
+
+
+# -- graceful shutdown ---------------------------------------------------------------------------------------------
+
+
+def _pool_children() -> list[int]:
+    """This process's child processes (a prefork pool's workers); empty for the thread pool."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+@signals.worker_shutting_down.connect
+def _drain_on_shutdown(sig: Any = None, how: Any = None, **_: Any) -> None:
+    """MainProcess got SIGTERM/SIGINT/SIGQUIT: drain (thread pool) or tell the pool's children to (prefork)."""
+    children = _pool_children()
+    if children:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        return
+    from autogpt_workers.runtime import get_runner
+
+    get_runner().leases.drain(get_settings().shutdown_grace_s)
+
+
+def _child_sigterm(signum: int, frame: Any) -> None:
+    """A prefork child asked to stop: exit now if idle, else finish the step within the grace or hand it back."""
+    from autogpt_workers.runtime import get_runner
+
+    runner = get_runner()
+    if not runner.leases.held():
+        os._exit(0)
+
+    def hand_back_and_exit(holds: list[Any]) -> None:
+        try:
+            runner.hand_back_all(holds)
+        finally:
+            os._exit(0)
+
+    runner.leases.drain(get_settings().shutdown_grace_s, on_expired=hand_back_and_exit)
+
+
+_pool_child: list[int] = [0, 0]  # [pid of this pool child, pid whose SIGTERM handler is ours]
+
+
+@signals.worker_process_init.connect
+def _mark_pool_child(**_: Any) -> None:
+    _pool_child[0] = os.getpid()
+
+
+@signals.task_prerun.connect
+def _install_child_sigterm(**_: Any) -> None:
+    """In a prefork child, before its first task: our SIGTERM handler (billiard installs its own after the
+    process initializer, so it cannot be set in ``worker_process_init``)."""
+    pid = os.getpid()
+    if _pool_child[0] == pid and _pool_child[1] != pid:
+        signal.signal(signal.SIGTERM, _child_sigterm)
+        _pool_child[1] = pid

@@ -15,6 +15,7 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from autogpt_workers.config import Settings
+    from autogpt_workers.store.db import Database
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console()
@@ -195,7 +196,10 @@ def reaper(
     touch_series()
     stamp_publish_time()
     observer = PrometheusObserver()
-    Reaper(Ledger(db), Publisher(celery_app), s.outbox_grace_s, s.reaper_interval_s, observer).run_forever(stop)
+    Reaper(
+        Ledger(db), Publisher(celery_app), s.outbox_grace_s, s.reaper_interval_s, observer,
+        redrive_after_s=s.redrive_after_s,
+    ).run_forever(stop)
 
 
 @app.command()
@@ -350,6 +354,53 @@ def run(
     from autogpt_workers.stack import run_stack
 
     raise typer.Exit(run_stack(_settings(), goal=goal, exit_after_demo=exit_after_demo, console=console))
+
+
+@app.command()
+def stuck(
+    older_than: Annotated[
+        float | None, typer.Option(min=0, help="Idle at least this many seconds. Default: AUTOGPT_STUCK_AFTER_S.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    limit: Annotated[int, typer.Option(min=1)] = 200,
+) -> None:
+    """List unfinished tasks nothing has moved for a while, and why. Exits 1 when there are any."""
+    import json
+
+    from rich.table import Table
+
+    from autogpt_workers.stuck import REASONS, find_stuck
+
+    s = _settings()
+    threshold = s.stuck_after_s if older_than is None else older_than
+    try:
+        found = find_stuck(_ledger_db(), threshold, limit=limit)
+    except Exception as exc:
+        err.print(f"[red]cannot read the ledger:[/] {exc}\nIs PostgreSQL up and migrated (`autogpt-workers migrate`)?")
+        raise typer.Exit(2) from exc
+    if as_json:
+        for t in found:
+            typer.echo(json.dumps(t.as_dict()))
+    elif not found:
+        console.print(f"no task idle for {threshold:g}s or more")
+    else:
+        table = Table(title=f"{len(found)} task(s) idle for {threshold:g}s or more")
+        for col in ("task", "tenant", "status", "step", "idle", "reason"):
+            table.add_column(col)
+        for t in found:
+            step = "-" if t.step_index is None else f"{t.step_index} ({t.step_status})"
+            table.add_row(str(t.task_id), t.tenant_id, t.status, step, f"{t.idle_s:.0f}s", t.reason)
+        console.print(table)
+        for reason in sorted({t.reason for t in found}):
+            console.print(f"  {reason}: {REASONS[reason]}")
+    raise typer.Exit(1 if found else 0)
+
+
+def _ledger_db() -> Database:
+    s = _settings()
+    from autogpt_workers.store.db import Database
+
+    return Database.from_url(s.database_url, pool_size=1, max_overflow=1)
 
 
 def main() -> None:

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     rabbitmq_consumer_timeout_s: float = Field(default=RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S, gt=0)
     think_concurrency: int = Field(default=100, ge=1)
     act_concurrency: int = Field(default=2, ge=1)
+    # lifecycle: on SIGTERM a worker finishes its in-flight step within this grace, else hands it back
+    # (keep it below the orchestrator's kill timeout, e.g. Kubernetes' terminationGracePeriodSeconds, 30 s)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    # the reaper re-publishes a wake-up published this long ago whose step was never claimed (message lost)
+    redrive_after_s: float = Field(default=600.0, gt=0)
+    # chaos suite only (see autogpt_workers/crashpoints.py): "<window>:<probability>[:<match>[:<action>]]"
+    chaos_crash_at: str | None = None
+    chaos_journal: Path | None = None
 
     # tasks
     default_max_steps: int = Field(default=20, ge=1)
@@ -173,7 +181,16 @@ class Settings(BaseSettings):
             problems.append("memory_backend=weaviate needs AUTOGPT_WEAVIATE_URL (or WEAVIATE_URL)")
         if self.llm_context_tokens is not None and self.llm_completion_reserve_tokens * 2 > self.llm_context_tokens:
             problems.append("llm_completion_reserve_tokens must be at most half of llm_context_tokens")
+        if self.chaos_crash_at:
+            from autogpt_workers.crashpoints import parse_rules
+
+            try:
+                parse_rules(self.chaos_crash_at)
+            except ValueError as exc:
+                problems.append(f"AUTOGPT_CHAOS_CRASH_AT: {exc}")
         if self.env == "production":
+            if self.chaos_crash_at:
+                problems.append("production refuses AUTOGPT_CHAOS_CRASH_AT (test-only fault injection)")
             if "guest:guest@" in self.broker_url:
                 problems.append("production refuses the RabbitMQ guest account in AUTOGPT_BROKER_URL")
             if self.flower_basic_auth.get_secret_value() in ("admin:admin", ""):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -31,6 +31,9 @@ class TaskStatus(enum.StrEnum):
     completed = "completed"
     failed = "failed"
     cancelled = "cancelled"
+    paused = "paused"  # no step starts until resumed (see autogpt_workers.lifecycle)
+    cancelling = "cancelling"  # cancel requested: the in-flight step stops at its next safe point
+    awaiting_approval = "awaiting_approval"  # a proposal waits for a human (approval mode)
 
     @property
     def terminal(self) -> bool:
@@ -47,6 +50,11 @@ class StepStatus(enum.StrEnum):
     acting = "acting"
     completed = "completed"
     failed = "failed"
+    awaiting_approval = "awaiting_approval"  # proposed; its command runs once a human approves it
+    cancelled = "cancelled"
+
+# Approval policy: "never", "always", or a list of command side-effect classes (or command names) that need it.
+ApprovalPolicy = Literal["never", "always"] | list[Annotated[str, Field(min_length=1, max_length=64)]]
 
 
 class TaskSubmission(BaseModel):
@@ -61,6 +69,32 @@ class TaskSubmission(BaseModel):
         default=None, max_length=100, description="Commands this task may use; all registered ones if omitted."
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    approval: ApprovalPolicy = Field(
+        default="never",
+        description='"always": each proposed command waits for POST /v1/tasks/{id}/approve; a list: only commands '
+        "of those side-effect classes wait.",
+    )
+    deadline: datetime | None = Field(
+        default=None, description="Past it the task ends failed (reason deadline) at its next step boundary."
+    )
+
+    @field_validator("approval")
+    @classmethod
+    def _approval_list_bounded(cls, v: ApprovalPolicy) -> ApprovalPolicy:
+        if isinstance(v, list) and len(v) > 32:
+            raise ValueError("approval lists at most 32 classes")
+        return v
+
+    @field_validator("deadline")
+    @classmethod
+    def _deadline_in_future(cls, v: datetime | None) -> datetime | None:
+        if v is None:
+            return None
+        if v.tzinfo is None:  # a naive time is UTC
+            v = v.replace(tzinfo=UTC)
+        if v <= datetime.now(UTC):
+            raise ValueError("deadline must be in the future")
+        return v
 
     @field_validator("goal")
     @classmethod

@@ -1,4 +1,6 @@
-"""The reaper: re-drives steps whose lease expired and publishes wake-ups nobody published.
+"""The reaper: re-drives steps whose lease expired, publishes wake-ups nobody published, and ends tasks past their
+deadline that no worker is on (paused, waiting for approval or in a queue; a task being worked on fails at its
+step's next boundary instead).
 
 It is the safety net, not the fast path: workers publish their own wake-ups right after commit, and RabbitMQ
 redelivers the messages of a dead consumer. Several reapers may run at once (row locks are skipped, and a duplicate
@@ -24,6 +26,7 @@ class ReapReport:
     expired_leases: int
     published: int
     failed_publishes: int
+    deadlines_expired: int = 0
 
 
 class Reaper:
@@ -34,21 +37,32 @@ class Reaper:
         outbox_grace_s: float,
         interval_s: float,
         observer: RunObserver | None = None,
+        redrive_after_s: float | None = 600.0,
     ) -> None:
         self.observer = observer or RunObserver()
         self.ledger = ledger
         self.publisher = publisher
         self.outbox_grace_s = outbox_grace_s
         self.interval_s = interval_s
+        self.redrive_after_s = redrive_after_s  # None: never re-publish a consumed-but-lost wake-up
 
     def run_once(self) -> ReapReport:
         expired = self.ledger.reap_expired_leases()
-        due = {w.outbox_id: w for w in [*expired, *self.ledger.due_wakeups(self.outbox_grace_s)]}
+        late = self.ledger.expire_deadlines()
+        orphans = self.ledger.rearm_orphans(self.redrive_after_s) if self.redrive_after_s is not None else []
+        if orphans:
+            log.warning("orphaned_wakeups_rearmed", count=len(orphans))
+        due = {w.outbox_id: w for w in [*expired, *orphans, *self.ledger.due_wakeups(self.outbox_grace_s)]}
         published, failed = self._publish(list(due.values()))
         self.observer.reaped(len(expired), published)
-        if expired or due:
-            log.info("reaped", expired_leases=len(expired), published=published, failed_publishes=failed)
-        return ReapReport(len(expired), published, failed)
+        for _ in late:
+            self.observer.task_ended("failed", None)
+        if expired or due or late:
+            log.info(
+                "reaped", expired_leases=len(expired), published=published, failed_publishes=failed,
+                deadlines_expired=len(late),
+            )
+        return ReapReport(len(expired), published, failed, len(late))
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("reaper_started", interval_s=self.interval_s, outbox_grace_s=self.outbox_grace_s)

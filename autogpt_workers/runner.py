@@ -1,8 +1,19 @@
 """The two phases of an agent step, as plain functions of the ledger, the agent and the publisher.
 
-``think``: claim the step, check the budget, ask the model, persist its proposal with the act wake-up.
+``think``: claim the step, check the budget, ask the model, persist its proposal with the act wake-up (or park it
+for a human in approval mode).
 ``act``: claim the proposed step, run the command in the task's workspace, commit the observation, the artifacts
 and the next step's wake-up.
+
+Lifecycle at the phase boundaries: the claim refuses to start a phase of a task that is paused, cancelling,
+waiting for approval or past its deadline (see ``Ledger.claim``); the ledger's writes at the end of a phase park
+the run if it was paused meanwhile and finish a cancel. Inside a phase:
+
+- think runs the LLM call on a helper thread and waits on the lease's hold: a cancel (seen by the lease heartbeat,
+  within ``lease_heartbeat_s``) abandons the call, the task ends ``cancelled`` and the answer, if it still comes,
+  is dropped; so does a graceful shutdown past its grace (the step is handed back) and the think time limit.
+- act runs the command in-process (in the prefork child): a cancel takes effect at the next safe point, the
+  commit, after which no further step starts. A sandboxed subprocess can be terminated on ``Hold.stopped``.
 
 Each returns a short outcome string (shown in Flower as the Celery task's result). The Celery glue in ``tasks``
 maps the one exception left, ``StepPoisoned``, to a dead-lettered message. Nothing here imports Celery.
@@ -12,25 +23,44 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.agent.types import Budget, Observation, Proposal, Spent, StepRecord, TaskContext
 from autogpt_workers.broker import Publisher
 from autogpt_workers.commands.workspace import Workspace
 from autogpt_workers.config import Settings
+from autogpt_workers.crashpoints import CrashPoints
 from autogpt_workers.errors import BudgetExceeded, LLMPermanentError, LLMTransientError, StepPoisoned, UsageError
-from autogpt_workers.lease import LeaseKeeper
+from autogpt_workers.lease import Hold, LeaseKeeper
+from autogpt_workers.lifecycle import approval_required
 from autogpt_workers.observe import RunObserver
-from autogpt_workers.store.ledger import Claim, ClaimOutcome, FileRecord, Ledger, Wakeup
+from autogpt_workers.store.ledger import Claim, ClaimOutcome, FileRecord, Ledger, ProposeOutcome, Wakeup
 from autogpt_workers.store.models import Step, Task
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+SHUTDOWN_ERROR = "handed back: the worker was shutting down"
+
+
+class Abandoned(Exception):
+    """The work under a lease was given up (cancel, shutdown, lease lost, time limit); ``reason`` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _record(step: Step) -> StepRecord:
@@ -80,21 +110,32 @@ class StepRunner:
         self.settings = settings
         self.owner = owner
         self.leases = leases
+        self.crash = CrashPoints.from_spec(settings.chaos_crash_at, settings.chaos_journal)
 
     # -- phases ----------------------------------------------------------------------------------------------------
 
     def think(self, task_id: uuid.UUID, step_index: int) -> str:
+        if self.leases.draining:
+            return self._pass_on(task_id, step_index, "think")
         claim = self._claim(task_id, step_index, "think")
         if claim.token is None:
             return self._settle(claim, task_id, step_index, "think")
         token = claim.token
         started = time.monotonic()
         bound = log.bind(task_id=str(task_id), step=step_index, phase="think")
-        with self.leases.hold(token):
+        with self.leases.hold(token) as hold:
             task, history, _ = self.ledger.load_run(task_id, step_index)
             ctx = _context(task, step_index)
+            records = [_record(s) for s in history]
             try:
-                proposal = self.agent.think(ctx, [_record(s) for s in history], datetime.now(UTC))
+                proposal = self._await(
+                    hold,
+                    lambda: self.agent.think(ctx, records, datetime.now(UTC)),
+                    lambda: self.crash.maybe("llm", task_id=task_id, step_index=step_index, phase="think",
+                                             goal=task.goal),
+                )
+            except Abandoned as exc:
+                return self._abandon(task, step_index, token, "think", claim.deliveries, exc.reason, started)
             except BudgetExceeded as exc:
                 return self._fail(task, step_index, token, exc.reason, "think", started)
             except LLMPermanentError as exc:
@@ -105,12 +146,16 @@ class StepRunner:
                 self.observer.phase_finished("think", time.monotonic() - started, "retry")
                 return self._hand_back(task_id, step_index, token, "think", claim.deliveries, exc)
             llm_seconds = time.monotonic() - started
-            wakeup = self.ledger.record_proposal(task_id, step_index, token, proposal.model_dump(mode="json"))
-        if wakeup is None:
+            gate = approval_required(task.approval, proposal.command, self._side_effect(proposal.command))
+            result = self._persist(
+                lambda: self.ledger.propose(
+                    task_id, step_index, token, proposal.model_dump(mode="json"), await_approval=gate
+                )
+            )
+        if result.outcome is ProposeOutcome.fenced:
             bound.warning("fenced", detail="lease taken over before the proposal was persisted")
             self.observer.phase_finished("think", time.monotonic() - started, "fenced")
             return "fenced"
-        self._publish([wakeup])
         self.observer.proposal(
             proposal.model,
             proposal.usage.prompt_tokens,
@@ -118,41 +163,64 @@ class StepRunner:
             proposal.cost_usd,
             llm_seconds,
         )
-        self.observer.phase_finished("think", time.monotonic() - started, "proposed")
-        bound.info("step_proposed", command=proposal.command, error=proposal.error, tokens=proposal.usage.total_tokens)
-        return f"proposed {proposal.command or 'nothing (model error)'}"
+        self.crash.maybe("proposed", task_id=task_id, step_index=step_index, phase="think", goal=task.goal)
+        if result.wakeup is not None:
+            self._publish([result.wakeup])
+        self.crash.maybe("published", task_id=task_id, step_index=step_index, phase="think", goal=task.goal)
+        self.observer.phase_finished("think", time.monotonic() - started, result.outcome.value)
+        if result.outcome is ProposeOutcome.cancelled:
+            self.observer.task_ended("cancelled", _age(task))
+        bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
+                   tokens=proposal.usage.total_tokens)
+        if result.outcome is ProposeOutcome.proposed:
+            return f"proposed {proposal.command or 'nothing (model error)'}"
+        return f"{result.outcome.value}: {proposal.command or 'nothing (model error)'}"
 
     def act(self, task_id: uuid.UUID, step_index: int) -> str:
+        if self.leases.draining:
+            return self._pass_on(task_id, step_index, "act")
         claim = self._claim(task_id, step_index, "act")
         if claim.token is None:
             return self._settle(claim, task_id, step_index, "act")
         token = claim.token
         started = time.monotonic()
         bound = log.bind(task_id=str(task_id), step=step_index, phase="act")
-        with self.leases.hold(token):
+        with self.leases.hold(token) as hold:
             task, _, current = self.ledger.load_run(task_id, step_index)
             assert current is not None and current.proposal is not None
+            if hold.stop_reason is not None:  # cancelled (or shutting down) between the claim and now
+                return self._abandon(task, step_index, token, "act", claim.deliveries, hold.stop_reason, started)
             proposal = Proposal.model_validate(current.proposal)
+            ctx = _context(task, step_index)
+            problem = self._check_edit(ctx, proposal) if current.proposal.get("edited") else None
             workspace = Workspace(self.workspace_dir(task_id))
             workspace.create()
-            observation = self.agent.act(_context(task, step_index), proposal, workspace)
+            if problem is not None:
+                observation = Observation(output=f"Error: {problem}", is_error=True)
+            else:
+                observation = self.agent.act(ctx, proposal, workspace)
+            self.crash.maybe("command", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
             files = [self._file_record(workspace, p) for p in observation.files_written]
-            committed, wakeup = self.ledger.commit_step(
-                task_id,
-                step_index,
-                token,
-                observation.output,
-                observation.is_error,
-                observation.is_last,
-                [f for f in files if f is not None],
+            committed, wakeup = self._persist(
+                lambda: self.ledger.commit_step(
+                    task_id,
+                    step_index,
+                    token,
+                    observation.output,
+                    observation.is_error,
+                    observation.is_last,
+                    [f for f in files if f is not None],
+                )
             )
         if not committed:
             bound.warning("fenced", detail="lease taken over before the step was committed")
             self.observer.phase_finished("act", time.monotonic() - started, "fenced")
             return "fenced"
+        self.crash.maybe("committed", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
         if wakeup is not None:
             self._publish([wakeup])
-        self.agent.observed(_context(task, step_index), proposal, observation)  # memory: best-effort
+        self.crash.maybe("published", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+        self.agent.observed(ctx, proposal, observation)  # memory, after the commit: best-effort, never fails the step
         self.observer.phase_finished(
             "act", time.monotonic() - started, "finished" if observation.is_last else "committed"
         )
@@ -166,7 +234,89 @@ class StepRunner:
     def workspace_dir(self, task_id: uuid.UUID) -> Path:
         return self.settings.workspace_root / str(task_id)
 
+    # -- shutdown --------------------------------------------------------------------------------------------------
+
+    def hand_back_all(self, holds: list[Hold]) -> int:
+        """Graceful shutdown past its grace, for work that cannot be interrupted (a command running in-process):
+        release these leases and re-arm their wake-ups, so another worker takes the steps over at once."""
+        released = 0
+        for h in holds:
+            with self.ledger.db.session() as s:
+                row = s.execute(
+                    select(Step.task_id, Step.step_index).where(Step.lease_token == h.token)
+                ).one_or_none()
+            if row is None:
+                continue
+            wakeup = self.ledger.release(row[0], row[1], h.token, error=SHUTDOWN_ERROR)
+            if wakeup is not None:
+                self._publish([wakeup])
+            released += 1
+        log.warning("steps_handed_back", count=released, reason="shutdown grace expired")
+        return released
+
     # -- helpers ---------------------------------------------------------------------------------------------------
+
+    def _await(self, hold: Hold, call: Callable[[], T], crash_probe: Callable[[], None] | None = None) -> T:
+        """Run ``call`` on a helper thread; return its result, or raise ``Abandoned`` as soon as the hold is told
+        to stop or the think time limit passes (the helper thread is left to finish; its result is dropped)."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:  # handed to the waiting thread
+                box["error"] = exc
+            finally:
+                box["done"] = True
+                hold.wake()
+
+        threading.Thread(target=run, name="llm-call", daemon=True).start()
+        limit = time.monotonic() + max(1.0, self.settings.think_time_limit_s - 5)
+        probe_at = time.monotonic() + 0.05 if crash_probe is not None and self.crash.armed("llm") else None
+        while "done" not in box:
+            if hold.stop_reason is not None:
+                raise Abandoned(hold.stop_reason)
+            now = time.monotonic()
+            if now >= limit:
+                raise Abandoned("think time limit")
+            wait_until = min(limit, probe_at) if probe_at is not None else limit
+            hold.wait(max(0.0, wait_until - now))
+            hold.clear_wake()
+            if probe_at is not None and time.monotonic() >= probe_at and "done" not in box:
+                probe_at = None
+                assert crash_probe is not None
+                crash_probe()
+        if "error" in box:
+            raise box["error"]
+        value: T = box["value"]
+        return value
+
+    def _abandon(
+        self, task: Task, step_index: int, token: uuid.UUID, phase: str, deliveries: int, reason: str,
+        started: float,
+    ) -> str:
+        task_id = task.id
+        if reason == "cancel":
+            cancelled = self.ledger.cancel_in_flight(task_id, step_index, token)
+            self.observer.phase_finished(phase, time.monotonic() - started, "cancelled" if cancelled else "fenced")
+            if cancelled:
+                self.observer.task_ended("cancelled", _age(task))
+            log.info("step_abandoned", task_id=str(task_id), step=step_index, phase=phase, reason=reason)
+            return "cancelled" if cancelled else "fenced"
+        if reason == "lease lost":
+            self.observer.phase_finished(phase, time.monotonic() - started, "fenced")
+            log.warning("step_abandoned", task_id=str(task_id), step=step_index, phase=phase, reason=reason)
+            return "fenced"
+        error = SHUTDOWN_ERROR if reason == "shutdown" else f"handed back: {reason}"
+        self.observer.phase_finished(phase, time.monotonic() - started, "retry")
+        return self._hand_back(task_id, step_index, token, phase, deliveries, RuntimeError(error),
+                               countdown=0.0 if reason == "shutdown" else None)
+
+    def _pass_on(self, task_id: uuid.UUID, step_index: int, phase: str) -> str:
+        """This worker is shutting down: leave the wake-up to another worker without touching the step."""
+        self.publisher.wake(task_id, step_index, phase, self._priority(task_id))
+        log.info("delivery_passed_on", task_id=str(task_id), step=step_index, phase=phase, reason="shutdown")
+        return "passed on: shutting down"
 
     def _claim(self, task_id: uuid.UUID, step_index: int, phase: str) -> Claim:
         claim = self.ledger.claim(
@@ -175,6 +325,31 @@ class StepRunner:
         wait = (datetime.now(UTC) - claim.queued_at).total_seconds() if claim.queued_at else None
         self.observer.delivery(phase, claim.outcome.value, wait)
         return claim
+
+    def _side_effect(self, command: str | None) -> str | None:
+        """The command's side-effect class, if commands declare one (for approval lists)."""
+        if command is None or command not in self.agent.registry:
+            return None
+        value = getattr(self.agent.registry.get(command), "side_effect", None)
+        return None if value is None else str(getattr(value, "value", value))
+
+    def _check_edit(self, ctx: TaskContext, proposal: Proposal) -> str | None:
+        """A human edited the command: is it one this task may run, with arguments that fit it?"""
+        if proposal.error is not None or proposal.command is None:
+            return None
+        try:
+            allowed = {c.name: c for c in self.agent.allowed_commands(ctx)}
+        except UsageError as exc:
+            return str(exc)
+        command = allowed.get(proposal.command)
+        if command is None:
+            return f"the approved command {proposal.command!r} is not available to this task"
+        try:
+            command.parse_args(proposal.arguments)
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in exc.errors())
+            return f"the approved arguments for {proposal.command!r} do not fit its schema ({details})"
+        return None
 
     def _fail(self, task: Task, step_index: int, token: uuid.UUID, reason: str, phase: str, started: float) -> str:
         failed = self.ledger.fail_task(task.id, step_index, token, reason)
@@ -192,7 +367,13 @@ class StepRunner:
             self._publish(self.ledger.pending_wakeups(task_id))
         elif outcome is ClaimOutcome.lease_held:
             # a redelivery while the previous holder's lease runs (it may have died): look again when it expires
-            self.publisher.wake(task_id, step_index, phase, self._priority(task_id), countdown=claim.retry_in)
+            try:
+                self.publisher.wake(task_id, step_index, phase, self._priority(task_id), countdown=claim.retry_in)
+            except Exception as exc:  # broker down: if the holder died, the reaper re-drives at the lease's expiry
+                log.warning("lease_held_retry_not_published", task_id=str(task_id), step=step_index, error=str(exc))
+        elif outcome is ClaimOutcome.deadline:
+            self.observer.task_ended("failed", None)
+            log.info("task_failed", task_id=str(task_id), step=step_index, reason=claim.reason)
         elif outcome is ClaimOutcome.poisoned:
             self.observer.error("step_poisoned")
             self.observer.task_ended("failed", None)
@@ -202,14 +383,25 @@ class StepRunner:
         return f"skipped: {outcome.value}"
 
     def _hand_back(
-        self, task_id: uuid.UUID, step_index: int, token: uuid.UUID, phase: str, deliveries: int, exc: Exception
+        self,
+        task_id: uuid.UUID,
+        step_index: int,
+        token: uuid.UUID,
+        phase: str,
+        deliveries: int,
+        exc: Exception,
+        countdown: float | None = None,
     ) -> str:
         wakeup = self.ledger.release(task_id, step_index, token, error=str(exc))
-        retry_after = getattr(exc, "retry_after", None) or 0.0
-        countdown = max(retry_after, min(60.0, 2.0**deliveries)) + random.uniform(0, 1)
+        if countdown is None:
+            retry_after = getattr(exc, "retry_after", None) or 0.0
+            countdown = max(retry_after, min(60.0, 2.0**deliveries)) + random.uniform(0, 1)
         if wakeup is not None:
-            self.publisher.wake(task_id, step_index, phase, wakeup.priority, countdown=countdown)
-            self.ledger.mark_published([wakeup.outbox_id])
+            try:
+                self.publisher.wake(task_id, step_index, phase, wakeup.priority, countdown=countdown or None)
+                self.ledger.mark_published([wakeup.outbox_id])
+            except Exception as pub_exc:  # the outbox row stays: the reaper publishes it
+                log.warning("hand_back_publish_deferred", task_id=str(task_id), step=step_index, error=str(pub_exc))
         log.warning(
             "step_handed_back",
             task_id=str(task_id),
@@ -220,15 +412,35 @@ class StepRunner:
         )
         return f"retry in {countdown:.1f}s: {exc}"
 
+    def _persist(self, write: Callable[[], T]) -> T:
+        """Run a ledger write that holds paid-for work (a proposal, a command's outcome), retrying while PostgreSQL
+        is unreachable for up to one lease period: a short database restart must not throw the work away."""
+        deadline = time.monotonic() + self.settings.lease_ttl_s
+        delay = 0.2
+        while True:
+            try:
+                return write()
+            except (OperationalError, InterfaceError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("ledger_write_retry", error=str(exc).splitlines()[0], retry_in=delay)
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
     def _publish(self, wakeups: list[Wakeup]) -> None:
         published = []
         try:
             for w in wakeups:
                 self.publisher.wake(w.task_id, w.step_index, w.phase, w.priority)
                 published.append(w.outbox_id)
+        except Exception as exc:  # the broker is down: the rows stay in the outbox and the reaper publishes them
+            log.warning("publish_deferred", error=str(exc), unpublished=len(wakeups) - len(published))
         finally:
             # what was confirmed is marked; the rest stays in the outbox for the reaper
-            self.ledger.mark_published(published)
+            try:
+                self.ledger.mark_published(published)
+            except (OperationalError, InterfaceError) as exc:  # harmless: the reaper publishes a duplicate
+                log.warning("mark_published_failed", error=str(exc).splitlines()[0])
 
     def _priority(self, task_id: uuid.UUID) -> int:
         with self.ledger.db.session() as s:

@@ -61,6 +61,8 @@ def submit_task(
         "idempotency_key": idempotency_key,
         "request_hash": digest,
         "model": model,
+        "approval": submission.approval,  # the lifecycle's approval gate and deadline (revision 0004)
+        "deadline": submission.deadline,
     }
     with db.transaction() as s:
         created = ledger.create_task(s, values)

@@ -3,13 +3,23 @@
 How a step stays durable (see README "How a step is made durable"):
 
 * ``claim`` takes a lease on (task, step, phase) with a fresh token, or says why not (already committed, held by a
-  live worker, task finished, delivered too often). A delivery for an already committed step flushes the
-  successor's wake-up instead of re-executing.
-* ``record_proposal`` persists the LLM's proposal and the act wake-up in one transaction, fenced on the token.
+  live worker, task finished / paused / cancelling / waiting for approval, past its deadline, delivered too often).
+  A delivery for an already committed step flushes the successor's wake-up instead of re-executing.
+* ``propose`` persists the LLM's proposal and the act wake-up in one transaction, fenced on the token (or parks the
+  step ``awaiting_approval`` in approval mode).
 * ``commit_step`` persists the observation, the artifacts and the next step's wake-up in one transaction, fenced
   on the token: a zombie whose lease was taken over commits nothing.
 * Wake-ups are outbox rows; the caller publishes them after commit and marks them published. The reaper publishes
-  rows nobody published and re-drives steps whose lease expired.
+  rows nobody published, re-drives steps whose lease expired and fails tasks past their deadline.
+
+Lifecycle (``autogpt_workers.lifecycle`` is the user-facing half): wake-ups are only written for tasks that are
+``queued`` or ``running``. A ``paused`` task keeps its in-flight phase's result but gets no wake-up (resume re-arms
+it); a ``cancelling`` task ends ``cancelled`` at the in-flight phase's next boundary; a cancelled step is never
+claimed again, so a cancelled task runs no further step whatever the broker still delivers.
+
+Lock order: every transaction that changes a task and one of its steps locks the task row first
+(``FOR NO KEY UPDATE``, which does not block the foreign-key checks of inserts), then the step. The heartbeat
+(``renew``) touches steps only. Keeping one order means no deadlock between workers, the reaper and the API.
 """
 
 from __future__ import annotations
@@ -21,15 +31,17 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
 
-OPEN_STEP = ("pending", "thinking", "proposed", "acting")
+OPEN_STEP = ("pending", "thinking", "proposed", "acting", "awaiting_approval")
+CLOSED_STEP = ("completed", "failed", "cancelled")
 TERMINAL_TASK = ("completed", "failed", "cancelled")
+ACTIVE_TASK = ("queued", "running")  # the statuses in which wake-ups are written and steps start
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -41,6 +53,10 @@ class ClaimOutcome(enum.StrEnum):
     lease_held = "lease_held"
     poisoned = "poisoned"
     missing = "missing"
+    paused = "paused"  # the task is paused: drop the wake-up, resume re-arms it
+    stopping = "stopping"  # a cancel was requested: drop the wake-up (the cancel is finished here if nobody works)
+    awaiting_approval = "awaiting_approval"  # the step waits for a human: approve re-arms it
+    deadline = "deadline"  # the task passed its deadline: it is now failed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +80,20 @@ class Wakeup:
     priority: int
 
 
+class ProposeOutcome(enum.StrEnum):
+    proposed = "proposed"  # act wake-up written
+    awaiting_approval = "awaiting_approval"  # parked until a human approves, edits or answers
+    parked = "parked"  # the task is paused: no wake-up until resumed
+    cancelled = "cancelled"  # the task was cancelling: the proposal is kept for the record, the task is cancelled
+    fenced = "fenced"  # our lease was taken over: nothing written
+
+
+@dataclasses.dataclass(frozen=True)
+class Proposed:
+    outcome: ProposeOutcome
+    wakeup: Wakeup | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class FileRecord:
     relative_path: str
@@ -75,7 +105,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: str, priority: int) -> Wakeup:
+def add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: str, priority: int) -> Wakeup:
     """Insert (or re-arm) the outbox row for a wake-up, in the caller's transaction."""
     stmt = (
         insert(Outbox)
@@ -90,9 +120,99 @@ def _add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: st
     return Wakeup(outbox_id, task_id, step_index, phase, priority)
 
 
+_add_wakeup = add_wakeup  # the name other modules knew
+
+
 def emit(session: Session, task_id: uuid.UUID, kind: str, step_index: int | None = None, **data: Any) -> None:
     """Append to the task's event log, in the caller's transaction (so an event exists iff its change does)."""
     session.execute(insert(TaskEvent).values(task_id=task_id, kind=kind, step_index=step_index, data=data))
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskState:
+    """What a transition needs to know of a task (read under the task row's lock)."""
+
+    status: str
+    tenant_id: str
+    priority: int
+    deadline: datetime | None
+    error: str | None
+    steps_completed: int
+    started_at: datetime | None
+
+
+_TASK_STATE = (
+    Task.status, Task.tenant_id, Task.priority, Task.deadline, Task.error, Task.steps_completed, Task.started_at
+)
+
+
+def lock_task(session: Session, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
+    """Lock the task row (first, see the module docstring) and return its state; ``None`` if there is no such task
+    (or, with ``skip_locked``, if another transaction holds it)."""
+    row = session.execute(
+        select(*_TASK_STATE).where(Task.id == task_id).with_for_update(key_share=True, skip_locked=skip_locked)
+    ).one_or_none()
+    return None if row is None else TaskState(*row)
+
+
+def cancel_now(session: Session, task_id: uuid.UUID, reason: str) -> bool:
+    """End the task ``cancelled`` in the caller's transaction (task row locked): its open steps are cancelled,
+    their leases cleared (a zombie holder is fenced) and its unpublished wake-ups withdrawn."""
+    s = session
+    open_steps = s.execute(
+        update(Step)
+        .where(Step.task_id == task_id, Step.status.in_(OPEN_STEP))
+        .values(
+            status="cancelled",
+            error=reason,
+            committed_at=func.now(),
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+        .returning(Step.step_index)
+    ).scalars().all()
+    s.execute(delete(Outbox).where(Outbox.task_id == task_id, Outbox.published_at.is_(None)))
+    done = s.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status.not_in(TERMINAL_TASK))
+        .values(status="cancelled", error=reason, finished_at=func.now())
+    )
+    if not done.rowcount:  # type: ignore[attr-defined]
+        return False
+    emit(s, task_id, "task.cancelled", max(open_steps) if open_steps else None, reason=reason)
+    return True
+
+
+def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str, code: str | None = None) -> bool:
+    """End the task ``failed`` with a reason in the caller's transaction; its open steps fail with it."""
+    s = session
+    s.execute(
+        update(Step)
+        .where(Step.task_id == task_id, Step.status.in_(OPEN_STEP))
+        .values(
+            status="failed",
+            error=reason,
+            committed_at=func.now(),
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+        )
+    )
+    failed = s.execute(
+        update(Task)
+        .where(Task.id == task_id, Task.status.not_in(TERMINAL_TASK))
+        .values(status="failed", error=reason, finished_at=func.now())
+    )
+    if not failed.rowcount:  # type: ignore[attr-defined]
+        return False
+    extra = {"code": code} if code else {}
+    emit(s, task_id, "task.failed", step_index, reason=reason, **extra)
+    return True
+
+
+def deadline_reason(deadline: datetime, where: str) -> str:
+    return f"deadline: the task passed its deadline ({deadline.isoformat()}) {where}"
 
 
 def _clip(text: str | None, limit: int = 500) -> str | None:
@@ -115,7 +235,7 @@ class Ledger:
             return None
         session.execute(insert(Step).values(task_id=task_id, step_index=0))
         emit(session, task_id, "task.queued", priority=values.get("priority", 5))
-        return task_id, _add_wakeup(session, task_id, 0, "think", values.get("priority", 5))
+        return task_id, add_wakeup(session, task_id, 0, "think", values.get("priority", 5))
 
     # -- the step protocol -----------------------------------------------------------------------------------------
 
@@ -129,32 +249,46 @@ class Ledger:
         max_deliveries: int,
     ) -> Claim:
         with self.db.transaction() as s:
+            task = lock_task(s, task_id)
             row = s.execute(
-                select(Task.status, Step.status, Step.lease_token, Step.lease_expires_at, Step.deliveries)
-                .join(Task, Task.id == Step.task_id)
+                select(Step.status, Step.lease_token, Step.lease_expires_at, Step.deliveries)
                 .where(Step.task_id == task_id, Step.step_index == step_index)
-                .with_for_update(of=Step)
+                .with_for_update()
             ).one_or_none()
-            if row is None:
+            if task is None or row is None:
                 return Claim(ClaimOutcome.missing)
-            task_status, step_status, token, expires, deliveries = row
+            step_status, token, expires, deliveries = row
             if step_status in ("completed", "failed"):
                 return Claim(ClaimOutcome.committed)
-            if task_status in TERMINAL_TASK:
-                return Claim(ClaimOutcome.task_finished, reason=task_status)
+            if task.status in TERMINAL_TASK or step_status == "cancelled":
+                return Claim(ClaimOutcome.task_finished, reason=task.status)
+            now = _now()
+            live = token is not None and expires is not None and expires > now
+            if task.status == "cancelling":
+                if not live:  # nobody is working on it any more: the cancel completes here
+                    cancel_now(s, task_id, task.error or "cancelled on request")
+                return Claim(ClaimOutcome.stopping)
+            if task.status == "paused":
+                return Claim(ClaimOutcome.paused)
+            if step_status == "awaiting_approval":
+                return Claim(ClaimOutcome.awaiting_approval)
             if phase == "think" and step_status in ("proposed", "acting"):
                 return Claim(ClaimOutcome.advanced)
             if phase == "act" and step_status in ("pending", "thinking"):
                 return Claim(ClaimOutcome.not_ready)
-            now = _now()
-            if token is not None and expires is not None and expires > now:
+            if live:
+                assert expires is not None
                 return Claim(ClaimOutcome.lease_held, retry_in=(expires - now).total_seconds() + 0.2)
+            if task.deadline is not None and task.deadline <= now:
+                reason = deadline_reason(task.deadline, f"before step {step_index} ({phase})")
+                fail_now(s, task_id, step_index, reason, code="deadline")
+                return Claim(ClaimOutcome.deadline, reason=reason)
             if deliveries >= max_deliveries:
                 reason = (
                     f"step {step_index} poisoned: {deliveries} deliveries without a commit "
                     f"(limit {max_deliveries}); last phase {phase}"
                 )
-                self._fail(s, task_id, step_index, reason)
+                fail_now(s, task_id, step_index, reason, code="poisoned")
                 return Claim(ClaimOutcome.poisoned, deliveries=deliveries, reason=reason)
             new_token = uuid.uuid4()
             started = {"think_started_at": now} if phase == "think" else {"act_started_at": now}
@@ -170,7 +304,7 @@ class Ledger:
                     **started,
                 )
             )
-            if task_status == "queued":
+            if task.status == "queued":
                 s.execute(
                     update(Task)
                     .where(Task.id == task_id, Task.status == "queued")
@@ -186,27 +320,53 @@ class Ledger:
             ).scalar_one_or_none()
             return Claim(ClaimOutcome.claimed, token=new_token, deliveries=deliveries + 1, queued_at=queued_at)
 
-    def renew(self, tokens: Sequence[uuid.UUID], lease_ttl_s: float) -> int:
-        """Heartbeat: extend every lease this process still holds. Returns how many were extended."""
+    def renew(self, tokens: Sequence[uuid.UUID], lease_ttl_s: float) -> dict[uuid.UUID, str]:
+        """Heartbeat: extend every lease this process still holds.
+
+        Returns ``{token: task status}`` for the leases extended: a token missing was taken over (fenced), and a
+        status such as ``cancelling`` tells the holder to stop at its next safe point.
+        """
         if not tokens:
-            return 0
+            return {}
         with self.db.transaction() as s:
-            result = s.execute(
+            rows = s.execute(
                 update(Step)
                 .where(Step.lease_token.in_(list(tokens)))
                 .values(lease_expires_at=_now() + timedelta(seconds=lease_ttl_s))
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+                .returning(
+                    Step.lease_token,
+                    select(Task.status).where(Task.id == Step.task_id).scalar_subquery(),
+                )
+            ).all()
+            return {token: status for token, status in rows}
 
-    def record_proposal(
-        self, task_id: uuid.UUID, step_index: int, token: uuid.UUID, proposal: dict[str, Any]
-    ) -> Wakeup | None:
-        """Persist the model's proposal and the act wake-up; ``None`` if our lease was taken over."""
+    def propose(
+        self,
+        task_id: uuid.UUID,
+        step_index: int,
+        token: uuid.UUID,
+        proposal: dict[str, Any],
+        *,
+        await_approval: bool = False,
+    ) -> Proposed:
+        """Persist the model's proposal and, depending on the task's state, the act wake-up (see ``ProposeOutcome``).
+
+        The tokens it cost are counted whatever the outcome (they were spent), unless we were fenced.
+        """
         usage = proposal.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         completion_tokens = int(usage.get("completion_tokens", 0))
         cost = float(proposal.get("cost_usd", 0.0))
         with self.db.transaction() as s:
+            task = lock_task(s, task_id)
+            if task is None:
+                return Proposed(ProposeOutcome.fenced)
+            if task.status == "cancelling":
+                status = "cancelled"
+            elif await_approval and proposal.get("error") is None:
+                status = "awaiting_approval"
+            else:
+                status = "proposed"
             updated = s.execute(
                 update(Step)
                 .where(
@@ -216,7 +376,7 @@ class Ledger:
                     Step.status == "thinking",
                 )
                 .values(
-                    status="proposed",
+                    status=status,
                     proposal=proposal,
                     command=proposal.get("command"),
                     arguments=proposal.get("arguments"),
@@ -233,8 +393,8 @@ class Ledger:
                 .returning(Step.id)
             ).scalar_one_or_none()
             if updated is None:
-                return None
-            priority = s.execute(
+                return Proposed(ProposeOutcome.fenced)
+            s.execute(
                 update(Task)
                 .where(Task.id == task_id)
                 .values(
@@ -243,8 +403,7 @@ class Ledger:
                     cost_usd=Task.cost_usd + cost,
                     llm_calls=Task.llm_calls + 1,
                 )
-                .returning(Task.priority)
-            ).scalar_one()
+            )
             emit(
                 s,
                 task_id,
@@ -258,7 +417,26 @@ class Ledger:
                 completion_tokens=completion_tokens,
                 cost_usd=cost,
             )
-            return _add_wakeup(s, task_id, step_index, "act", priority)
+            if status == "cancelled":
+                cancel_now(s, task_id, task.error or "cancelled on request")
+                return Proposed(ProposeOutcome.cancelled)
+            if status == "awaiting_approval":
+                emit(
+                    s, task_id, "step.awaiting_approval", step_index,
+                    command=proposal.get("command"), arguments=proposal.get("arguments"),
+                )
+                if task.status in ACTIVE_TASK:
+                    s.execute(update(Task).where(Task.id == task_id).values(status="awaiting_approval"))
+                return Proposed(ProposeOutcome.awaiting_approval)
+            if task.status not in ACTIVE_TASK:  # paused (or finished meanwhile): resume re-arms the act phase
+                return Proposed(ProposeOutcome.parked)
+            return Proposed(ProposeOutcome.proposed, add_wakeup(s, task_id, step_index, "act", task.priority))
+
+    def record_proposal(
+        self, task_id: uuid.UUID, step_index: int, token: uuid.UUID, proposal: dict[str, Any]
+    ) -> Wakeup | None:
+        """``propose`` without approval: the act wake-up, or ``None`` (fenced, paused or cancelled)."""
+        return self.propose(task_id, step_index, token, proposal).wakeup
 
     def commit_step(
         self,
@@ -272,9 +450,14 @@ class Ledger:
     ) -> tuple[bool, Wakeup | None]:
         """Commit a step's outcome, its artifacts and its successor's wake-up in one transaction.
 
-        Returns (committed, wakeup). ``committed`` is False when our lease was taken over (fenced).
+        Returns (committed, wakeup). ``committed`` is False when our lease was taken over (fenced). The wake-up is
+        ``None`` for the last step and when the task is paused (resume re-arms it) or was cancelling (the command
+        ran, so its step is committed; then the task is cancelled and no further step starts).
         """
         with self.db.transaction() as s:
+            task = lock_task(s, task_id)
+            if task is None:
+                return False, None
             updated = s.execute(
                 update(Step)
                 .where(
@@ -301,9 +484,9 @@ class Ledger:
             if is_last:
                 values["status"] = case((Task.status.in_(TERMINAL_TASK), Task.status), else_="completed")
                 values["finished_at"] = func.coalesce(Task.finished_at, func.now())
-            task_status, priority = s.execute(
-                update(Task).where(Task.id == task_id).values(**values).returning(Task.status, Task.priority)
-            ).one()
+            task_status = s.execute(
+                update(Task).where(Task.id == task_id).values(**values).returning(Task.status)
+            ).scalar_one()
             emit(s, task_id, "step.completed", step_index, output=_clip(output), is_error=is_error, is_last=is_last)
             for f in files:
                 emit(s, task_id, "artifact.written", step_index, relative_path=f.relative_path, size_bytes=f.size_bytes)
@@ -330,12 +513,18 @@ class Ledger:
                 emit(s, task_id, "task.completed", step_index)
             if is_last or task_status in TERMINAL_TASK:
                 return True, None
+            if task_status == "cancelling":
+                cancel_now(s, task_id, task.error or "cancelled on request")
+                return True, None
             s.execute(insert(Step).values(task_id=task_id, step_index=step_index + 1).on_conflict_do_nothing())
-            return True, _add_wakeup(s, task_id, step_index + 1, "think", priority)
+            if task_status not in ACTIVE_TASK:  # paused: resume re-arms the next step
+                return True, None
+            return True, add_wakeup(s, task_id, step_index + 1, "think", task.priority)
 
     def fail_task(self, task_id: uuid.UUID, step_index: int, token: uuid.UUID | None, reason: str) -> bool:
         """End the task ``failed`` with a reason, from the worker holding the step's lease."""
         with self.db.transaction() as s:
+            lock_task(s, task_id)
             if token is not None:
                 held = s.execute(
                     select(Step.id)
@@ -344,12 +533,29 @@ class Ledger:
                 ).scalar_one_or_none()
                 if held is None:
                     return False
-            self._fail(s, task_id, step_index, reason)
-            return True
+            return fail_now(s, task_id, step_index, reason)
+
+    def cancel_in_flight(self, task_id: uuid.UUID, step_index: int, token: uuid.UUID) -> bool:
+        """The holder of a step stopped it at a safe point because a cancel was requested: the task is cancelled.
+
+        False if our lease was taken over meanwhile (whoever holds it now finishes the cancel).
+        """
+        with self.db.transaction() as s:
+            task = lock_task(s, task_id)
+            held = s.execute(
+                select(Step.id)
+                .where(Step.task_id == task_id, Step.step_index == step_index, Step.lease_token == token)
+                .with_for_update()
+            ).scalar_one_or_none()
+            if task is None or held is None:
+                return False
+            return cancel_now(s, task_id, task.error or "cancelled on request")
 
     def release(self, task_id: uuid.UUID, step_index: int, token: uuid.UUID, error: str | None) -> Wakeup | None:
-        """Hand a step back (transient failure, shutdown) and re-arm its wake-up; ``None`` if not ours."""
+        """Hand a step back (transient failure, shutdown) and re-arm its wake-up; ``None`` if not ours, or if no
+        wake-up is due (the task is paused, or was cancelling and is now cancelled)."""
         with self.db.transaction() as s:
+            task = lock_task(s, task_id)
             row = s.execute(
                 update(Step)
                 .where(Step.task_id == task_id, Step.step_index == step_index, Step.lease_token == token)
@@ -362,32 +568,14 @@ class Ledger:
                 )
                 .returning(Step.status)
             ).scalar_one_or_none()
-            if row is None:
+            if row is None or task is None:
                 return None
-            priority = s.execute(select(Task.priority).where(Task.id == task_id)).scalar_one()
-            return _add_wakeup(s, task_id, step_index, "think" if row == "pending" else "act", priority)
-
-    @staticmethod
-    def _fail(s: Session, task_id: uuid.UUID, step_index: int, reason: str) -> None:
-        s.execute(
-            update(Step)
-            .where(Step.task_id == task_id, Step.step_index == step_index, Step.status.in_(OPEN_STEP))
-            .values(
-                status="failed",
-                error=reason,
-                committed_at=func.now(),
-                lease_owner=None,
-                lease_token=None,
-                lease_expires_at=None,
-            )
-        )
-        failed = s.execute(
-            update(Task)
-            .where(Task.id == task_id, Task.status.not_in(TERMINAL_TASK))
-            .values(status="failed", error=reason, finished_at=func.now())
-        )
-        if failed.rowcount:  # type: ignore[attr-defined]
-            emit(s, task_id, "task.failed", step_index, reason=reason)
+            if task.status == "cancelling":
+                cancel_now(s, task_id, task.error or "cancelled on request")
+                return None
+            if task.status not in ACTIVE_TASK:
+                return None
+            return add_wakeup(s, task_id, step_index, "think" if row == "pending" else "act", task.priority)
 
     # -- reads for the agent ---------------------------------------------------------------------------------------
 
@@ -428,33 +616,123 @@ class Ledger:
     # -- the reaper ------------------------------------------------------------------------------------------------
 
     def reap_expired_leases(self, limit: int = 500) -> list[Wakeup]:
-        """Break leases that expired (their worker died or stalled) and re-arm their wake-ups."""
-        with self.db.transaction() as s:
-            rows = s.execute(
-                select(Step.id, Step.task_id, Step.step_index, Step.status, Step.lease_owner)
+        """Break leases that expired (their worker died or stalled) and re-arm their wake-ups.
+
+        One short transaction per step, task row first (rows another transaction holds are left for next round).
+        A cancelling task whose holder died is cancelled now; a paused one gets no wake-up.
+        """
+        with self.db.session() as s:
+            candidates = s.execute(
+                select(Step.task_id, Step.step_index)
                 .where(Step.status.in_(("thinking", "acting")), Step.lease_expires_at < _now())
                 .limit(limit)
-                .with_for_update(skip_locked=True)
             ).all()
-            wakeups: list[Wakeup] = []
-            for step_id, task_id, step_index, status, owner in rows:
-                s.execute(
-                    update(Step)
-                    .where(Step.id == step_id)
-                    .values(
-                        status="pending" if status == "thinking" else "proposed",
-                        lease_owner=None,
-                        lease_token=None,
-                        lease_expires_at=None,
-                        error=f"lease of {owner} expired during {status}",
-                    )
+        wakeups: list[Wakeup] = []
+        for task_id, step_index in candidates:
+            w = self._reap_one(task_id, step_index)
+            if w is not None:
+                wakeups.append(w)
+        return wakeups
+
+    def _reap_one(self, task_id: uuid.UUID, step_index: int) -> Wakeup | None:
+        with self.db.transaction() as s:
+            task = lock_task(s, task_id, skip_locked=True)
+            if task is None:
+                return None
+            row = s.execute(
+                select(Step.id, Step.status, Step.lease_owner)
+                .where(
+                    Step.task_id == task_id,
+                    Step.step_index == step_index,
+                    Step.status.in_(("thinking", "acting")),
+                    Step.lease_expires_at < _now(),
                 )
-                priority = s.execute(select(Task.priority).where(Task.id == task_id)).scalar_one()
-                phase = "think" if status == "thinking" else "act"
-                w = _add_wakeup(s, task_id, step_index, phase, priority)
-                if w is not None:
-                    wakeups.append(w)
-            return wakeups
+                .with_for_update(skip_locked=True)
+            ).one_or_none()
+            if row is None:
+                return None
+            step_id, status, owner = row
+            if task.status == "cancelling":
+                cancel_now(s, task_id, task.error or "cancelled on request")
+                return None
+            s.execute(
+                update(Step)
+                .where(Step.id == step_id)
+                .values(
+                    status="pending" if status == "thinking" else "proposed",
+                    lease_owner=None,
+                    lease_token=None,
+                    lease_expires_at=None,
+                    error=f"lease of {owner} expired during {status}",
+                )
+            )
+            if task.status not in ACTIVE_TASK:
+                return None
+            return add_wakeup(s, task_id, step_index, "think" if status == "thinking" else "act", task.priority)
+
+    def expire_deadlines(self, limit: int = 500) -> list[uuid.UUID]:
+        """Fail unfinished tasks past their deadline that no worker is on (paused, waiting for approval, waiting
+        in a queue). A task whose step holds a live lease fails at that step's next boundary instead."""
+        now = _now()
+        with self.db.session() as s:
+            candidates = s.scalars(
+                select(Task.id)
+                .where(Task.deadline.is_not(None), Task.deadline <= now, Task.status.not_in(TERMINAL_TASK))
+                .limit(limit)
+            ).all()
+        failed: list[uuid.UUID] = []
+        for task_id in candidates:
+            with self.db.transaction() as s:
+                task = lock_task(s, task_id, skip_locked=True)
+                if task is None or task.status in TERMINAL_TASK or task.deadline is None:
+                    continue
+                open_step = s.execute(
+                    select(Step.step_index, Step.lease_expires_at)
+                    .where(Step.task_id == task_id, Step.status.in_(OPEN_STEP))
+                    .order_by(Step.step_index.desc())
+                    .limit(1)
+                ).one_or_none()
+                if open_step is not None and open_step[1] is not None and open_step[1] > now:
+                    continue  # a worker is on it: it fails at the step's next boundary
+                index = open_step[0] if open_step is not None else task.steps_completed
+                where = "while it was " + task.status.replace("_", " ")
+                if fail_now(s, task_id, index, deadline_reason(task.deadline, where), code="deadline"):
+                    failed.append(task_id)
+        return failed
+
+    def rearm_orphans(self, older_than_s: float, limit: int = 500) -> list[Wakeup]:
+        """Wake-ups published ``older_than_s`` ago whose step was not claimed since (the message was dead-lettered
+        by an unexpected error, or lost): re-arm them for publishing. A duplicate is harmless; the threshold keeps
+        a long queue backlog from being published twice."""
+        cutoff = _now() - timedelta(seconds=older_than_s)
+        unclaimed = or_(
+            and_(
+                Outbox.phase == "think",
+                Step.status == "pending",
+                or_(Step.think_started_at.is_(None), Step.think_started_at < Outbox.created_at),
+            ),
+            and_(
+                Outbox.phase == "act",
+                Step.status == "proposed",
+                or_(Step.act_started_at.is_(None), Step.act_started_at < Outbox.created_at),
+            ),
+        )
+        with self.db.transaction() as s:
+            ids = (
+                select(Outbox.id)
+                .join(Step, and_(Step.task_id == Outbox.task_id, Step.step_index == Outbox.step_index))
+                .join(Task, Task.id == Outbox.task_id)
+                .where(Outbox.published_at < cutoff, Task.status.in_(ACTIVE_TASK), unclaimed)
+                .limit(limit)
+                .with_for_update(of=Outbox, skip_locked=True)
+            )
+            rows = s.execute(
+                update(Outbox)
+                .where(Outbox.id.in_(ids.scalar_subquery()))
+                .values(published_at=None, created_at=func.now())
+                .returning(Outbox.id, Outbox.task_id, Outbox.step_index, Outbox.phase, Outbox.priority)
+            ).all()
+        return [Wakeup(*r) for r in rows]
 
     def due_wakeups(self, older_than_s: float, limit: int = 500) -> list[Wakeup]:
         """Outbox rows nobody published within the grace period (a publisher died or the broker was down)."""
@@ -465,7 +743,7 @@ class Ledger:
                 .where(
                     Outbox.published_at.is_(None),
                     Outbox.created_at < _now() - timedelta(seconds=older_than_s),
-                    Task.status.not_in(TERMINAL_TASK),
+                    Task.status.in_(ACTIVE_TASK),
                 )
                 .order_by(Outbox.created_at)
                 .limit(limit)

@@ -43,7 +43,7 @@ class Task(Base):
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
     goal: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
+    status: Mapped[str] = mapped_column(String(32), default="queued", server_default="queued")
     priority: Mapped[int] = mapped_column(SmallInteger, default=5, server_default="5")
     budget: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     allowed_commands: Mapped[list[Any] | None] = mapped_column(JSONB, nullable=True)
@@ -52,6 +52,9 @@ class Task(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model: Mapped[str | None] = mapped_column(String(128), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # lifecycle (revision 0004): "never" | "always" | [side-effect classes]; past the deadline the task fails
+    approval: Mapped[Any] = mapped_column(JSONB, default="never", server_default=text("'\"never\"'::jsonb"))
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # running totals, kept in step with the ledger in the same transactions that change it
     steps_completed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -69,6 +72,7 @@ class Task(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
         Index("ix_tasks_status_created", "status", "created_at"),
         Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
+        Index("ix_tasks_deadline", "deadline", postgresql_where=text("deadline IS NOT NULL")),
     )
 
 
@@ -82,8 +86,8 @@ class Step(Base):
         UUID(as_uuid=True), ForeignKey("tasks.id", ondelete="CASCADE"), index=False
     )
     step_index: Mapped[int] = mapped_column(Integer)
-    # pending -> thinking -> proposed -> acting -> completed | failed
-    status: Mapped[str] = mapped_column(String(16), default="pending", server_default="pending")
+    # pending -> thinking -> proposed [-> awaiting_approval -> proposed] -> acting -> completed | failed | cancelled
+    status: Mapped[str] = mapped_column(String(32), default="pending", server_default="pending")
     lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
     lease_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -1,0 +1,188 @@
+"""The scenarios: one fault each, on the same load (``tasks`` scripted tasks of ``steps`` steps, submitted at once).
+
+==================  ==============================================================================================
+random-kill         SIGKILL of random worker processes (think worker, act pool child, whole act worker) at random
+                    moments, ``kills`` per run
+kill-llm            the think worker kills itself during the LLM call (crash hook ``llm``)
+kill-proposed       ... after the proposal is persisted, before the act wake-up is published (``proposed``)
+kill-command        the act child kills itself after the command ran, before the commit (``command``)
+kill-committed      ... after the step commit, before the next wake-up is published (``committed``)
+kill-published      both kill themselves after publishing, before the ack (``published``)
+rabbitmq-restart    the broker's application restarted under load (twice)
+postgres-restart    the database restarted under load (twice)
+redis-flush         Redis flushed under load (5 times)
+llm-storm           30% of LLM calls answer 429, 500, a timeout or malformed output
+poison              one task's command kills its act worker every time: bounded redeliveries, then the task
+                    fails ("poisoned") and its message is in the dead-letter queue; the others complete
+time-limit          one task's command hangs deaf to exceptions: the act hard time limit (4 s, far below RabbitMQ's
+                    consumer_timeout) kills the child each time, then the task fails as poisoned; and the settings
+                    refuse any time limit that would reach consumer_timeout
+==================  ==============================================================================================
+
+The trimmed run (``--trimmed``, inside ``make test``) keeps ``random-kill`` and ``poison`` with fewer tasks and
+kills, and no service restart: the restarts run only in ``make chaos`` (on private service instances).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from chaos import faults
+from chaos.checker import Check
+
+# filled in by the suite for each run
+Context = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    role_env: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    llm_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inject: Callable[[Context, threading.Event], int] | None = None
+    markers: dict[int, str] = dataclasses.field(default_factory=dict)  # task index -> goal marker
+    expect_failed: dict[int, str] = dataclasses.field(default_factory=dict)  # task index -> error text
+    checks: Callable[[Context], list[Check]] | None = None
+
+
+def _crash(window: str, p: float, match: str = "", action: str = "kill") -> str:
+    return f"{window}:{p}:{match}:{action}" if match or action != "kill" else f"{window}:{p}"
+
+
+# -- scenario checks -----------------------------------------------------------------------------------------------
+
+
+def _dead_letters(ctx: Context) -> list[tuple[str, int]]:
+    """(task id, step) of the messages in the dead-letter queue (read, then left there)."""
+    from kombu import Connection
+
+    from autogpt_workers.contracts import DEAD_LETTER_QUEUE
+
+    found = []
+    with Connection(ctx.broker_url) as conn:
+        channel = conn.channel()
+        while True:
+            message = channel.basic_get(DEAD_LETTER_QUEUE, no_ack=False)
+            if message is None:
+                break
+            body = json.loads(message.body)
+            args = body[0] if isinstance(body, list) else body.get("args", [])
+            if args:
+                found.append((str(args[0]), int(args[1])))
+        channel.close()  # unacknowledged: they stay in the queue
+    return found
+
+
+def _poison_checks(ctx: Context) -> list[Check]:
+    task_id = str(ctx.task_of(0))
+    dead = _dead_letters(ctx)
+    deliveries = ctx.max_step_deliveries(ctx.task_of(0))
+    return [
+        Check("poison task's message in the dead-letter queue", f"{sum(1 for t, _ in dead if t == task_id)} message(s)",
+              any(t == task_id for t, _ in dead)),
+        Check("redeliveries bounded", f"{deliveries} deliveries (limit {ctx.max_deliveries})",
+              0 < deliveries <= ctx.max_deliveries),
+    ]
+
+
+def _time_limit_checks(ctx: Context) -> list[Check]:
+    from autogpt_workers.celery_app import check_worker_settings, make_celery
+    from autogpt_workers.config import Settings
+    from autogpt_workers.errors import ConfigError
+
+    consumer_timeout_ms = ctx.services.rabbit.consumer_timeout_ms()
+    consumer_timeout_s = (consumer_timeout_ms or 1_800_000) / 1000
+    refused = []
+    for field in ("act_time_limit_s", "think_time_limit_s"):
+        values: dict[str, Any] = {field: consumer_timeout_s, "rabbitmq_consumer_timeout_s": consumer_timeout_s}
+        try:
+            Settings.model_validate(values)
+        except ConfigError:
+            refused.append(field)
+    settings = Settings(rabbitmq_consumer_timeout_s=consumer_timeout_s)
+    app = make_celery(settings)
+    problems_ok = not check_worker_settings(app.conf, settings)
+    app.conf.task_annotations = {}
+    problems_none = check_worker_settings(app.conf, settings)
+    kills = ctx.log_count("act", "Hard time limit")
+    limit = float(ctx.env.get("AUTOGPT_ACT_TIME_LIMIT_S", settings.act_time_limit_s))
+    return [
+        Check("settings refuse a time limit reaching consumer_timeout", f"refused: {', '.join(refused)}",
+              len(refused) == 2),
+        Check("worker refuses to start without time limits", "; ".join(problems_none)[:80] or "accepted",
+              bool(problems_none) and problems_ok),
+        Check("broker consumer_timeout above every time limit",
+              f"{consumer_timeout_s:.0f}s > act {limit:.0f}s, think {settings.think_time_limit_s:.0f}s",
+              consumer_timeout_s > max(limit, settings.think_time_limit_s)),
+        Check("hard time limit killed the hung act child", f"{kills} kill(s)", kills >= 1),
+    ]
+
+
+def _count_check(name: str, want: int) -> Callable[[Context], list[Check]]:
+    def checks(ctx: Context) -> list[Check]:
+        done = ctx.injected
+        return [Check(f"{name} done under load", f"{done} of {want}", done == want)]
+
+    return checks
+
+
+def _storm_checks(ctx: Context) -> list[Check]:
+    total = len(ctx.llm_log)
+    faulty = sum(1 for e in ctx.llm_log if e["outcome"] != "ok")
+    share = faulty / total if total else 0.0
+    return [Check("share of LLM calls faulted", f"{faulty}/{total} = {share:.0%}", 0.2 <= share <= 0.4)]
+
+
+# -- the catalogue -------------------------------------------------------------------------------------------------
+
+
+def catalogue(trimmed: bool = False) -> dict[str, Scenario]:
+    kills = 8 if trimmed else 24
+    p = 0.03
+    scenarios = [
+        Scenario("random-kill", f"{kills} SIGKILLs of random worker processes at random moments",
+                 inject=lambda ctx, stop: faults.random_kills(ctx.platform, ctx.journal, stop, kills),
+                 checks=_count_check("SIGKILLs", kills)),
+        Scenario("kill-llm", "think worker killed during the LLM call",
+                 role_env={"think": {"AUTOGPT_CHAOS_CRASH_AT": _crash("llm", p)}},
+                 llm_config={"latency_s": 0.3, "latency_jitter_s": 0.3}),
+        Scenario("kill-proposed", "think worker killed after the proposal is persisted, before the publish",
+                 role_env={"think": {"AUTOGPT_CHAOS_CRASH_AT": _crash("proposed", p)}}),
+        Scenario("kill-command", "act child killed after the command ran, before the commit",
+                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", p)}}),
+        Scenario("kill-committed", "act child killed after the commit, before the next wake-up is published",
+                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("committed", p)}}),
+        Scenario("kill-published", "workers killed after publishing, before the ack",
+                 role_env={"think": {"AUTOGPT_CHAOS_CRASH_AT": _crash("published", 0.015)},
+                           "act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("published", p)}}),
+        Scenario("rabbitmq-restart", "RabbitMQ restarted twice under load",
+                 inject=lambda ctx, stop: faults.service_restarts(ctx.services, "rabbitmq", ctx.journal, stop, 2),
+                 checks=_count_check("RabbitMQ restarts", 2)),
+        Scenario("postgres-restart", "PostgreSQL restarted twice under load",
+                 inject=lambda ctx, stop: faults.service_restarts(ctx.services, "postgres", ctx.journal, stop, 2),
+                 checks=_count_check("PostgreSQL restarts", 2)),
+        Scenario("redis-flush", "Redis flushed 5 times under load",
+                 inject=lambda ctx, stop: faults.redis_flushes(ctx.services, ctx.journal, stop, 5),
+                 checks=_count_check("Redis flushes", 5)),
+        Scenario("llm-storm", "30% of LLM calls: 429, 500, timeout or malformed",
+                 llm_config={"fault_rate": 0.3, "fault_kinds": ["429", "500", "timeout", "garbage"],
+                             "timeout_s": 8.0, "seed": 7},
+                 checks=_storm_checks),
+        Scenario("poison", "one task's command kills its act worker every time",
+                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", 1.0, "poison-pill")}},
+                 markers={0: "poison-pill"}, expect_failed={0: "poisoned"}, checks=_poison_checks),
+        Scenario("time-limit", "one task's command hangs past the act hard time limit",
+                 env={"AUTOGPT_ACT_TIME_LIMIT_S": "4"},
+                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", 1.0, "hang-pill", "hang")}},
+                 markers={0: "hang-pill"}, expect_failed={0: "poisoned"}, checks=_time_limit_checks),
+    ]
+    by_name = {s.name: s for s in scenarios}
+    if trimmed:
+        return {name: by_name[name] for name in ("random-kill", "poison")}
+    return by_name
