@@ -147,10 +147,20 @@ def api(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes")] = 1,
+    insecure_dev: Annotated[
+        bool, typer.Option("--insecure-dev", help="Development only: accept requests without an API key.")
+    ] = False,
 ) -> None:
     """Serve the submit API (FastAPI on uvicorn)."""
+    import os
+
     import uvicorn
 
+    if insecure_dev:
+        from autogpt_workers.config import get_settings
+
+        os.environ["AUTOGPT_API_AUTH"] = "disabled"
+        get_settings.cache_clear()
     s = _settings()
     _configure_logs()
     if workers > 1:
@@ -295,6 +305,7 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task live until it ends.")] = False,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
     api_url: Annotated[str | None, typer.Option(help="Defaults to AUTOGPT_API_URL.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="AUTOGPT_API_KEY", help=API_KEY_HELP)] = None,
 ) -> None:
     """Submit a task through the API; with --wait, show each step as it happens."""
     from autogpt_workers.watch import follow, summary
@@ -302,14 +313,14 @@ def submit(
     url = api_url or _settings().api_url
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     body = {"goal": goal, "priority": priority, "budget": {"max_steps": max_steps}}
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=_auth(api_key)) as client:
         try:
             resp = client.post("/v1/tasks", json=body, headers=headers)
         except httpx.HTTPError as exc:
             err.print(f"[red]cannot reach the API at {url}:[/] {exc}\nStart it with `autogpt-workers run`.")
             raise typer.Exit(1) from exc
         if resp.status_code >= 400:
-            err.print(f"[red]the API refused the task ({resp.status_code}):[/] {resp.text}")
+            err.print(f"[red]the API refused the task ({resp.status_code}):[/] {resp.text}{_hint(resp)}")
             raise typer.Exit(1)
         task = resp.json()
         console.print(f"submitted task [bold]{task['id']}[/] ({task['status']})")
@@ -323,24 +334,131 @@ def submit(
 def status(
     task_id: Annotated[str, typer.Argument()],
     api_url: Annotated[str | None, typer.Option()] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="AUTOGPT_API_KEY", help=API_KEY_HELP)] = None,
 ) -> None:
     """Show a task and its steps."""
     from autogpt_workers.watch import print_step, summary
 
     url = api_url or _settings().api_url
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with httpx.Client(base_url=url, timeout=30, headers=_auth(api_key)) as client:
         try:
             resp = client.get(f"/v1/tasks/{task_id}")
         except httpx.HTTPError as exc:
             err.print(f"[red]cannot reach the API at {url}:[/] {exc}")
             raise typer.Exit(1) from exc
         if resp.status_code != 200:
-            err.print(f"[red]{resp.status_code}:[/] {resp.json().get('detail', resp.text)}")
+            err.print(f"[red]{resp.status_code}:[/] {resp.json().get('detail', resp.text)}{_hint(resp)}")
             raise typer.Exit(1)
         for step in client.get(f"/v1/tasks/{task_id}/steps").json():
             if step["status"] in ("completed", "failed"):
                 print_step(console, step)
         summary(console, resp.json())
+
+
+keys_app = typer.Typer(help="API keys: each belongs to one tenant; the API stores only their hashes.",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="The tenant the key acts for (created if new).")],
+    name: Annotated[str, typer.Option(help="A label for the key.")] = "",
+    rate: Annotated[float | None, typer.Option(min=0.001, help="Tenant's requests/s (default: settings).")] = None,
+    burst: Annotated[int | None, typer.Option(min=1, help="Tenant's burst (default: settings).")] = None,
+    max_running: Annotated[int | None, typer.Option(min=1, help="Tenant's running-task cap.")] = None,
+) -> None:
+    """Create a key (shown once) and print the tenant's webhook signing secret."""
+    from autogpt_workers.errors import UsageError
+    from autogpt_workers.tenants import Limits, create_key
+
+    db = _gateway_db()
+    try:
+        raw, info, secret = create_key(db, tenant, name, Limits(rate, burst, max_running))
+    except UsageError as exc:
+        err.print(f"[red]autogpt-workers: {exc}[/]")
+        raise typer.Exit(2) from exc
+    finally:
+        db.dispose()
+    console.print(f"key id          {info.id}\ntenant          {info.tenant_id}\nwebhook secret  {secret}")
+    console.print("API key (shown only now; send it as 'Authorization: Bearer <key>'):")
+    print(raw)
+
+
+@keys_app.command("list")
+def keys_list(tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None) -> None:
+    """List keys (ids and prefixes, never the keys), one a line, tab-separated."""
+    from autogpt_workers.tenants import list_keys
+
+    db = _gateway_db()
+    try:
+        keys = list_keys(db, tenant)
+    finally:
+        db.dispose()
+    print("id\ttenant\tname\tprefix\tcreated\trevoked")
+    for k in keys:
+        revoked = k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "-"
+        print(f"{k.id}\t{k.tenant_id}\t{k.name}\t{k.prefix}\t{k.created_at.isoformat(timespec='seconds')}\t{revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id, or its prefix from `keys list`.")]) -> None:
+    """Revoke a key: the API refuses it within a few seconds."""
+    from autogpt_workers.errors import UsageError
+    from autogpt_workers.tenants import revoke_key
+
+    db = _gateway_db()
+    try:
+        info = revoke_key(db, key)
+    except UsageError as exc:
+        err.print(f"[red]autogpt-workers: {exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        db.dispose()
+    console.print(f"revoked key {info.id} ({info.prefix}) of tenant {info.tenant_id}")
+
+
+@app.command()
+def dispatcher() -> None:
+    """Admit waiting tasks as running slots free, raise priorities as deadlines near, deliver webhooks."""
+    s = _settings()
+    import signal
+
+    from autogpt_workers.admission import Admitter, Policy
+    from autogpt_workers.broker import Publisher
+    from autogpt_workers.celery_app import app as celery_app
+    from autogpt_workers.dispatcher import Dispatcher
+    from autogpt_workers.store.db import Database
+    from autogpt_workers.webhooks import WebhookDispatcher
+
+    _configure_logs()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    db = Database.from_url(s.database_url, pool_size=4, max_overflow=s.webhook_concurrency)
+    admitter = Admitter(db, Publisher(celery_app), Policy.from_settings(s))
+    Dispatcher(admitter, WebhookDispatcher(db, s), s.dispatcher_interval_s).run_forever(stop)
+    db.dispose()
+
+
+API_KEY_HELP = "API key (default: AUTOGPT_API_KEY); create one with `autogpt-workers keys create`."
+
+
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _hint(resp: httpx.Response) -> str:
+    if resp.status_code == 401:
+        return "\nSet AUTOGPT_API_KEY (or --api-key); create a key with `autogpt-workers keys create --tenant NAME`."
+    return ""
+
+
+def _gateway_db() -> Database:
+    s = _settings()
+    from autogpt_workers.store.db import Database
+
+    return Database.from_url(s.database_url, pool_size=1, max_overflow=1)
 
 
 @app.command()
@@ -374,7 +492,7 @@ def stuck(
     s = _settings()
     threshold = s.stuck_after_s if older_than is None else older_than
     try:
-        found = find_stuck(_ledger_db(), threshold, limit=limit)
+        found = find_stuck(_gateway_db(), threshold, limit=limit)
     except Exception as exc:
         err.print(f"[red]cannot read the ledger:[/] {exc}\nIs PostgreSQL up and migrated (`autogpt-workers migrate`)?")
         raise typer.Exit(2) from exc
@@ -394,13 +512,6 @@ def stuck(
         for reason in sorted({t.reason for t in found}):
             console.print(f"  {reason}: {REASONS[reason]}")
     raise typer.Exit(1 if found else 0)
-
-
-def _ledger_db() -> Database:
-    s = _settings()
-    from autogpt_workers.store.db import Database
-
-    return Database.from_url(s.database_url, pool_size=1, max_overflow=1)
 
 
 def main() -> None:

@@ -6,7 +6,8 @@ autogpt_active_agents                               tasks running now
 autogpt_tasks{status}                               tasks in each non-terminal status
 autogpt_outbox_pending                              committed wake-ups not yet published
 autogpt_outbox_lag_seconds                          age of the oldest unpublished wake-up (0: none)
-autogpt_stuck_tasks                                 running tasks that nothing is moving (see ``_STUCK``)
+autogpt_stuck_tasks                                 unfinished tasks nothing moves (human waits excluded)
+autogpt_stuck_tasks_by_reason{reason}               the same by the detector's reason (``autogpt_workers.stuck``)
 autogpt_queue_messages{queue,state}                 state = ready | unacked; queue = think | act | dead
 autogpt_queue_consumers{queue}                      consumers attached to the queue
 autogpt_queue_oldest_message_age_seconds{queue}     the oldest message's age (0: the queue is empty)
@@ -34,6 +35,8 @@ from autogpt_workers.store.db import Database
 log = structlog.get_logger(__name__)
 
 TERMINAL_STATUSES = ("completed", "failed", "cancelled")
+# reasons of the stuck-task detector that are deliberate waits, not faults: not counted in autogpt_stuck_tasks
+WAITING_REASONS = frozenset({"awaiting_approval", "paused", "waiting_for_slot"})
 
 _TASKS_BY_STATUS = text(
     "SELECT status, count(*) FROM tasks WHERE status NOT IN ('completed', 'failed', 'cancelled') GROUP BY status"
@@ -89,7 +92,7 @@ class PlatformCollector:
         with self.db.session() as s:
             by_status = {str(k): int(v) for k, v in s.execute(_TASKS_BY_STATUS).all()}
             pending, lag = s.execute(_OUTBOX).one()
-            stuck = self._stuck(s)
+            stuck, by_reason = self._stuck(s)
         active = _gauge("autogpt_active_agents", "Agent tasks running now.")
         active.add_metric([], by_status.get("running", 0))
         tasks = _gauge("autogpt_tasks", "Tasks in each non-terminal status.", ["status"])
@@ -99,18 +102,24 @@ class PlatformCollector:
         outbox.add_metric([], int(pending))
         outbox_lag = _gauge("autogpt_outbox_lag_seconds", "Age of the oldest unpublished wake-up (0: none).")
         outbox_lag.add_metric([], float(lag))
-        stuck_g = _gauge("autogpt_stuck_tasks", "Running tasks with no live lease and no recent event.")
+        stuck_g = _gauge("autogpt_stuck_tasks", "Unfinished tasks nothing moves (approvals, pauses, caps excluded).")
         stuck_g.add_metric([], stuck)
         yield from (active, tasks, outbox, outbox_lag, stuck_g)
+        if by_reason is not None:
+            reasons = _gauge("autogpt_stuck_tasks_by_reason", "Idle unfinished tasks by reason.", ["reason"])
+            for reason, n in sorted(by_reason.items()):
+                reasons.add_metric([reason], n)
+            yield reasons
 
-    def _stuck(self, session: Any) -> int:
+    def _stuck(self, session: Any) -> tuple[int, dict[str, int] | None]:
         detector = _stuck_detector()
         if detector is not None:
             try:
-                return int(detector(self.db, self.stuck_after_s))
+                by_reason = {str(k): int(v) for k, v in detector(self.db, self.stuck_after_s).items()}
+                return sum(n for r, n in by_reason.items() if r not in WAITING_REASONS), by_reason
             except Exception as exc:  # the detector is another module's: fall back rather than fail the scrape
                 log.warning("stuck_detector_failed", error=str(exc))
-        return int(session.execute(_STUCK, {"age": self.stuck_after_s}).scalar_one())
+        return int(session.execute(_STUCK, {"age": self.stuck_after_s}).scalar_one()), None
 
     def _broker(self) -> Iterator[GaugeMetricFamily]:
         assert self.queues is not None
@@ -134,9 +143,9 @@ class PlatformCollector:
 
 
 def _stuck_detector() -> Any:
-    """``autogpt_workers.stuck.count_stuck(db, older_than_s)`` when that module provides it, else None."""
+    """``autogpt_workers.stuck.count_stuck_by_reason(db, older_than_s)`` when that module exists, else None."""
     try:
         module = importlib.import_module("autogpt_workers.stuck")
     except ImportError:
         return None
-    return getattr(module, "count_stuck", None)
+    return getattr(module, "count_stuck_by_reason", None)

@@ -35,6 +35,8 @@ TEST_ENV = {
     "AUTOGPT_LLM_TIMEOUT_S": "10",
     "AUTOGPT_LLM_BACKOFF_MAX_S": "2",
     "AUTOGPT_LOG_JSON": "true",
+    # the API's development mode (no key needed, tenant "default"); tests/api runs it with keys required
+    "AUTOGPT_API_AUTH": "disabled",
 }
 os.environ.update(TEST_ENV)
 os.environ.pop("OPENAI_API_KEY", None)

@@ -72,6 +72,8 @@ def ops_env(broker_url: str, fake_llm: str, tmp: Path, **extra: str) -> dict[str
         AUTOGPT_LEASE_TTL_S="30",
         AUTOGPT_LEASE_HEARTBEAT_S="5",
         AUTOGPT_SHUTDOWN_GRACE_S="45",
+        # no long-term memory: these tests are about operations; it would load an embedding model per worker
+        AUTOGPT_MEMORY_BACKEND="none",
         **extra,
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -169,7 +171,7 @@ class OpsStack:
         assert resp.status_code == 201, resp.text
         return str(resp.json()["id"])
 
-    def wait_terminal(self, task_ids: list[str], timeout_s: float = 120) -> dict[str, str]:
+    def wait_terminal(self, task_ids: list[str], timeout_s: float = 300) -> dict[str, str]:
         deadline = time.monotonic() + timeout_s
         status: dict[str, str] = {}
         while time.monotonic() < deadline:
