@@ -9,9 +9,10 @@ CLI := $(VENV)/bin/autogpt-workers
 # Settings for `make test`: its own database and RabbitMQ vhost (created by scripts/services.sh).
 TEST_ENV := AUTOGPT_ENV=test \
 	AUTOGPT_DATABASE_URL=postgresql+psycopg2://postgres@127.0.0.1:5432/autogpt_test \
-	AUTOGPT_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/autogpt_test
+	AUTOGPT_BROKER_URL=amqp://guest:guest@127.0.0.1:5672/autogpt_test \
+	AUTOGPT_REQUIRE_TOOLS=1
 
-.PHONY: help services venv ops-tools run test test-unit lint format typecheck bench chaos migrate clean distclean
+.PHONY: help services venv ops-tools api-tools run test test-unit lint format typecheck bench chaos migrate clean distclean
 
 help: ## List the targets with a one-line description
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,10 +37,17 @@ ops-tools: ## Install prometheus/promtool and chromium for tests/ops if missing 
 		fi; \
 	fi
 
+api-tools: ## Install newman (npm) into .tools/ for the Agent Protocol Postman suite (idempotent)
+	@if [ ! -x .tools/node_modules/.bin/newman ]; then \
+		command -v npm >/dev/null 2>&1 || { echo "npm is missing: apt-get install -y npm"; exit 1; }; \
+		echo "npm install --prefix .tools newman@6"; \
+		npm install --prefix .tools --no-audit --no-fund --silent newman@6; \
+	fi
+
 run: services venv ## Run the whole stack locally (autogpt-workers run)
 	$(CLI) run
 
-test: services venv ops-tools ## Import contracts, then the whole test suite against the local services
+test: services venv ops-tools api-tools ## Import contracts, then the whole test suite against the local services
 	$(VENV)/bin/lint-imports
 	export $(TEST_ENV) && $(PY) -m pytest -q -ra
 
@@ -55,9 +63,13 @@ format: venv ## ruff format (rewrites files)
 typecheck: venv ## mypy on the packages listed in pyproject.toml
 	$(VENV)/bin/mypy
 
-bench: services venv ## Run the benchmark (python -m bench) if there is one
+bench: services venv ## Benchmark vs floor, limit and LangGraph peer (BENCH_ARGS=--quick); writes bench/results.*
 	@if [ -f bench/__main__.py ]; then \
-		echo "$(PY) -m bench"; $(PY) -m bench; \
+		if [ ! -f $(VENV)/.installed-bench ] || [ pyproject.toml -nt $(VENV)/.installed-bench ]; then \
+			echo "pip install -e '.[dev,bench]'"; \
+			$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]' && touch $(VENV)/.installed-bench; \
+		fi; \
+		echo "$(PY) -m bench $(BENCH_ARGS)"; $(PY) -m bench $(BENCH_ARGS); \
 	else \
 		echo "no benchmark yet"; \
 	fi

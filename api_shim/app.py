@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from api_shim import metrics as api_metrics
+from api_shim.gateway import install as install_gateway
 from api_shim.lifecycle_routes import router as lifecycle_router
-from api_shim.routes import router
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app as celery_app
 from autogpt_workers.config import Settings, get_settings
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Submit autonomous agent tasks; they run as durable background jobs.",
         lifespan=lifespan,
     )
-    app.include_router(router)
+    install_gateway(app, settings)
     app.include_router(lifecycle_router)
     api_metrics.install(app)
 

@@ -1,92 +1,162 @@
-"""Native API routes (``/v1``)."""
+"""Native API routes (``/v1``): submit, list, read. Every query is scoped to the caller's tenant (``auth.Gate``):
+another tenant's task answers 404, exactly like a task that does not exist."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 
-from autogpt_workers.contracts import ArtifactView, StepView, TaskSubmission, TaskView
+from api_shim.auth import tenant_of
+from autogpt_workers.admission import Policy
+from autogpt_workers.config import Settings
+from autogpt_workers.contracts import ArtifactView, StepView, TaskPage, TaskStatus, TaskSubmission, TaskView
 from autogpt_workers.store import queries
 from autogpt_workers.store.db import Database
 from autogpt_workers.submit import submit_task
 
-router = APIRouter()
-
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such task."}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such task (for this tenant)."}}
 
 
-def _db(request: Request) -> Database:
+def db_of(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def _load_task(db: Database, task_id: uuid.UUID) -> TaskView:
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+
+
+def unstorable(value: Any) -> str | None:
+    """Why PostgreSQL could not store this JSON value's text (NUL, unpaired surrogates), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "is not valid Unicode (unpaired surrogate)"
+        return None
+    if isinstance(value, dict):
+        items: list[Any] = [*value.keys(), *value.values()]
+        return next((why for why in map(unstorable, items) if why), None)
+    if isinstance(value, list):
+        return next((why for why in map(unstorable, value) if why), None)
+    return None
+
+
+def unprocessable(where: tuple[str, ...], message: str) -> RequestValidationError:
+    """A 422 in FastAPI's own shape (``{"detail": [{"loc", "msg", "type"}]}``), as the OpenAPI document says."""
+    return RequestValidationError([{"type": "value_error", "loc": where, "msg": message, "input": None}])
+
+
+def _load_task(db: Database, task_id: uuid.UUID, tenant_id: str) -> TaskView:
     with db.session() as s:
-        task = queries.get_task(s, task_id)
-        if task is None:
-            raise HTTPException(status_code=404, detail=f"task {task_id} not found")
-        return queries.task_view(task)
+        view = queries.load_task_view(s, task_id, tenant_id)
+    if view is None:
+        raise HTTPException(status_code=404, detail=f"task {task_id} not found")
+    return view
 
 
-@router.get("/healthz", tags=["ops"])
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+def _check_limits(submission: TaskSubmission, settings: Settings) -> None:
+    if len(submission.goal) > settings.max_goal_chars:
+        limit = settings.max_goal_chars
+        raise unprocessable(("body", "goal"), f"goal is {len(submission.goal)} characters; the limit is {limit}")
+    for field, value in submission.model_dump(mode="json").items():
+        why = unstorable(value)
+        if why:
+            raise unprocessable(("body", field), f"{field} {why}")
+    if json_size(submission.metadata) > settings.api_max_input_bytes:
+        raise unprocessable(
+            ("body", "metadata"), f"metadata is larger than {settings.api_max_input_bytes} bytes as JSON"
+        )
 
 
-@router.post(
-    "/v1/tasks",
-    response_model=TaskView,
-    status_code=201,
-    tags=["tasks"],
-    responses={200: {"model": TaskView, "description": "Same idempotency key and body: the existing task."},
-               409: {"description": "Idempotency key reused with a different body."}},
-)
-async def create_task(
-    body: TaskSubmission,
-    request: Request,
-    response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-) -> TaskView:
-    """Accept a task: returns once the task and its first wake-up are committed."""
-    db = _db(request)
-    settings = request.app.state.settings
-    result = await run_in_threadpool(
-        submit_task,
-        db,
-        request.app.state.publisher,
-        body,
-        idempotency_key=idempotency_key,
-        model=settings.llm_model,
+def make_router(settings: Settings) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.post(
+        "/v1/tasks",
+        response_model=TaskView,
+        status_code=201,
+        tags=["tasks"],
+        responses={
+            200: {"model": TaskView, "description": "Same idempotency key and body: the existing task."},
+            409: {"description": "Idempotency key reused with a different body."},
+        },
     )
-    if not result.created:
-        response.status_code = 200
-    response.headers["Location"] = f"/v1/tasks/{result.task_id}"
-    return await run_in_threadpool(_load_task, db, result.task_id)
+    async def create_task(
+        body: TaskSubmission,
+        request: Request,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> TaskView:
+        """Accept a task: returns once the task and its first wake-up are committed (or, over a running-task
+        cap, once it waits in the admission queue: ``waiting_for_slot``)."""
+        _check_limits(body, settings)
+        db = db_of(request)
+        tenant = tenant_of(request)
+        result = await run_in_threadpool(
+            submit_task,
+            db,
+            request.app.state.publisher,
+            body,
+            tenant_id=tenant,
+            idempotency_key=idempotency_key,
+            model=settings.llm_model,
+            policy=Policy.from_settings(settings),
+        )
+        if not result.created:
+            response.status_code = 200
+        response.headers["Location"] = f"/v1/tasks/{result.task_id}"
+        return await run_in_threadpool(_load_task, db, result.task_id, tenant)
 
+    @router.get("/v1/tasks", response_model=TaskPage, tags=["tasks"])
+    def list_tasks(
+        request: Request,
+        status: Annotated[list[TaskStatus] | None, Query(description="Only these statuses (repeatable).")] = None,
+        limit: int = Query(50, ge=1, le=settings.api_max_page_size, description="Tasks per page."),
+        cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+    ) -> TaskPage:
+        """The tenant's tasks, newest first, a page at a time (cursor pagination: stable while tasks arrive)."""
+        with db_of(request).session() as s:
+            try:
+                tasks, next_cursor = queries.list_task_views(
+                    s, tenant_of(request), [st.value for st in status or []], limit, cursor
+                )
+            except ValueError as exc:
+                raise unprocessable(("query", "cursor"), str(exc)) from exc
+        return TaskPage(tasks=tasks, next_cursor=next_cursor)
 
-@router.get("/v1/tasks/{task_id}", response_model=TaskView, responses=NOT_FOUND, tags=["tasks"])
-def get_task(task_id: uuid.UUID, request: Request) -> TaskView:
-    return _load_task(_db(request), task_id)
+    @router.get("/v1/tasks/{task_id}", response_model=TaskView, responses=NOT_FOUND, tags=["tasks"])
+    def get_task(task_id: uuid.UUID, request: Request) -> TaskView:
+        return _load_task(db_of(request), task_id, tenant_of(request))
 
+    @router.get("/v1/tasks/{task_id}/steps", response_model=list[StepView], responses=NOT_FOUND, tags=["tasks"])
+    def get_steps(task_id: uuid.UUID, request: Request) -> list[StepView]:
+        with db_of(request).session() as s:
+            if queries.get_task(s, task_id, tenant_of(request)) is None:
+                raise HTTPException(status_code=404, detail=f"task {task_id} not found")
+            return [queries.step_view(st) for st in queries.list_steps(s, task_id)]
 
-@router.get("/v1/tasks/{task_id}/steps", response_model=list[StepView], responses=NOT_FOUND, tags=["tasks"])
-def get_steps(task_id: uuid.UUID, request: Request) -> list[StepView]:
-    db = _db(request)
-    with db.session() as s:
-        if queries.get_task(s, task_id) is None:
-            raise HTTPException(status_code=404, detail=f"task {task_id} not found")
-        return [queries.step_view(st) for st in queries.list_steps(s, task_id)]
+    @router.get("/v1/tasks/{task_id}/artifacts", response_model=list[ArtifactView], responses=NOT_FOUND, tags=["tasks"])
+    def get_artifacts(task_id: uuid.UUID, request: Request) -> list[ArtifactView]:
+        with db_of(request).session() as s:
+            if queries.get_task(s, task_id, tenant_of(request)) is None:
+                raise HTTPException(status_code=404, detail=f"task {task_id} not found")
+            return queries.list_artifacts(s, task_id)
 
-
-@router.get(
-    "/v1/tasks/{task_id}/artifacts", response_model=list[ArtifactView], responses=NOT_FOUND, tags=["tasks"]
-)
-def get_artifacts(task_id: uuid.UUID, request: Request) -> list[ArtifactView]:
-    db = _db(request)
-    with db.session() as s:
-        if queries.get_task(s, task_id) is None:
-            raise HTTPException(status_code=404, detail=f"task {task_id} not found")
-        return queries.list_artifacts(s, task_id)
+    return router

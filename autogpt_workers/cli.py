@@ -208,7 +208,7 @@ def reaper(
     observer = PrometheusObserver()
     Reaper(
         Ledger(db), Publisher(celery_app), s.outbox_grace_s, s.reaper_interval_s, observer,
-        redrive_after_s=s.redrive_after_s,
+        redrive_after_s=s.redrive_after_s, approval_timeout_s=s.approval_timeout_s,
     ).run_forever(stop)
 
 

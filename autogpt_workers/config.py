@@ -110,6 +110,30 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     api_url: str = "http://127.0.0.1:8000"
+    # "disabled" (or `api --insecure-dev`) lets requests without a key in as tenant "default": development only
+    api_auth: Literal["required", "disabled"] = "required"
+    api_rate_per_s: float = Field(default=20.0, gt=0)  # per-tenant token bucket (tenants may override)
+    api_rate_burst: int = Field(default=100, ge=1)
+    api_max_page_size: int = Field(default=100, ge=1)
+    api_max_input_bytes: int = Field(default=16_384, ge=64)  # additional_input / metadata, as JSON
+    api_max_upload_bytes: int = Field(default=10_000_000, ge=1)
+    api_max_body_bytes: int = Field(default=1_000_000, ge=1_024)  # any JSON request body
+    ap_step_wait_s: float = Field(default=30.0, ge=0)  # POST .../steps waits this long for the step to finish
+    sse_poll_s: float = Field(default=0.5, gt=0)
+    sse_heartbeat_s: float = Field(default=15.0, gt=0)
+    sse_max_stream_s: float = Field(default=300.0, gt=0)  # then the stream ends; clients resume with Last-Event-ID
+    # scheduling: running-task caps (None = no cap) and deadline urgency
+    tenant_max_running: int | None = Field(default=None, ge=1)  # default cap per tenant (tenants may override)
+    scheduler_max_running: int | None = Field(default=None, ge=1)  # all tenants together
+    deadline_horizon_s: float = Field(default=3600.0, gt=0)  # priority starts rising this long before a deadline
+    deadline_max_boost: int = Field(default=4, ge=0, le=9)
+    # webhooks (the dispatcher process)
+    dispatcher_interval_s: float = Field(default=0.5, gt=0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=12, ge=1)
+    webhook_backoff_base_s: float = Field(default=1.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0)
+    webhook_concurrency: int = Field(default=16, ge=1)
 
     # Flower
     flower_port: int = Field(default=5555, ge=1, le=65535)
@@ -195,6 +219,8 @@ class Settings(BaseSettings):
                 problems.append("production refuses the RabbitMQ guest account in AUTOGPT_BROKER_URL")
             if self.flower_basic_auth.get_secret_value() in ("admin:admin", ""):
                 problems.append("production refuses the default Flower credentials (AUTOGPT_FLOWER_BASIC_AUTH)")
+            if self.api_auth == "disabled":
+                problems.append("production refuses AUTOGPT_API_AUTH=disabled (every request needs an API key)")
             if self.openai_api_key is None:
                 problems.append("production needs OPENAI_API_KEY")
             if "postgres@" in self.database_url and ":" not in self.database_url.split("//", 1)[1].split("@")[0]:

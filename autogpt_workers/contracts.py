@@ -41,6 +41,9 @@ class TaskStatus(enum.StrEnum):
 
 
 TERMINAL = frozenset({TaskStatus.completed, TaskStatus.failed, TaskStatus.cancelled})
+TERMINAL_EVENTS = ("task.completed", "task.failed", "task.cancelled")
+# an event kind ("task.completed") or a glob of kinds ("step.*", "*")
+EventPattern = Annotated[str, Field(pattern=r"^(\*|[a-z_]{1,30}\.(\*|[a-z_]{1,30}))$")]
 
 
 class StepStatus(enum.StrEnum):
@@ -69,6 +72,20 @@ class TaskSubmission(BaseModel):
         default=None, max_length=100, description="Commands this task may use; all registered ones if omitted."
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
+    profile: str | None = Field(
+        default=None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Agent profile name."
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s]+$",
+        description="POST each subscribed event here, signed (see the README, Webhooks).",
+    )
+    webhook_events: list[EventPattern] = Field(
+        default_factory=lambda: list(TERMINAL_EVENTS),
+        max_length=32,
+        description='Event kinds to deliver; globs allowed ("step.*", "*"). Default: the terminal events.',
+    )
     approval: ApprovalPolicy = Field(
         default="never",
         description='"always": each proposed command waits for POST /v1/tasks/{id}/approve; a list: only commands '
@@ -127,6 +144,19 @@ class TaskView(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     metadata: dict[str, Any]
+    allowed_commands: list[str] | None = None
+    profile: str | None = None
+    webhook_url: str | None = None
+    webhook_events: list[str] = Field(default_factory=list)
+    effective_priority: int | None = Field(default=None, description="Priority after deadline urgency.")
+    waiting_for_slot: bool = Field(default=False, description="Held back by a running-task cap.")
+
+
+class TaskPage(BaseModel):
+    """One page of ``GET /v1/tasks``; pass ``next_cursor`` as ``cursor`` for the next one (null: no more)."""
+
+    tasks: list[TaskView]
+    next_cursor: str | None
 
 
 class StepView(BaseModel):

@@ -14,6 +14,7 @@ import threading
 
 import structlog
 
+from autogpt_workers import lifecycle
 from autogpt_workers.broker import Publisher
 from autogpt_workers.observe import RunObserver
 from autogpt_workers.store.ledger import Ledger, Wakeup
@@ -27,6 +28,7 @@ class ReapReport:
     published: int
     failed_publishes: int
     deadlines_expired: int = 0
+    approvals_expired: int = 0
 
 
 class Reaper:
@@ -38,7 +40,9 @@ class Reaper:
         interval_s: float,
         observer: RunObserver | None = None,
         redrive_after_s: float | None = 600.0,
+        approval_timeout_s: float | None = None,
     ) -> None:
+        self.approval_timeout_s = approval_timeout_s  # None: a step waits for a human for ever
         self.observer = observer or RunObserver()
         self.ledger = ledger
         self.publisher = publisher
@@ -49,20 +53,23 @@ class Reaper:
     def run_once(self) -> ReapReport:
         expired = self.ledger.reap_expired_leases()
         late = self.ledger.expire_deadlines()
+        stale = [] if self.approval_timeout_s is None else lifecycle.expire_approvals(
+            self.ledger.db, self.approval_timeout_s
+        )
         orphans = self.ledger.rearm_orphans(self.redrive_after_s) if self.redrive_after_s is not None else []
         if orphans:
             log.warning("orphaned_wakeups_rearmed", count=len(orphans))
         due = {w.outbox_id: w for w in [*expired, *orphans, *self.ledger.due_wakeups(self.outbox_grace_s)]}
         published, failed = self._publish(list(due.values()))
         self.observer.reaped(len(expired), published)
-        for _ in late:
+        for _ in [*late, *stale]:
             self.observer.task_ended("failed", None)
-        if expired or due or late:
+        if expired or due or late or stale:
             log.info(
                 "reaped", expired_leases=len(expired), published=published, failed_publishes=failed,
-                deadlines_expired=len(late),
+                deadlines_expired=len(late), approvals_expired=len(stale),
             )
-        return ReapReport(len(expired), published, failed, len(late))
+        return ReapReport(len(expired), published, failed, len(late), len(stale))
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("reaper_started", interval_s=self.interval_s, outbox_grace_s=self.outbox_grace_s)

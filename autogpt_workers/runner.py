@@ -11,16 +11,21 @@ the run if it was paused meanwhile and finish a cancel. Inside a phase:
 
 - think runs the LLM call on a helper thread and waits on the lease's hold: a cancel (seen by the lease heartbeat,
   within ``lease_heartbeat_s``) abandons the call, the task ends ``cancelled`` and the answer, if it still comes,
-  is dropped; so does a graceful shutdown past its grace (the step is handed back) and the think time limit.
+  is dropped; so does a graceful shutdown past its grace (the step is handed back) and the think time limit. The
+  abandoned HTTP request itself is not interrupted (it ends on its own, bounded by the LLM timeout and attempts):
+  the worker slot is free at once, the answer is discarded.
 - act runs the command in-process (in the prefork child): a cancel takes effect at the next safe point, the
   commit, after which no further step starts. A sandboxed subprocess can be terminated on ``Hold.stopped``.
 
 Each returns a short outcome string (shown in Flower as the Celery task's result). The Celery glue in ``tasks``
-maps the one exception left, ``StepPoisoned``, to a dead-lettered message. Nothing here imports Celery.
+maps ``StepPoisoned`` to a dead-lettered message and an unreachable database to a retried wake-up; the ledger
+writes that hold paid-for work (a proposal, a command's outcome) are retried here for up to a lease period.
+Nothing here imports Celery.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import random
 import threading
@@ -38,6 +43,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.agent.types import Budget, Observation, Proposal, Spent, StepRecord, TaskContext
+from autogpt_workers.artifacts import ArtifactStore, LocalArtifactStore, changed_paths, snapshot
 from autogpt_workers.broker import Publisher
 from autogpt_workers.commands.workspace import Workspace
 from autogpt_workers.config import Settings
@@ -102,8 +108,10 @@ class StepRunner:
         owner: str,
         leases: LeaseKeeper,
         observer: RunObserver | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.observer = observer or RunObserver()
+        self.artifacts = artifacts or LocalArtifactStore(settings.workspace_root)
         self.ledger = ledger
         self.publisher = publisher
         self.agent = agent
@@ -146,11 +154,11 @@ class StepRunner:
                 self.observer.phase_finished("think", time.monotonic() - started, "retry")
                 return self._hand_back(task_id, step_index, token, "think", claim.deliveries, exc)
             llm_seconds = time.monotonic() - started
-            gate = approval_required(task.approval, proposal.command, self._side_effect(proposal.command))
+            asks = self._awaits_human(proposal.command)
+            gate = approval_required(task.approval, proposal.command, self._side_effect(proposal.command), asks)
+            payload = {**proposal.model_dump(mode="json"), **({"awaits_human": True} if asks else {})}
             result = self._persist(
-                lambda: self.ledger.propose(
-                    task_id, step_index, token, proposal.model_dump(mode="json"), await_approval=gate
-                )
+                lambda: self.ledger.propose(task_id, step_index, token, payload, await_approval=gate)
             )
         if result.outcome is ProposeOutcome.fenced:
             bound.warning("fenced", detail="lease taken over before the proposal was persisted")
@@ -193,13 +201,14 @@ class StepRunner:
             proposal = Proposal.model_validate(current.proposal)
             ctx = _context(task, step_index)
             problem = self._check_edit(ctx, proposal) if current.proposal.get("edited") else None
-            workspace = Workspace(self.workspace_dir(task_id))
-            workspace.create()
+            workspace = Workspace(self.artifacts.materialise(str(task_id), self.workspace_dir(task_id)))
+            before = snapshot(workspace.root)
             if problem is not None:
                 observation = Observation(output=f"Error: {problem}", is_error=True)
             else:
                 observation = self.agent.act(ctx, proposal, workspace)
             self.crash.maybe("command", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+            self.artifacts.sync_back(str(task_id), workspace.root, changed_paths(before, snapshot(workspace.root)))
             files = [self._file_record(workspace, p) for p in observation.files_written]
             committed, wakeup = self._persist(
                 lambda: self.ledger.commit_step(
@@ -232,7 +241,7 @@ class StepRunner:
         return "finished" if observation.is_last else f"committed step {step_index}"
 
     def workspace_dir(self, task_id: uuid.UUID) -> Path:
-        return self.settings.workspace_root / str(task_id)
+        return self.artifacts.workspace_dir(str(task_id), self.settings.artifact_scratch_dir)
 
     # -- shutdown --------------------------------------------------------------------------------------------------
 
@@ -270,7 +279,8 @@ class StepRunner:
                 box["done"] = True
                 hold.wake()
 
-        threading.Thread(target=run, name="llm-call", daemon=True).start()
+        context = contextvars.copy_context()  # the log context (task, step) follows the call
+        threading.Thread(target=context.run, args=(run,), name="llm-call", daemon=True).start()
         limit = time.monotonic() + max(1.0, self.settings.think_time_limit_s - 5)
         probe_at = time.monotonic() + 0.05 if crash_probe is not None and self.crash.armed("llm") else None
         while "done" not in box:
@@ -332,6 +342,10 @@ class StepRunner:
             return None
         value = getattr(self.agent.registry.get(command), "side_effect", None)
         return None if value is None else str(getattr(value, "value", value))
+
+    def _awaits_human(self, command: str | None) -> bool:
+        """Does the command ask a human (``ask_user``)? Then its step waits for the answer, whatever the policy."""
+        return command is not None and command in self.agent.registry and self.agent.registry.get(command).awaits_human
 
     def _check_edit(self, ctx: TaskContext, proposal: Proposal) -> str | None:
         """A human edited the command: is it one this task may run, with arguments that fit it?"""

@@ -142,7 +142,9 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
         stack.stop()
         return 1
 
+    demo_key, demo_key_id = _demo_key(settings)
     stack.start("api", [*me, "api"])
+    stack.start("dispatcher", [*me, "dispatcher"])  # admission under running-task caps, webhooks
     metrics = {"think": 9101, "act": 9102, "reaper": 9103}  # /metrics of each process group
     stack.start("worker-think", [*me, "worker", "--queue", "think", "--metrics-port", str(metrics["think"])])
     stack.start("worker-act", [*me, "worker", "--queue", "act", "--metrics-port", str(metrics["act"])])
@@ -161,8 +163,10 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
             f"  Flower  {flower_url}  (basic auth, user '{user}')\n"
             f"  Metrics {prometheus_url or 'install Debian package prometheus to get a local Prometheus'}\n"
             f"  Logs    {log_dir}/\n"
+            f"  API key for this run (tenant 'demo', revoked when the stack stops):\n"
+            f"          export AUTOGPT_API_KEY={demo_key}\n"
         )
-        with httpx.Client(base_url=api_url, timeout=30) as client:
+        with httpx.Client(base_url=api_url, timeout=30, headers={"Authorization": f"Bearer {demo_key}"}) as client:
             task = client.post("/v1/tasks", json={"goal": goal, "budget": {"max_steps": 10}}).raise_for_status().json()
             console.print(f"demo task [bold]{task['id']}[/]: {goal}")
             task = follow(client, task["id"], console, timeout_s=300)
@@ -183,4 +187,31 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
         return 0
     finally:
         stack.stop()
+        _revoke(settings, demo_key_id)
         console.print("stack stopped")
+
+
+def _demo_key(settings: Settings) -> tuple[str, str]:
+    """A key for the demo tenant, so the API runs as in production: keys required."""
+    from autogpt_workers.store.db import Database
+    from autogpt_workers.tenants import create_key
+
+    db = Database.from_url(settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        key, info, _ = create_key(db, "demo", "autogpt-workers run")
+    finally:
+        db.dispose()
+    return key, str(info.id)
+
+
+def _revoke(settings: Settings, key_id: str) -> None:
+    from autogpt_workers.store.db import Database
+    from autogpt_workers.tenants import revoke_key
+
+    db = Database.from_url(settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        revoke_key(db, key_id)
+    except Exception:  # the database is going away with the stack: the key just stays valid
+        pass
+    finally:
+        db.dispose()

@@ -10,14 +10,17 @@ import dataclasses
 import hashlib
 import json
 import uuid
+from typing import Any
 
 import structlog
 from sqlalchemy import select
 
+from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
 from autogpt_workers.broker import Publisher
 from autogpt_workers.contracts import TaskSubmission
 from autogpt_workers.errors import UsageError
 from autogpt_workers.store.db import Database
+from autogpt_workers.store.gateway import record_options
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.store.models import Task
 
@@ -48,13 +51,20 @@ def submit_task(
     tenant_id: str = "default",
     idempotency_key: str | None = None,
     model: str | None = None,
+    source: str = "native",
+    additional_input: dict[str, Any] | None = None,
+    policy: Policy | None = None,
 ) -> Submitted:
+    """Accept a task. ``policy`` (running-task caps, deadline urgency) may hold it back in the admission queue;
+    without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request."""
     ledger = Ledger(db)
     digest = request_hash(submission)
+    deadline = submission.deadline
+    priority = effective_priority(submission.priority, deadline, policy or Policy())
     values = {
         "tenant_id": tenant_id,
         "goal": submission.goal,
-        "priority": submission.priority,
+        "priority": priority,
         "budget": submission.budget.model_dump(mode="json"),
         "allowed_commands": submission.allowed_commands,
         "metadata_": submission.metadata,
@@ -62,10 +72,24 @@ def submit_task(
         "request_hash": digest,
         "model": model,
         "approval": submission.approval,  # the lifecycle's approval gate and deadline (revision 0004)
-        "deadline": submission.deadline,
+        "deadline": deadline,
     }
+    held = None
     with db.transaction() as s:
         created = ledger.create_task(s, values)
+        if created is not None:
+            record_options(
+                s,
+                created[0],
+                source=source,
+                base_priority=submission.priority,
+                profile=submission.profile,
+                webhook_url=submission.webhook_url,
+                webhook_events=submission.webhook_events,
+                additional_input=additional_input,
+            )
+            if policy is not None:
+                held = hold_if_capped(s, created[0], tenant_id, policy)
         if created is None:
             existing_id, existing_hash = s.execute(
                 select(Task.id, Task.request_hash).where(
@@ -79,8 +103,11 @@ def submit_task(
             )
         return Submitted(existing_id, created=False, published=True)
     task_id, wakeup = created
+    if held is not None:
+        log.info("task_waiting_for_slot", task_id=str(task_id), tenant_id=tenant_id, reason=held)
+        return Submitted(task_id, created=True, published=False)
     try:
-        publisher.wake(task_id, 0, "think", submission.priority)
+        publisher.wake(task_id, 0, "think", priority)
     except Exception as exc:  # accepted all the same: the outbox row is committed
         log.warning("submit_publish_deferred", task_id=str(task_id), error=str(exc))
         return Submitted(task_id, created=True, published=False)

@@ -78,6 +78,8 @@ def settings(services: None, tmp_path_factory: pytest.TempPathFactory):  # type:
 
     workspaces = tmp_path_factory.mktemp("workspaces")
     os.environ["AUTOGPT_WORKSPACE_ROOT"] = str(workspaces)
+    # each run gets its own embedded memory file, unless the caller chose one
+    os.environ.setdefault("AUTOGPT_MEMORY_PATH", str(tmp_path_factory.mktemp("memory") / "memory.sqlite3"))
     return Settings()
 
 

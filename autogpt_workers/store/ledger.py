@@ -31,8 +31,8 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import and_, case, delete, func, or_, select, type_coerce, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.orm import Session
 
 from autogpt_workers.store.db import Database
@@ -42,6 +42,7 @@ OPEN_STEP = ("pending", "thinking", "proposed", "acting", "awaiting_approval")
 CLOSED_STEP = ("completed", "failed", "cancelled")
 TERMINAL_TASK = ("completed", "failed", "cancelled")
 ACTIVE_TASK = ("queued", "running")  # the statuses in which wake-ups are written and steps start
+THINK_DELIVERIES = "think_deliveries"  # recorded in the proposal: the act phase's redelivery budget starts after it
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -251,13 +252,19 @@ class Ledger:
         with self.db.transaction() as s:
             task = lock_task(s, task_id)
             row = s.execute(
-                select(Step.status, Step.lease_token, Step.lease_expires_at, Step.deliveries)
+                select(
+                    Step.status,
+                    Step.lease_token,
+                    Step.lease_expires_at,
+                    Step.deliveries,
+                    Step.proposal[THINK_DELIVERIES].as_integer(),
+                )
                 .where(Step.task_id == task_id, Step.step_index == step_index)
                 .with_for_update()
             ).one_or_none()
             if task is None or row is None:
                 return Claim(ClaimOutcome.missing)
-            step_status, token, expires, deliveries = row
+            step_status, token, expires, deliveries, think_deliveries = row
             if step_status in ("completed", "failed"):
                 return Claim(ClaimOutcome.committed)
             if task.status in TERMINAL_TASK or step_status == "cancelled":
@@ -283,13 +290,15 @@ class Ledger:
                 reason = deadline_reason(task.deadline, f"before step {step_index} ({phase})")
                 fail_now(s, task_id, step_index, reason, code="deadline")
                 return Claim(ClaimOutcome.deadline, reason=reason)
-            if deliveries >= max_deliveries:
+            # the budget is per phase: a persisted proposal is progress, its act phase starts afresh
+            spent = deliveries - (think_deliveries or 0) if phase == "act" else deliveries
+            if spent >= max_deliveries:
                 reason = (
-                    f"step {step_index} poisoned: {deliveries} deliveries without a commit "
-                    f"(limit {max_deliveries}); last phase {phase}"
+                    f"step {step_index} poisoned: {spent} deliveries of its {phase} phase without a commit "
+                    f"(limit {max_deliveries})"
                 )
                 fail_now(s, task_id, step_index, reason, code="poisoned")
-                return Claim(ClaimOutcome.poisoned, deliveries=deliveries, reason=reason)
+                return Claim(ClaimOutcome.poisoned, deliveries=spent, reason=reason)
             new_token = uuid.uuid4()
             started = {"think_started_at": now} if phase == "think" else {"act_started_at": now}
             s.execute(
@@ -318,7 +327,7 @@ class Ledger:
                 .values(published_at=func.coalesce(Outbox.published_at, func.now()))
                 .returning(Outbox.created_at)
             ).scalar_one_or_none()
-            return Claim(ClaimOutcome.claimed, token=new_token, deliveries=deliveries + 1, queued_at=queued_at)
+            return Claim(ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at)
 
     def renew(self, tokens: Sequence[uuid.UUID], lease_ttl_s: float) -> dict[uuid.UUID, str]:
         """Heartbeat: extend every lease this process still holds.
@@ -377,7 +386,10 @@ class Ledger:
                 )
                 .values(
                     status=status,
-                    proposal=proposal,
+                    # the think phase's deliveries, so the act phase gets its own redelivery budget
+                    proposal=type_coerce(proposal, JSONB).op("||")(
+                        func.jsonb_build_object(THINK_DELIVERIES, Step.deliveries)
+                    ),
                     command=proposal.get("command"),
                     arguments=proposal.get("arguments"),
                     prompt_tokens=prompt_tokens,

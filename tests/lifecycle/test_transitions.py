@@ -372,3 +372,23 @@ def test_the_stuck_command_lists_them_and_exits_1(ledger, lc_urls) -> None:  # t
     assert rows[str(task_id)]["reason"] == "lease_expired" and "reaper" in rows[str(task_id)]["detail"]
     none = subprocess.run([*cli, "--older-than", "86400"], env=env, capture_output=True, text=True, timeout=120)
     assert none.returncode == 0 and "no task idle" in none.stdout
+
+
+def test_each_phase_has_its_own_redelivery_budget(ledger) -> None:  # type: ignore[no-untyped-def]
+    """A think phase that needed several deliveries (its workers were killed) does not poison the act phase."""
+    task_id = new_task(ledger)
+    for _ in range(4):  # four think deliveries lost (lease expired each time), the fifth proposes
+        assert ledger.claim(task_id, 0, "think", "w", 0.001, max_deliveries=5).outcome is ClaimOutcome.claimed
+        time.sleep(0.01)
+    c = ledger.claim(task_id, 0, "think", "w", 30, max_deliveries=5)
+    assert c.outcome is ClaimOutcome.claimed and c.deliveries == 5
+    ledger.propose(task_id, 0, c.token, PROPOSAL)
+    assert steps_of(ledger.db, task_id)[0].proposal["think_deliveries"] == 5
+    for attempt in range(1, 6):  # the act phase starts afresh: five deliveries, then poisoned
+        a = ledger.claim(task_id, 0, "act", "w", 0.001, max_deliveries=5)
+        assert a.outcome is ClaimOutcome.claimed and a.deliveries == attempt
+        time.sleep(0.01)
+    poisoned = ledger.claim(task_id, 0, "act", "w", 30, max_deliveries=5)
+    assert poisoned.outcome is ClaimOutcome.poisoned
+    assert "5 deliveries of its act phase" in (poisoned.reason or "")
+    assert task_row(ledger.db, task_id).status == "failed"

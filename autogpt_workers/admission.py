@@ -1,0 +1,248 @@
+"""Admission: when an accepted task may start running.
+
+Caps. A tenant runs at most its ``max_running`` tasks at once (its own limit, else ``tenant_max_running``), and all
+tenants together at most ``scheduler_max_running``; ``None`` means no cap. A task over a cap is accepted all the
+same: it stays ``queued`` with no wake-up, in ``admission_queue``, and the dispatcher admits it when a slot frees.
+"Running" means accepted, admitted and not finished (a paused task or one waiting for approval holds its slot).
+
+Order. Waiting tasks are admitted by effective priority first; within a priority level, the tenant with the fewest
+running tasks goes first (fair share: one tenant's burst cannot starve another's tasks); then submission order.
+
+Urgency (the seed's urgency factor, on the 0-9 scale). A task with a deadline gains up to ``deadline_max_boost``
+levels as the deadline nears: nothing until ``deadline_horizon_s`` before it, then linearly more, the full boost
+once the deadline has passed. The effective priority is written to ``tasks.priority``, which the ledger gives to
+every wake-up it publishes, so a running task's later steps jump the queue too (``refresh_priorities``).
+
+Submissions and admission rounds decide under one PostgreSQL advisory lock, so two API processes cannot both
+take the last slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from autogpt_workers.broker import Publisher
+from autogpt_workers.config import Settings
+from autogpt_workers.contracts import MAX_PRIORITY
+from autogpt_workers.store.db import Database
+from autogpt_workers.store.gateway import AdmissionQueue, TaskOptions, Tenant
+from autogpt_workers.store.ledger import TERMINAL_TASK, Ledger, Wakeup, emit
+from autogpt_workers.store.models import Outbox, Task
+
+log = structlog.get_logger(__name__)
+
+ADMISSION_LOCK = 727275  # pg advisory lock key (the migrator uses 727274)
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    tenant_max_running: int | None = None
+    max_running: int | None = None
+    horizon_s: float = 3600.0
+    max_boost: int = 4
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            settings.tenant_max_running,
+            settings.scheduler_max_running,
+            settings.deadline_horizon_s,
+            settings.deadline_max_boost,
+        )
+
+
+def urgency_boost(deadline: datetime | None, now: datetime, policy: Policy) -> int:
+    if deadline is None or policy.max_boost == 0:
+        return 0
+    remaining = (deadline - now).total_seconds()
+    if remaining >= policy.horizon_s:
+        return 0
+    if remaining <= 0:
+        return policy.max_boost
+    return math.ceil(policy.max_boost * (1 - remaining / policy.horizon_s))
+
+
+def effective_priority(base: int, deadline: datetime | None, policy: Policy, now: datetime | None = None) -> int:
+    return min(MAX_PRIORITY, base + urgency_boost(deadline, now or datetime.now(UTC), policy))
+
+
+def _running(tenant_id: str | None = None) -> Any:
+    """Tasks holding a slot: not finished and not waiting for admission."""
+    stmt = (
+        select(func.count())
+        .select_from(Task)
+        .where(Task.status.not_in(TERMINAL_TASK), ~exists().where(AdmissionQueue.task_id == Task.id))
+    )
+    return stmt if tenant_id is None else stmt.where(Task.tenant_id == tenant_id)
+
+
+def hold_if_capped(s: Session, task_id: uuid.UUID, tenant_id: str, policy: Policy) -> str | None:
+    """In the submitting transaction, after the task and its first wake-up were inserted: if a cap is reached (or
+    earlier tasks already wait), take the wake-up back and queue the task. Returns why it waits, or None."""
+    tenant_cap = s.execute(select(Tenant.max_running).where(Tenant.id == tenant_id)).scalar_one_or_none()
+    tenant_cap = tenant_cap if tenant_cap is not None else policy.tenant_max_running
+    if tenant_cap is None and policy.max_running is None:
+        return None
+    s.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
+    waiting = select(AdmissionQueue.task_id).limit(1)
+    if policy.max_running is None:
+        waiting = waiting.where(AdmissionQueue.tenant_id == tenant_id)
+    reason = None
+    if s.execute(waiting).first() is not None:
+        reason = "earlier tasks are waiting for a slot"
+    elif tenant_cap is not None and s.execute(_running(tenant_id).where(Task.id != task_id)).scalar_one() >= tenant_cap:
+        reason = f"the tenant's cap of {tenant_cap} running tasks is reached"
+    elif (
+        policy.max_running is not None
+        and s.execute(_running().where(Task.id != task_id)).scalar_one() >= policy.max_running
+    ):
+        reason = f"the platform's cap of {policy.max_running} running tasks is reached"
+    if reason is None:
+        return None
+    s.execute(delete(Outbox).where(Outbox.task_id == task_id))
+    s.execute(insert(AdmissionQueue).values(task_id=task_id, tenant_id=tenant_id))
+    emit(s, task_id, "task.waiting", reason=reason)
+    return reason
+
+
+def _below(count: int, cap: int | None) -> bool:
+    return cap is None or count < cap
+
+
+@dataclasses.dataclass
+class _Waiting:
+    task_id: uuid.UUID
+    tenant_id: str
+    enqueued_at: datetime
+    priority: int  # effective, now
+
+
+class Admitter:
+    """The dispatcher's half of admission: admits waiting tasks as slots free, and raises priorities as
+    deadlines near."""
+
+    def __init__(self, db: Database, publisher: Publisher, policy: Policy, batch: int = 500) -> None:
+        self.db = db
+        self.ledger = Ledger(db)
+        self.publisher = publisher
+        self.policy = policy
+        self.batch = batch
+
+    def admit_round(self) -> int:
+        """Admit what the caps allow now; publish their first wake-ups. Returns how many were admitted."""
+        with self.db.transaction() as s:
+            if not s.execute(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK))).scalar_one():
+                return 0  # another dispatcher is at it
+            wakeups = self._admit(s)
+        published: list[int] = []
+        try:
+            for w in wakeups:
+                self.publisher.wake(w.task_id, w.step_index, w.phase, w.priority)
+                published.append(w.outbox_id)
+        except Exception as exc:  # the reaper publishes the rest after the outbox grace period
+            log.warning("admission_publish_deferred", error=str(exc))
+        finally:
+            self.ledger.mark_published(published)
+        if wakeups:
+            log.info("tasks_admitted", count=len(wakeups))
+        return len(wakeups)
+
+    def _admit(self, s: Session) -> list[Wakeup]:
+        # tasks cancelled while they waited leave the queue
+        s.execute(
+            delete(AdmissionQueue).where(
+                AdmissionQueue.task_id.in_(select(Task.id).where(Task.status.in_(TERMINAL_TASK)))
+            )
+        )
+        now = datetime.now(UTC)
+        rows = s.execute(
+            select(
+                AdmissionQueue.task_id,
+                AdmissionQueue.tenant_id,
+                AdmissionQueue.enqueued_at,
+                func.coalesce(TaskOptions.base_priority, Task.priority),
+                Task.deadline,
+            )
+            .join(Task, Task.id == AdmissionQueue.task_id)
+            .outerjoin(TaskOptions, TaskOptions.task_id == AdmissionQueue.task_id)
+            .where(Task.status == "queued")  # a paused task waits until it is resumed
+            .order_by(AdmissionQueue.enqueued_at)
+            .limit(self.batch * 10)
+        ).all()
+        if not rows:
+            return []
+        waiting = [
+            _Waiting(tid, tenant, at, effective_priority(base, deadline, self.policy, now))
+            for tid, tenant, at, base, deadline in rows
+        ]
+        tenants = {w.tenant_id for w in waiting}
+        running: dict[str, int] = dict.fromkeys(tenants, 0)
+        running.update(
+            s.execute(
+                select(Task.tenant_id, func.count())
+                .where(
+                    Task.tenant_id.in_(tenants),
+                    Task.status.not_in(TERMINAL_TASK),
+                    ~exists().where(AdmissionQueue.task_id == Task.id),
+                )
+                .group_by(Task.tenant_id)
+            ).all()
+        )
+        own_caps = {t: cap for t, cap in s.execute(select(Tenant.id, Tenant.max_running).where(Tenant.id.in_(tenants)))}
+        caps = {t: own_caps.get(t) or self.policy.tenant_max_running for t in tenants}
+        total = s.execute(_running()).scalar_one() if self.policy.max_running is not None else 0
+
+        admitted: list[_Waiting] = []
+        while len(admitted) < self.batch:
+            if self.policy.max_running is not None and total >= self.policy.max_running:
+                break
+            open_ = [w for w in waiting if _below(running[w.tenant_id], caps[w.tenant_id])]
+            if not open_:
+                break
+            best = min(open_, key=lambda w: (-w.priority, running[w.tenant_id], w.enqueued_at))
+            waiting.remove(best)
+            admitted.append(best)
+            running[best.tenant_id] += 1
+            total += 1
+        return [self._admit_one(s, w) for w in admitted]
+
+    @staticmethod
+    def _admit_one(s: Session, w: _Waiting) -> Wakeup:
+        s.execute(delete(AdmissionQueue).where(AdmissionQueue.task_id == w.task_id))
+        s.execute(update(Task).where(Task.id == w.task_id).values(priority=w.priority))
+        outbox_id = s.execute(
+            insert(Outbox)
+            .values(task_id=w.task_id, step_index=0, phase="think", priority=w.priority)
+            .on_conflict_do_update(
+                constraint="uq_outbox_task_step_phase", set_={"published_at": None, "created_at": func.now()}
+            )
+            .returning(Outbox.id)
+        ).scalar_one()
+        emit(s, w.task_id, "task.admitted", priority=w.priority)
+        return Wakeup(outbox_id, w.task_id, 0, "think", w.priority)
+
+    def refresh_priorities(self) -> int:
+        """Raise ``tasks.priority`` of unfinished tasks whose deadline draws nearer. Returns how many changed."""
+        now = datetime.now(UTC)
+        changed = 0
+        with self.db.transaction() as s:
+            rows = s.execute(
+                select(Task.id, Task.priority, TaskOptions.base_priority, Task.deadline)
+                .join(TaskOptions, TaskOptions.task_id == Task.id)
+                .where(Task.deadline.is_not(None), Task.status.not_in(TERMINAL_TASK))
+            ).all()
+            for task_id, current, base, deadline in rows:
+                wanted = effective_priority(base, deadline, self.policy, now)
+                if wanted != current:
+                    s.execute(update(Task).where(Task.id == task_id).values(priority=wanted))
+                    changed += 1
+        return changed

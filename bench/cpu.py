@@ -1,0 +1,236 @@
+"""CPU per step and steps/s with the LLM answering at once (K tasks), and what each step costs PostgreSQL and
+the broker, from one run.
+
+Sequence: the K tasks are submitted while no worker runs; after the statistics settle (idle PostgreSQL backends
+flush their counters within 10 s, RabbitMQ samples every 5 s) the counters are read, fresh workers drain the
+tasks, and after another settle the counters are read again. So the deltas hold the workers' and the reaper's
+work on these steps (start-up included) and none of the submissions'. The harness's own SQL is subtracted.
+
+CPU is utime + stime from /proc of every platform process (API, think worker, act worker and its children,
+reaper), counted from the first committed step to 90% of the steps, so start-up and the tail are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from bench.env import BenchEnv, Sql, xact_counts
+from bench.figure import Figure, judge, ms
+from bench.floor import FloorResult
+from bench.procs import CpuMeter, cpu_seconds, wait_until
+from bench.rabbit import PublishCounts
+from bench.stack import Platform, steps_goal
+
+CPU_KEY = "cpu"
+COSTS_KEY = "costs"
+GOAL_STEPS_PER_S = 300.0
+GOAL_XACTS = 3.0
+GOAL_MESSAGES = 2.0
+TASK_EXCHANGES = ("", "autogpt")  # wake-ups go through the default exchange or the platform's
+MAX_WINDOW_S = 120.0
+HELD = "SELECT count(*) FROM steps WHERE status IN ('thinking', 'acting')"
+
+
+@dataclasses.dataclass
+class CpuResult:
+    tasks: int
+    steps_total: int  # steps committed by the end (all of them, unless the run was too slow and cut short)
+    window_steps: int
+    window_s: float
+    platform_cpu_s: float
+    by_process_cpu_s: dict[str, float]
+    infra_cpu_s: dict[str, float]
+    host_busy: float
+    commits: int
+    rollbacks: int
+    harness_statements: int
+    published: PublishCounts
+    settled: bool  # False: counters read before PostgreSQL and RabbitMQ flushed them (quick mode): rough
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.window_steps / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def cpu_per_step_s(self) -> float:
+        return self.platform_cpu_s / self.window_steps if self.window_steps else float("nan")
+
+
+def _beam_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == "beam.smp":
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class _Infra:
+    """CPU of what serves the platform: its PostgreSQL backends, the RabbitMQ node (all vhosts), the fake LLM."""
+
+    def __init__(self, db: Sql, database: str, llm_pid: int) -> None:
+        self.db, self.database, self.llm_pid = db, database, llm_pid
+        self.before: dict[str, dict[int, float]] = {}
+
+    def _pids(self) -> dict[str, list[int]]:
+        pg = [int(r[0]) for r in self.db.rows("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))]
+        return {"postgres": pg, "rabbitmq": _beam_pids(), "fake_llm": [self.llm_pid]}
+
+    def start(self) -> None:
+        self.before = {k: {p: cpu_seconds(p) for p in pids} for k, pids in self._pids().items()}
+
+    def stop(self) -> dict[str, float]:
+        out = {}
+        for name, pids in self._pids().items():
+            before = self.before.get(name, {})
+            out[name] = sum(cpu_seconds(p) - before[p] for p in pids if p in before)
+        return out
+
+
+def _completed(db: Sql) -> int:
+    return int(db.scalar("SELECT count(*) FROM steps WHERE status = 'completed'"))
+
+
+def measure_cpu(
+    platform: Platform, env: BenchEnv, db: Sql, tasks: int, steps: int, settle_s: float,
+    think_concurrency: int | None, act_concurrency: int | None, restart: bool = True,
+) -> CpuResult:  # fmt: skip
+    """``restart=False`` (quick mode): keep the running workers and skip the settling; the counts are rough."""
+    platform.set_llm_latency(0.0)
+    total = tasks * steps
+    goals = [steps_goal(steps, "cpu")] * tasks
+    if restart:
+        platform.stop_workers()
+        ids = platform.submit(goals, max_steps=steps + 1)
+        time.sleep(settle_s)
+        x0, p0, s0 = xact_counts(env.database_url, env.database), env.mgmt.publish_counts(), db.statements
+        platform.start_workers(think_concurrency, act_concurrency)
+    else:
+        if not platform.workers:
+            platform.start_workers(think_concurrency, act_concurrency)
+        x0, p0, s0 = xact_counts(env.database_url, env.database), env.mgmt.publish_counts(), db.statements
+        ids = platform.submit(goals, max_steps=steps + 1)
+    deadline = time.monotonic() + 120
+    while _completed(db) == 0:
+        platform.check_workers()
+        if time.monotonic() > deadline:
+            raise TimeoutError("no step committed within 120 s of the workers' start")
+        time.sleep(0.02)
+    assert platform.fake is not None
+    infra = _Infra(db, env.database, platform.fake.process.pid)
+    infra.start()
+    meters = {name: CpuMeter([pid]).start() for name, pid in _named_sessions(platform).items()}
+    host = CpuMeter([]).start()
+    c0, t0 = _completed(db), time.perf_counter()
+    # the window ends at 90% of the steps, or after MAX_WINDOW_S on a machine too slow for that
+    while (c1 := _completed(db)) < min(total, max(c0 + 1, int(total * 0.9))):
+        platform.check_workers()
+        if time.perf_counter() - t0 > MAX_WINDOW_S and c1 > c0:
+            break
+        if time.perf_counter() - t0 > 3 * MAX_WINDOW_S:
+            raise TimeoutError(f"no step committed in {3 * MAX_WINDOW_S:.0f} s")
+        time.sleep(0.05)
+    t1 = time.perf_counter()
+    by_process = {name: m.stop() for name, m in meters.items()}
+    host.stop()
+    infra_cpu = infra.stop()
+    try:
+        platform.wait_done(db, ids, timeout_s=MAX_WINDOW_S / 4)
+    except TimeoutError:  # too slow to finish: the costs are per step committed, the rest is cancelled
+        env.cancel_open_tasks(db)
+        wait_until(lambda: not db.scalar(HELD), 60, 0.25, "the steps in flight")
+    done = int(db.scalar("SELECT count(*) FROM steps WHERE status = 'completed'"))
+    s1 = db.statements
+    db.close()  # its backend exits and flushes its counters
+    time.sleep(settle_s)
+    x1, p1 = xact_counts(env.database_url, env.database), env.mgmt.publish_counts()
+    env.settle(db)
+    settled = restart and settle_s >= 10  # else the counts are rough (quick mode): computed, flagged in the note
+    return CpuResult(
+        tasks=tasks,
+        steps_total=done,
+        window_steps=c1 - c0,
+        window_s=t1 - t0,
+        platform_cpu_s=sum(by_process.values()),
+        by_process_cpu_s=by_process,
+        infra_cpu_s=infra_cpu,
+        host_busy=host.host_busy,
+        commits=(x1[0] - x0[0]) - (s1 - s0),
+        rollbacks=x1[1] - x0[1],
+        harness_statements=s1 - s0,
+        published=p1.minus(p0),
+        settled=settled,
+    )
+
+
+def _named_sessions(platform: Platform) -> dict[str, int]:
+    named = {name: proc.pid for name, proc in platform.workers.items() if proc.alive()}
+    if platform.api is not None and platform.api.alive():
+        named["api"] = platform.api.pid
+    return named
+
+
+def cpu_figure(r: CpuResult, floor: FloorResult | None, floor_note: str = "") -> Figure:
+    title = f"CPU per step (all platform processes) and steps/s, K = {r.tasks}, LLM at once"
+    fig = Figure(CPU_KEY, title, goal=f">= {GOAL_STEPS_PER_S:.0f} steps/s")
+    fig.measured = f"{r.steps_per_s:.0f} steps/s, {ms(r.cpu_per_step_s)} CPU/step"
+    fig.verdict = judge(r.steps_per_s >= GOAL_STEPS_PER_S)
+    per_step = {k: v / r.window_steps for k, v in r.by_process_cpu_s.items()} if r.window_steps else {}
+    infra = {k: v / r.window_steps for k, v in r.infra_cpu_s.items()} if r.window_steps else {}
+    fig.values = {
+        "steps_per_s": r.steps_per_s,
+        "cpu_per_step_s": r.cpu_per_step_s,
+        "cpu_per_step_by_process_s": per_step,
+        "infra_cpu_per_step_s": infra,
+        "host_busy": r.host_busy,
+        "window_steps": r.window_steps,
+        "window_s": r.window_s,
+    }
+    fig.note = (
+        "per step: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in per_step.items())
+        + "; serving it: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in infra.items())
+        + f"; host busy {r.host_busy:.0%} of 2 cores"
+    )  # fmt: skip
+    if floor is None or floor.noop_elapsed_s <= 0:
+        fig.reference = "n/a"
+        fig.note += f"; floor not measured: {floor_note}"
+        return fig
+    noop_cpu = floor.noop_cpu_s / floor.noop_tasks if floor.noop_tasks else float("nan")
+    fig.reference = f"raw Celery no-op: {floor.noop_rate:.0f} tasks/s, {ms(noop_cpu)} CPU/task"
+    fig.values.update(floor_noop_tasks_per_s=floor.noop_rate, floor_noop_cpu_per_task_s=noop_cpu)
+    return fig
+
+
+def costs_figure(r: CpuResult) -> Figure:
+    title = f"PostgreSQL transactions and broker messages per step (K = {r.tasks}, {r.steps_total} steps)"
+    goal = f"<= {GOAL_XACTS:.0f} transactions and {GOAL_MESSAGES:.0f} messages"
+    fig = Figure(COSTS_KEY, title, goal=goal, reference="-")
+    n = r.steps_total
+    commits, rollbacks = r.commits / n, r.rollbacks / n
+    tasks_msgs = sum(r.published.by_exchange.get(x, 0) for x in TASK_EXCHANGES) / n
+    events = r.published.by_exchange.get("celeryev", 0) / n
+    total = r.published.total / n
+    fig.measured = f"{commits:.2f} commits (+{rollbacks:.2f} read-only), {total:.2f} messages"
+    fig.verdict = judge(commits <= GOAL_XACTS and total <= GOAL_MESSAGES)
+    fig.values = {
+        "commits_per_step": commits,
+        "rollbacks_per_step": rollbacks,
+        "messages_per_step": total,
+        "task_messages_per_step": tasks_msgs,
+        "event_messages_per_step": events,
+        "published_by_exchange": r.published.by_exchange,
+        "harness_statements_subtracted": r.harness_statements,
+    }
+    fig.note = (
+        f"messages: {tasks_msgs:.2f} wake-ups + {events:.2f} Celery task events (celeryev) per step; "
+        "read-only = transactions ended by ROLLBACK (SQLAlchemy read sessions)"
+    )
+    if not r.settled:
+        fig.note += "; ROUGH: counters read before they were flushed (quick mode)"
+    return fig

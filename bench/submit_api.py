@@ -1,0 +1,80 @@
+"""The submit API: tasks accepted per second with N concurrent keep-alive clients, and their latency, against
+the same server's health endpoint. No worker runs meanwhile (the accepted tasks wait in the queue and are purged
+afterwards), so the figure is the API's own, with PostgreSQL and RabbitMQ behind it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from bench import httpload
+from bench.env import BenchEnv, Sql
+from bench.figure import Figure, judge, ms, percentile
+from bench.procs import CpuMeter
+from bench.stack import Platform, steps_goal
+
+KEY = "submit_api"
+GOAL_RATE = 500.0
+GOAL_P99_S = 0.050
+
+
+@dataclasses.dataclass
+class SubmitResult:
+    clients: int
+    health: httpload.LoadResult
+    submit: httpload.LoadResult
+    api_cpu_s: float
+
+
+def measure_submit(
+    platform: Platform, env: BenchEnv, db: Sql, clients: int, duration_s: float, keep_workers: bool = False
+) -> SubmitResult:
+    """``keep_workers`` (quick mode) leaves running workers alone: they then compete with the API for the CPU."""
+    if not keep_workers:
+        platform.stop_workers()
+    body = {"goal": steps_goal(1, "submit"), "budget": {"max_steps": 2}}
+    url, headers = platform.api_url, platform.api_headers
+
+    def health(_: int) -> tuple[str, str, None]:
+        return ("GET", "/healthz", None)
+
+    def submit(_: int) -> tuple[str, str, Any]:
+        return ("POST", "/v1/tasks", body)
+
+    # warm-up: connections, the API's thread pool and its database pool
+    httpload.load(url, submit, clients, duration_s=min(1.0, duration_s), headers=headers)
+    health_result = httpload.load(url, health, clients, duration_s=duration_s / 2, headers=headers)
+    assert platform.api is not None
+    meter = CpuMeter([platform.api.pid]).start()
+    submit_result = httpload.load(url, submit, clients, duration_s=duration_s, headers=headers)
+    meter.stop()
+    env.settle(db)
+    return SubmitResult(clients, health_result, submit_result, meter.seconds)
+
+
+def submit_figure(r: SubmitResult) -> Figure:
+    title = f"submit API: tasks accepted/s, {r.clients} concurrent clients (p50 / p99)"
+    fig = Figure(KEY, title, goal=f">= {GOAL_RATE:.0f} tasks/s, p99 < {GOAL_P99_S * 1000:.0f} ms")
+    s, h = r.submit, r.health
+    p50, p99 = percentile(s.latencies_s, 50), percentile(s.latencies_s, 99)
+    h50, h99 = percentile(h.latencies_s, 50), percentile(h.latencies_s, 99)
+    fig.measured = f"{s.rate:.0f} tasks/s, {ms(p50)} / {ms(p99)}"
+    fig.reference = f"GET /healthz: {h.rate:.0f} req/s, {ms(h50)} / {ms(h99)}"
+    fig.verdict = judge(s.rate >= GOAL_RATE and p99 < GOAL_P99_S) if s.ok else "n/a"
+    cpu_per_task = r.api_cpu_s / s.ok if s.ok else float("nan")
+    fig.values = {
+        "tasks_per_s": s.rate,
+        "p50_s": p50,
+        "p99_s": p99,
+        "accepted": s.ok,
+        "statuses": {str(k): v for k, v in s.statuses.items()},
+        "errors": s.errors[:5],
+        "health_rps": h.rate,
+        "health_p50_s": h50,
+        "health_p99_s": h99,
+        "api_cpu_per_task_s": cpu_per_task,
+    }
+    fig.note = f"API CPU {cpu_per_task * 1000:.1f} ms per accepted task"
+    if not s.ok:
+        fig.note = f"no task accepted: {s.errors[:2]}"
+    return fig

@@ -1,0 +1,115 @@
+"""The native API for services: listing with filters and cursors, idempotent submission under concurrency, the
+extra fields, and limits answered with clear 4xx."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from autogpt_workers.store.models import Task
+from tests.api.conftest import Gateway, wait_terminal
+
+
+def test_twenty_concurrent_duplicates_make_one_task(gateway: Gateway, db: Any) -> None:
+    t = gateway.tenant("idem")
+    key = f"order-{uuid.uuid4()}"
+    body = {"goal": "Charge the card once [[steps:1]]", "priority": 6, "metadata": {"order": 42}}
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{gateway.url}/v1/tasks", json=body, headers={**t.headers, "Idempotency-Key": key}, timeout=30
+        )
+
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(post, range(20)))
+    assert sorted(r.status_code for r in responses) == [200] * 19 + [201], [r.text for r in responses]
+    assert len({r.json()["id"] for r in responses}) == 1
+    with db.session() as s:
+        count = s.execute(select(func.count()).select_from(Task).where(Task.idempotency_key == key)).scalar_one()
+    assert count == 1
+    other = httpx.post(
+        f"{gateway.url}/v1/tasks", json={**body, "priority": 1}, headers={**t.headers, "Idempotency-Key": key}
+    )
+    assert other.status_code == 409
+    # the key is the tenant's own: another tenant may use the same key for its own task
+    u = gateway.tenant("idem2")
+    theirs = httpx.post(f"{gateway.url}/v1/tasks", json=body, headers={**u.headers, "Idempotency-Key": key})
+    assert theirs.status_code == 201 and theirs.json()["id"] != responses[0].json()["id"]
+
+
+def test_native_fields_are_stored_and_shown(gateway: Gateway) -> None:
+    t = gateway.tenant("fields")
+    with gateway.client(t) as c:
+        body = {
+            "goal": "Write things [[steps:2]]",
+            "priority": 7,
+            "budget": {"max_steps": 5, "max_tokens": 100000, "max_cost_usd": 1.5, "max_wall_seconds": 600},
+            "profile": "execution",
+            "allowed_commands": ["write_file", "finish"],
+            "webhook_url": "http://127.0.0.1:9/hook",
+            "webhook_events": ["task.*"],
+            "metadata": {"customer": "acme", "ticket": 7},
+        }
+        created = c.post("/v1/tasks", json=body)
+        assert created.status_code == 201, created.text
+        task = created.json()
+        for field in ("priority", "profile", "allowed_commands", "webhook_url", "webhook_events", "metadata"):
+            assert task[field] == body[field], field
+        assert task["budget"]["max_cost_usd"] == 1.5 and task["effective_priority"] == 7
+        done = wait_terminal(c, task["id"])
+        assert done["status"] == "completed" and done["profile"] == "execution"
+
+
+def test_list_filters_by_status_and_pages_with_a_cursor(gateway: Gateway) -> None:
+    t = gateway.tenant("list")
+    with gateway.client(t) as c:
+        ids = [c.post("/v1/tasks", json={"goal": f"Write things [[steps:1]] #{i}"}).json()["id"] for i in range(5)]
+        for task_id in ids:
+            wait_terminal(c, task_id)
+        seen: list[str] = []
+        cursor = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": 2, "status": "completed"}
+            if cursor:
+                params["cursor"] = cursor
+            page = c.get("/v1/tasks", params=params).json()
+            seen += [task["id"] for task in page["tasks"]]
+            pages += 1
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == list(reversed(ids)) and pages == 3  # newest first, no repeats, nothing missed
+        assert c.get("/v1/tasks", params={"status": ["failed", "cancelled"]}).json()["tasks"] == []
+        assert c.get("/v1/tasks", params={"status": "bogus"}).status_code == 422
+        assert c.get("/v1/tasks", params={"cursor": "not-a-cursor"}).status_code == 422
+        assert c.get("/v1/tasks", params={"limit": 0}).status_code == 422
+        assert c.get("/v1/tasks", params={"limit": 101}).status_code == 422
+
+
+def test_limits_are_clear_4xx(gateway: Gateway) -> None:
+    t = gateway.tenant("limits")
+    with gateway.client(t) as c:
+        too_long = c.post("/v1/tasks", json={"goal": "x" * 20_001})
+        assert too_long.status_code == 422
+        big_meta = c.post("/v1/tasks", json={"goal": "x", "metadata": {"blob": "y" * 20_000}})
+        assert big_meta.status_code == 422 and "metadata" in str(big_meta.json()["detail"])
+        huge = c.post(
+            "/v1/tasks", content=b'{"goal": "' + b"z" * 1_100_000 + b'"}', headers={"Content-Type": "application/json"}
+        )
+        assert huge.status_code == 413
+        bad_hook = c.post("/v1/tasks", json={"goal": "x", "webhook_url": "ftp://example/x"})
+        assert bad_hook.status_code == 422
+        bad_events = c.post("/v1/tasks", json={"goal": "x", "webhook_events": ["not an event"]})
+        assert bad_events.status_code == 422
+        big_input = c.post("/ap/v1/agent/tasks", json={"input": "x", "additional_input": {"a": "b" * 20_000}})
+        assert big_input.status_code == 422 and "additional_input" in big_input.json()["message"]
+        no_input = c.post("/ap/v1/agent/tasks", json={"additional_input": {}})
+        assert no_input.status_code == 422 and "input" in no_input.json()["message"]
+        assert c.get("/ap/v1/agent/tasks", params={"page_size": 0}).status_code == 422
+        assert c.get("/ap/v1/agent/tasks", params={"current_page": 0}).status_code == 422
+        assert c.get("/ap/v1/agent/tasks", params={"page_size": 1000}).status_code == 422
