@@ -38,6 +38,7 @@ def test_production_refuses_unsafe_values(overrides: dict[str, Any], needle: str
         "flower_basic_auth": "ops:long-secret",
         "openai_api_key": "sk-x",
         "database_url": "postgresql+psycopg2://app:pw@db/autogpt",
+        "api_auth": "required",
     }
     make(**safe)  # the safe set passes
     with pytest.raises(ConfigError, match=needle):
