@@ -10,10 +10,12 @@ Bars (each must hold, else ``make chaos`` fails):
 - unexpected outcomes: 0 (every task completed, except those the scenario expects to fail, which failed with
   the expected reason);
 - LLM calls re-bought outside an allowed window: 0. A completion is "re-bought" when the fake LLM answered the
-  same turn of the same task more than once. It is allowed only when a fault that can lose an answer in flight
-  hit between the call's start and its answer (plus ``EPS_S`` to persist it): a think worker process killed
-  (whatever the window: all of its threads die), or PostgreSQL restarting (plus a lease period: a proposal that
-  could not be written before the lease expired is taken over);
+  same turn of the same task more than once. It is allowed only when the crash happened during that very think
+  phase: a process was killed while it held that step's think lease (read from the ledger at the kill, see
+  ``chaos.recovery``), after the lost call had started; or PostgreSQL restarted while the call was in flight or
+  before its answer could be persisted (plus a lease period: a proposal that could not be written before the
+  lease expired is taken over). Anything else (a lease lost to a slow heartbeat, a client timeout, a duplicate
+  delivery executed twice) fails the bar;
 - scenario checks (e.g. the poison task is in the dead-letter queue).
 
 Reported without a bar: faults injected, recovery time from a kill to the interrupted step running again
@@ -23,6 +25,7 @@ Reported without a bar: faults injected, recovery time from a kill to the interr
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import uuid
 from collections import Counter, defaultdict
@@ -54,11 +57,13 @@ class RunData:
     expected_failures: dict[uuid.UUID, str]  # task -> a text its error must contain
     llm_log: list[dict[str, Any]]
     journal: list[dict[str, Any]]
+    interrupted: list[tuple[float, str, int, str]]  # (kill time, task, step, phase) a killed process held
     recovery_s: list[float]
     unrecovered: int
     lease_ttl_s: float
     extra: list[Check] = dataclasses.field(default_factory=list)
     duration_s: float = 0.0
+    disallowed: list[str] = dataclasses.field(default_factory=list)  # filled by the checker
 
 
 @dataclasses.dataclass
@@ -79,6 +84,7 @@ class Result:
     unrecovered: int
     checks: list[Check]
     duration_s: float
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def rebought_disallowed(self) -> int:
@@ -164,6 +170,7 @@ def check(db: Database, data: RunData) -> Result:
         unrecovered=data.unrecovered,
         checks=data.extra,
         duration_s=data.duration_s,
+        notes=[f"re-bought outside an allowed window: {d}" for d in data.disallowed],
     )
 
 
@@ -189,18 +196,13 @@ def _fault_detail(data: RunData) -> str:
     return ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) or "none"
 
 
-def _loss_windows(data: RunData) -> list[tuple[float, float]]:
-    """Intervals during which an LLM answer in flight could be lost (see the module docstring)."""
-    windows = []
-    for r in data.journal:
-        think_kill = (r["kind"] == "sigkill" and r.get("role") == "think") or (
-            r["kind"] == "crash" and r.get("phase") == "think"
-        )
-        if think_kill:
-            windows.append((r["ts"], r["ts"]))
-        elif r["kind"] == "postgres_restart":
-            windows.append((r["ts"], r.get("end_ts", r["ts"]) + data.lease_ttl_s + 2))
-    return windows
+def _outage_windows(data: RunData) -> list[tuple[float, float]]:
+    """Database outages, extended by a lease period (see the module docstring)."""
+    return [
+        (r["ts"], r.get("end_ts", r["ts"]) + data.lease_ttl_s + 2)
+        for r in data.journal
+        if r["kind"] == "postgres_restart"
+    ]
 
 
 def _rebought(data: RunData, tasks: Iterable[str]) -> tuple[int, int]:
@@ -209,15 +211,23 @@ def _rebought(data: RunData, tasks: Iterable[str]) -> tuple[int, int]:
     for e in data.llm_log:
         if e["outcome"] == "ok" and e["conversation"] in wanted:
             calls[(e["conversation"], e["turn"])].append(e)
-    windows = _loss_windows(data)
+    outages = _outage_windows(data)
+    kills: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for ts, task, step, phase in data.interrupted:
+        if phase == "think":
+            kills[(task, step)].append(ts)
     rebought = allowed = 0
-    for entries in calls.values():
+    for (task, turn), entries in calls.items():
         entries.sort(key=lambda e: e["ts"])
-        for lost in entries[:-1]:  # every answer but the one that was used
+        for lost, again in itertools.pairwise(entries):  # every answer but the one used
             rebought += 1
-            start, end = lost["ts"], (lost.get("done_ts") or lost["ts"]) + EPS_S
-            if any(a <= end and b >= start for a, b in windows):
+            killed = any(lost["ts"] <= k <= again["ts"] for k in kills.get((task, turn), ()))
+            end = (lost.get("done_ts") or lost["ts"]) + EPS_S
+            outage = any(a <= end and b >= lost["ts"] for a, b in outages)
+            if killed or outage:
                 allowed += 1
+            else:
+                data.disallowed.append(f"task {task} turn {turn}: call at {lost['ts']:.2f}, again {again['ts']:.2f}")
     return rebought, allowed
 
 
@@ -259,4 +269,6 @@ def table(results: list[Result]) -> str:
                 out.append(f"    [FAIL] {c.name}: {c.value}")
         for u in r.unexpected[:10]:
             out.append(f"    unexpected: {u}")
+        for n in r.notes[:10]:
+            out.append(f"    {n}")
     return "\n".join(out)

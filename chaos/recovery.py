@@ -56,6 +56,8 @@ class RecoveryWatcher:
         self.timeout_s = timeout_s
         self.host = socket.gethostname()
         self.probes: list[Probe] = []
+        # (kill time, task, step, phase) of every phase a killed process held: what the kill interrupted
+        self.interrupted: list[tuple[float, uuid.UUID, int, str]] = []
         self._offset = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recovery-watcher", daemon=True)
@@ -103,7 +105,9 @@ class RecoveryWatcher:
                     Step.lease_owner.in_(owners), Step.status.in_(("thinking", "acting"))
                 )
             ):
-                keys.add((task_id, index, "think" if status == "thinking" else "act"))
+                phase = "think" if status == "thinking" else "act"
+                keys.add((task_id, index, phase))
+                self.interrupted.append((ts, task_id, index, phase))
         nxt = NEXT_AFTER.get((record.get("window", ""), record.get("phase", "")))
         if nxt is not None and record.get("task_id"):
             keys.add((uuid.UUID(record["task_id"]), int(record["step"]) + nxt[0], nxt[1]))

@@ -47,7 +47,7 @@ def _wait_port(port: int, timeout_s: float, what: str) -> None:
 
 def _run(args: list[str], timeout_s: float = 60, user: str | None = None, env: dict[str, str] | None = None) -> str:
     cmd = ["runuser", "-u", user, "--", *args] if user and os.geteuid() == 0 else args
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env, start_new_session=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}): {done.stdout}{done.stderr}")
     return done.stdout
@@ -119,7 +119,8 @@ class Rabbit:
         server = RABBIT_BIN / "rabbitmq-server"
         cmd = ["runuser", "-u", "rabbitmq", "--", str(server), "-detached"] if os.geteuid() == 0 else [str(server),
                                                                                                         "-detached"]
-        subprocess.run(cmd, env=self.env, cwd=self.root, check=True, capture_output=True, timeout=60)
+        subprocess.run(cmd, env=self.env, cwd=self.root, check=True, capture_output=True, timeout=60,
+                       start_new_session=True)
         _wait_port(self.port, 120, "RabbitMQ")
 
     def ctl(self, *args: str, timeout_s: float = 90) -> str:
@@ -154,7 +155,7 @@ class Redis:
         self.proc = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
              "--dir", str(self.root)],
-            stdout=(self.root / "log").open("wb"), stderr=subprocess.STDOUT,
+            stdout=(self.root / "log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
         )
         _wait_port(self.port, 30, "Redis")
 

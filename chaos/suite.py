@@ -4,6 +4,7 @@ scenario's settings, the load, the faults, the wait for every task to end, and t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,10 @@ BASE_ENV = {
     "AUTOGPT_METRICS_PORT": "0",
     "AUTOGPT_LLM_MODEL": "scripted-demo",
     "OPENAI_API_KEY": "chaos",
+    # long-term memory stays on (Redis holds short-term memory and the embedding cache), embedded by the fake
+    # LLM's /v1/embeddings: the local model would spend the CPU the load needs, and reload at every restart
+    "AUTOGPT_MEMORY_BACKEND": "embedded",
+    "AUTOGPT_MEMORY_EMBEDDER": "openai",
 }
 
 
@@ -146,6 +151,7 @@ class Suite:
             env["AUTOGPT_ARTIFACT_SCRATCH_DIR"] = str(run_dir / "scratch")
             env["AUTOGPT_METRICS_DIR"] = str(run_dir / "metrics")
             env["AUTOGPT_CHAOS_JOURNAL"] = str(run_dir / "journal.jsonl")
+            env["AUTOGPT_MEMORY_PATH"] = str(run_dir / "memory.sqlite3")
         env.update(extra)
         return env
 
@@ -202,6 +208,7 @@ class Suite:
             duration = time.monotonic() - started
             platform.stop()
         ctx.llm_log = self._llm_log()
+        (run_dir / "llm_log.json").write_text(json.dumps(ctx.llm_log))
         extra: list[Check] = scenario.checks(ctx) if scenario.checks is not None else []
         if platform.restarts:
             extra.append(Check("workers restarted by the supervisor", str(platform.restarts), True))
@@ -213,6 +220,7 @@ class Suite:
             expected_failures={t: why for i, why in scenario.expect_failed.items() if (t := ctx.task_of(i))},
             llm_log=ctx.llm_log,
             journal=journal.records(),
+            interrupted=[(ts, str(t), i, phase) for ts, t, i, phase in watcher.interrupted],
             recovery_s=watcher.samples(),
             unrecovered=watcher.unrecovered(),
             lease_ttl_s=float(env["AUTOGPT_LEASE_TTL_S"]),

@@ -95,6 +95,7 @@ def lc_env(lc_urls: tuple[str, str], fake_llm: str, **extra: str) -> dict[str, s
         AUTOGPT_LLM_MODEL="scripted-demo",
         AUTOGPT_LEASE_HEARTBEAT_S="0.5",  # a cancel reaches an in-flight LLM call within half a second
         AUTOGPT_API_AUTH="disabled",
+        AUTOGPT_MEMORY_EMBEDDER="openai",  # the fake LLM embeds: the local model is not under test here
         **extra,
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
