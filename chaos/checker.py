@@ -12,10 +12,10 @@ Bars (each must hold, else ``make chaos`` fails):
 - LLM calls re-bought outside an allowed window: 0. A completion is "re-bought" when the fake LLM answered the
   same turn of the same task more than once. It is allowed only when the crash happened during that very think
   phase: a process was killed while it held that step's think lease (read from the ledger at the kill, see
-  ``chaos.recovery``), after the lost call had started; or PostgreSQL restarted while the call was in flight or
-  before its answer could be persisted (plus a lease period: a proposal that could not be written before the
-  lease expired is taken over). Anything else (a lease lost to a slow heartbeat, a client timeout, a duplicate
-  delivery executed twice) fails the bar;
+  ``chaos.recovery``), between the lost call and the call that replaced it; or PostgreSQL restarted while the
+  call was in flight or before its answer could be persisted (plus a lease period: a proposal that could not be
+  written before the lease expired is taken over). Anything else (a lease lost to a slow heartbeat, a client
+  timeout, a duplicate delivery executed twice) fails the bar;
 - scenario checks (e.g. the poison task is in the dead-letter queue).
 
 Reported without a bar: faults injected, recovery time from a kill to the interrupted step running again
@@ -221,7 +221,10 @@ def _rebought(data: RunData, tasks: Iterable[str]) -> tuple[int, int]:
         entries.sort(key=lambda e: e["ts"])
         for lost, again in itertools.pairwise(entries):  # every answer but the one used
             rebought += 1
-            killed = any(lost["ts"] <= k <= again["ts"] for k in kills.get((task, turn), ()))
+            # the fake LLM logs a request when it handles it, which under load can be after the kill of the process
+            # that sent it; a call logged within a lease period of the kill cannot come from a re-claim (the step's
+            # lease was still the killed holder's), so it is the killed holder's call
+            killed = any(lost["ts"] - data.lease_ttl_s <= k <= again["ts"] for k in kills.get((task, turn), ()))
             end = (lost.get("done_ts") or lost["ts"]) + EPS_S
             outage = any(a <= end and b >= lost["ts"] for a, b in outages)
             if killed or outage:

@@ -209,6 +209,8 @@ class Suite:
             platform.stop()
         ctx.llm_log = self._llm_log()
         (run_dir / "llm_log.json").write_text(json.dumps(ctx.llm_log))
+        interrupted = [[ts, str(t), i, phase] for ts, t, i, phase in watcher.interrupted]
+        (run_dir / "interrupted.json").write_text(json.dumps(interrupted))
         extra: list[Check] = scenario.checks(ctx) if scenario.checks is not None else []
         if platform.restarts:
             extra.append(Check("workers restarted by the supervisor", str(platform.restarts), True))
