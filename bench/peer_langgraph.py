@@ -126,7 +126,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     await pool.open()
     try:
-        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+        saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type,unused-ignore]
         await saver.setup()
         graph = build_graph(agent, saver)
         started = time.time()

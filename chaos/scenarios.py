@@ -14,7 +14,7 @@ redis-flush         Redis flushed under load (5 times)
 llm-storm           30% of LLM calls answer 429, 500, a timeout or malformed output
 poison              one task's command kills its act worker every time: bounded redeliveries, then the task
                     fails ("poisoned") and its message is in the dead-letter queue; the others complete
-time-limit          one task's command hangs deaf to exceptions: the act hard time limit (4 s, far below RabbitMQ's
+time-limit          one task's command hangs deaf to exceptions: the act hard time limit (12 s, far below RabbitMQ's
                     consumer_timeout) kills the child each time, then the task fails as poisoned; and the settings
                     refuse any time limit that would reach consumer_timeout
 ==================  ==============================================================================================
@@ -178,7 +178,9 @@ def catalogue(trimmed: bool = False) -> dict[str, Scenario]:
                  role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", 1.0, "poison-pill")}},
                  markers={0: "poison-pill"}, expect_failed={0: "poisoned"}, checks=_poison_checks),
         Scenario("time-limit", "one task's command hangs past the act hard time limit",
-                 env={"AUTOGPT_ACT_TIME_LIMIT_S": "4"},
+                 # 12 s: the lowest the settings allow with the sandbox's 1 s wall time (it must stay 10 s below)
+                 env={"AUTOGPT_ACT_TIME_LIMIT_S": "12", "AUTOGPT_SANDBOX_WALL_SECONDS": "1",
+                      "AUTOGPT_SANDBOX_CPU_SECONDS": "1"},
                  role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", 1.0, "hang-pill", "hang")}},
                  markers={0: "hang-pill"}, expect_failed={0: "poisoned"}, checks=_time_limit_checks),
     ]

@@ -180,7 +180,13 @@ class Suite:
         watcher = RecoveryWatcher(self.db, journal)
         run_id = uuid.uuid4().hex[:8]
         print(f"chaos: {scenario.name} #{run_no}: {scenario.summary} (logs in {run_dir})", flush=True)
-        platform.start()
+        try:
+            platform.start()
+        except Exception as exc:  # reported as a failed run; the suite goes on with the next one
+            platform.stop()
+            failed = Check("platform started", str(exc)[:200], False)
+            return check(self.db, RunData(scenario.name, run_no, [], self.sizes.steps, {}, [], [], [], [], 0,
+                                          float(env["AUTOGPT_LEASE_TTL_S"]), extra=[failed]))
         started = time.monotonic()
         watcher.start()
         stop = threading.Event()
