@@ -7,8 +7,8 @@ graceful shutdown: after the grace period every hold is told to stop (``"shutdow
 hands back what is still running.
 
 A hold does not interrupt anything by itself: the think phase waits on it next to the LLM call and abandons the
-call; a command running in-process only learns at its next safe point (a sandboxed subprocess can be terminated
-on ``Hold.stopped``).
+call; the act phase hands a stop probe to the command, so a sandboxed program is killed within a heartbeat, while a
+command running in Python code only learns at its next safe point.
 """
 
 from __future__ import annotations

@@ -14,8 +14,10 @@ the run if it was paused meanwhile and finish a cancel. Inside a phase:
   is dropped; so does a graceful shutdown past its grace (the step is handed back) and the think time limit. The
   abandoned HTTP request itself is not interrupted (it ends on its own, bounded by the LLM timeout and attempts):
   the worker slot is free at once, the answer is discarded.
-- act runs the command in-process (in the prefork child): a cancel takes effect at the next safe point, the
-  commit, after which no further step starts. A sandboxed subprocess can be terminated on ``Hold.stopped``.
+- act runs the command in-process (in the prefork child) with a stop probe on the hold: a sandboxed program
+  (``execute_python``/``execute_shell``) is killed within ``lease_heartbeat_s`` + 0.2 s of a cancel, a shutdown
+  past its grace or a lost lease, and the step's outcome is not committed (a cancel ends the task ``cancelled``;
+  a shutdown hands the step back). A command running in Python code only stops at the next safe point.
 
 Each returns a short outcome string (shown in Flower as the Celery task's result). The Celery glue in ``tasks``
 maps ``StepPoisoned`` to a dead-lettered message and an unreachable database to a retried wake-up; the ledger
@@ -75,6 +77,14 @@ def _record(step: Step) -> StepRecord:
         proposal=Proposal.model_validate(step.proposal),
         observation=Observation(output=step.output or "", is_error=step.is_error, is_last=step.is_last),
     )
+
+
+def _stop_text(hold: Hold) -> str | None:
+    """Why a running command should end now, in words for its observation; None to go on."""
+    reason = hold.stop_reason
+    if reason is None:
+        return None
+    return {"cancel": "the task was cancelled", "shutdown": "the worker is shutting down"}.get(reason, reason)
 
 
 def _age(task: Task) -> float:
@@ -206,8 +216,10 @@ class StepRunner:
             if problem is not None:
                 observation = Observation(output=f"Error: {problem}", is_error=True)
             else:
-                observation = self.agent.act(ctx, proposal, workspace)
+                observation = self.agent.act(ctx, proposal, workspace, should_stop=lambda: _stop_text(hold))
             self.crash.maybe("command", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+            if hold.stop_reason is not None:  # the command may have been cut short: its outcome is not committed
+                return self._abandon(task, step_index, token, "act", claim.deliveries, hold.stop_reason, started)
             self.artifacts.sync_back(str(task_id), workspace.root, changed_paths(before, snapshot(workspace.root)))
             files = [self._file_record(workspace, p) for p in observation.files_written]
             committed, wakeup = self._persist(

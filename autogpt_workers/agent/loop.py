@@ -123,8 +123,15 @@ class Agent:
             return None
         return max(1_000, self.context_tokens - len(json.dumps(tools)) // 3)
 
-    def act(self, ctx: TaskContext, proposal: Proposal, workspace: Workspace) -> Observation:
-        """Run the proposed command in ``workspace``; a model's mistake or a ``CommandError`` is observed."""
+    def act(
+        self,
+        ctx: TaskContext,
+        proposal: Proposal,
+        workspace: Workspace,
+        should_stop: Callable[[], str | None] | None = None,
+    ) -> Observation:
+        """Run the proposed command in ``workspace``; a model's mistake or a ``CommandError`` is observed.
+        ``should_stop`` is handed to the command (a sandboxed program is ended when it gives a reason)."""
         if proposal.error is not None:
             return Observation(
                 output=truncate_output(proposal.error, self.max_observation_chars), is_error=True
@@ -140,6 +147,7 @@ class Agent:
             step_index=ctx.step_index,
             max_output_chars=self.max_observation_chars,
             human_input=ctx.feedback,
+            should_stop=should_stop,
         )
         try:
             result = command.run(args, command_ctx)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -38,6 +39,9 @@ class CommandContext:
     step_index: int
     max_output_chars: int = 8_000
     human_input: str | None = None  # a human's answer to this step's proposal (``ask_user``, approvals)
+    # polled by long-running commands: a reason to stop now (the task is being cancelled, the worker is shutting
+    # down, the lease was lost), or None to go on
+    should_stop: Callable[[], str | None] | None = None
 
     @property
     def idempotency_key(self) -> str:

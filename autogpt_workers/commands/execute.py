@@ -123,7 +123,7 @@ def _is_operator(token: str) -> bool:
 def _run_sandboxed(sandbox: Sandbox, argv: list[str], ctx: CommandContext, files: dict[str, str]) -> CommandResult:
     root = ctx.workspace.create()
     before = _snapshot(root)
-    result = sandbox.run(argv, root, files)
+    result = sandbox.run(argv, root, files, ctx.should_stop)
     written = sorted(path for path, stamp in _snapshot(root).items() if before.get(path) != stamp)
     report = _report(result, ctx.max_output_chars)
     if not result.ok:

@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from autogpt_workers.errors import CommandError
@@ -69,6 +69,10 @@ READ_ONLY_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32
                    "/etc/ld.so.cache", "/etc/localtime")
 
 SANDBOX_WORKDIR = "/workspace"
+STOP_POLL_S = 0.2  # how often a running program checks whether it should be stopped early
+
+# Asked while a program runs: a reason to end it now (e.g. "the task was cancelled"), or None to go on.
+StopProbe = Callable[[], str | None]
 _SIGNAL_NAMES = {signal.SIGXCPU: "SIGXCPU", signal.SIGXFSZ: "SIGXFSZ", signal.SIGKILL: "SIGKILL",
                  signal.SIGSEGV: "SIGSEGV", signal.SIGABRT: "SIGABRT", signal.SIGTERM: "SIGTERM"}
 
@@ -104,14 +108,17 @@ class SandboxResult:
     output_bytes: int  # how much the program wrote in all
     duration_s: float
     limits: SandboxLimits
+    stopped: str | None = None  # ended early on request (e.g. the task was cancelled): why
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
+        return self.exit_code == 0 and not self.timed_out and self.stopped is None
 
     def summary(self) -> str:
         """One line saying how the program ended, naming the limit it hit if it hit one."""
         lim = self.limits
+        if self.stopped is not None:
+            return f"stopped early: {self.stopped}"
         if self.timed_out:
             return f"stopped: the wall-clock limit of {lim.wall_seconds:g} s was exceeded"
         if self.signal is not None:
@@ -189,16 +196,24 @@ class Sandbox:
                 self._probed = True
             return self._unavailable
 
-    def run(self, argv: list[str], workspace: Path, files: Mapping[str, str] | None = None) -> SandboxResult:
+    def run(
+        self,
+        argv: list[str],
+        workspace: Path,
+        files: Mapping[str, str] | None = None,
+        should_stop: StopProbe | None = None,
+    ) -> SandboxResult:
         """Run ``argv`` (looked up on the sandbox's PATH) in ``workspace``, mounted at ``/workspace``.
 
         ``files`` are written to the sandbox's ``/tmp`` first (e.g. the script to run). A program that fails,
         crashes or hits a limit is a result, not an exception; ``SandboxUnavailable`` means nothing ran.
+        ``should_stop`` is polled while the program runs (every ``STOP_POLL_S``): when it returns a reason, the run
+        is ended at once (everything in it killed) and the result says ``stopped``.
         """
         reason = self.unavailable_reason()
         if reason is not None:
             raise SandboxUnavailable(f"code execution is disabled on this worker: {reason}")
-        return self._run(argv, workspace, dict(files or {}))
+        return self._run(argv, workspace, dict(files or {}), should_stop)
 
     # -- internals -------------------------------------------------------------------------------------------------
 
@@ -221,7 +236,9 @@ class Sandbox:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
 
-    def _run(self, argv: list[str], workspace: Path, files: dict[str, str]) -> SandboxResult:
+    def _run(
+        self, argv: list[str], workspace: Path, files: dict[str, str], should_stop: StopProbe | None = None
+    ) -> SandboxResult:
         workspace = workspace.resolve()
         if not workspace.is_dir():
             raise CommandError(f"workspace {workspace} does not exist")
@@ -229,13 +246,21 @@ class Sandbox:
             _chown_tree(workspace, uid, uid)
             root = Path(tempfile.mkdtemp(prefix="root-", dir=self._dir("roots")))
             try:
-                return self._spawn(argv, workspace, files, uid, root)
+                return self._spawn(argv, workspace, files, uid, root, should_stop)
             finally:
                 _chown_tree(workspace, os.geteuid(), os.getegid())
                 with contextlib.suppress(OSError):
                     root.rmdir()
 
-    def _spawn(self, argv: list[str], workspace: Path, files: dict[str, str], uid: int, root: Path) -> SandboxResult:
+    def _spawn(
+        self,
+        argv: list[str],
+        workspace: Path,
+        files: dict[str, str],
+        uid: int,
+        root: Path,
+        should_stop: StopProbe | None = None,
+    ) -> SandboxResult:
         limits = self.limits
         status_r, status_w = os.pipe()
         spec = {
@@ -271,12 +296,18 @@ class Sandbox:
             proc.stdin.write(json.dumps(spec).encode() + b"\n")
             proc.stdin.flush()
             capture = _Capture(limits.output_bytes)
-            timed_out = not capture.drain(proc.stdout, started + limits.wall_seconds)
-            if timed_out:
+            timed_out = not capture.drain(proc.stdout, started + limits.wall_seconds, should_stop)
+            stopped = capture.stopped
+            if stopped is not None:
+                timed_out = False
+                _stop(proc, uid)
+                capture.drain(proc.stdout, time.monotonic() + 5)
+            elif timed_out:
                 _stop(proc, uid)
                 capture.drain(proc.stdout, time.monotonic() + 5)
             proc.wait()
         except BrokenPipeError:
+            stopped = None
             capture = _Capture(limits.output_bytes)
             capture.drain(proc.stdout, time.monotonic() + 5)
             proc.wait()
@@ -293,14 +324,15 @@ class Sandbox:
         status = json.loads(raw_status) if raw_status.strip() else {}
         if "setup_error" in status:
             raise SandboxUnavailable(f"the sandbox could not be set up: {status['setup_error']}")
-        if not status and not timed_out:
+        if not status and not timed_out and stopped is None:
             raise SandboxUnavailable(
                 f"the sandbox ended without a status (exit {proc.returncode}): {capture.text().strip()[:300]}"
             )
         return SandboxResult(
-            exit_code=None if timed_out else status.get("exit_code"),
-            signal=None if timed_out else status.get("signal"),
+            exit_code=None if timed_out or stopped else status.get("exit_code"),
+            signal=None if timed_out or stopped else status.get("signal"),
             timed_out=timed_out,
+            stopped=stopped,
             output=capture.text(),
             output_bytes=capture.total,
             duration_s=duration,
@@ -348,9 +380,11 @@ class _Capture:
         self.head = bytearray()
         self.tail = bytearray()
         self.total = 0
+        self.stopped: str | None = None
 
-    def drain(self, stream: object, deadline: float) -> bool:
-        """Read until EOF (True) or the deadline (False)."""
+    def drain(self, stream: object, deadline: float, should_stop: StopProbe | None = None) -> bool:
+        """Read until EOF (True) or the deadline (False); or until ``should_stop`` gives a reason (False, and the
+        reason is kept in ``stopped``)."""
         fd = stream.fileno()  # type: ignore[attr-defined]
         with selectors.DefaultSelector() as sel:
             sel.register(fd, selectors.EVENT_READ)
@@ -358,6 +392,12 @@ class _Capture:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
+                if should_stop is not None:
+                    reason = should_stop()
+                    if reason is not None:
+                        self.stopped = reason
+                        return False
+                    left = min(left, STOP_POLL_S)
                 if not sel.select(left):
                     continue
                 chunk = os.read(fd, 65536)

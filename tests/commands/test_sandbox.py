@@ -101,6 +101,25 @@ def test_a_sleeping_program_is_stopped_by_the_wall_clock_limit(sandbox: Sandbox,
     assert "Traceback" not in message  # the run was ended cleanly, nothing of ours crashed
 
 
+def test_a_stop_request_ends_the_run_at_once_with_everything_in_it(sandbox: Sandbox, ctx: CommandContext) -> None:
+    asked_at: list[float] = []
+
+    def should_stop() -> str | None:
+        if (ctx.workspace.root / "started").exists():
+            asked_at.append(time.monotonic())
+            return "the task was cancelled"
+        return None
+
+    code = "import os, time\nos.fork()\nopen('started', 'w').close()\nwhile True:\n    time.sleep(0.05)\n"
+    stopping = dataclasses.replace(ctx, should_stop=should_stop)
+    with pytest.raises(CommandError) as caught:
+        run_python(sandbox, stopping, code)
+    ended = time.monotonic()
+    assert "stopped early: the task was cancelled" in str(caught.value)
+    assert asked_at and ended - asked_at[0] < 3  # not the 6 s wall-clock limit
+    assert sandbox_uids_in_use() == []  # the forked child went too
+
+
 def test_a_worker_killed_mid_run_takes_its_sandbox_with_it(tmp_path: Path) -> None:
     """SIGKILL of the worker: the sandbox sees its lifeline close and ends everything inside."""
     marker = tmp_path / "ws" / "started"

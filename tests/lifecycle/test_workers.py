@@ -65,6 +65,33 @@ def test_cancel_abandons_the_llm_call_in_flight_and_nothing_runs_afterwards(lc_s
     assert lc_stack.post(f"/v1/tasks/{task_id}/resume").status_code == 409
 
 
+def test_cancel_terminates_a_running_sandboxed_command_and_commits_nothing_of_it(lc_stack, lc_db, llm) -> None:  # type: ignore[no-untyped-def]
+    code = "import time\nopen('started.txt', 'w').write('yes')\nwhile True:\n    time.sleep(0.1)\n"
+    llm.register_script("cancelcmd", [write("a.txt", "1"),
+                                      {"tool": "execute_python", "arguments": {"code": code}, "content": "loop"},
+                                      write("never.txt", "2"), FINISH])
+    task_id = lc_stack.submit("Cancel my command [[script:cancelcmd]]")
+
+    def command_running() -> bool:
+        rows = steps_of(lc_db, task_id)
+        return len(rows) > 1 and rows[1].status == "acting"
+
+    wait_for(command_running, 60, "step 1's command running")
+    time.sleep(1.0)  # well inside the program's loop (its wall-clock limit is far away)
+    asked = time.monotonic()
+    resp = lc_stack.post(f"/v1/tasks/{task_id}/cancel")
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelling", resp.text
+    task = wait_status(lc_db, task_id, ("cancelled", "completed", "failed"), timeout_s=30)
+    took = time.monotonic() - asked
+    assert task.status == "cancelled"
+    # terminated, not waited out: the sandbox's wall-clock limit (30 s by default) is what would end it otherwise
+    assert took < 15, f"cancel took {took:.1f} s"
+    steps = steps_of(lc_db, task_id)
+    assert [(s.step_index, s.status) for s in steps] == [(0, "completed"), (1, "cancelled")]
+    assert steps[1].output is None and steps[1].lease_token is None  # nothing of the cut-short command committed
+    assert ok_calls(llm, task_id) == Counter({0: 1, 1: 1})
+
+
 def test_pause_frees_the_worker_and_resume_continues_from_the_last_committed_step(lc_stack, lc_db, llm) -> None:  # type: ignore[no-untyped-def]
     llm.set_config(latency_s=0.4)
     task_id = lc_stack.submit("Pause me [[steps:6]]")
