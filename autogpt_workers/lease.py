@@ -61,9 +61,17 @@ RenewResult = Mapping[uuid.UUID, str] | int
 
 
 class LeaseKeeper:
-    def __init__(self, renew: Callable[[Sequence[uuid.UUID]], RenewResult], interval_s: float) -> None:
+    def __init__(
+        self,
+        renew: Callable[[Sequence[uuid.UUID]], RenewResult],
+        interval_s: float,
+        ttl_s: float | None = None,
+    ) -> None:
         self._renew = renew
         self._interval_s = interval_s
+        self._ttl_s = ttl_s
+        self._last_renewed: float | None = None  # monotonic time of the last successful renewal with leases held
+        self.late_renewals = 0  # renewals that came later than half a lease period after the previous one
         self._holds: dict[uuid.UUID, Hold] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -139,8 +147,10 @@ class LeaseKeeper:
         """One heartbeat: extend the leases, and tell holds whose task is stopping or whose lease was lost."""
         tokens = self.held()
         if not tokens:
+            self._last_renewed = None
             return
         result = self._renew(tokens)
+        self._note_renewal(len(tokens))
         if not isinstance(result, Mapping):
             return
         for token in tokens:
@@ -153,6 +163,18 @@ class LeaseKeeper:
                 h.request_stop("lease lost")
             elif status in STOPPING_STATUSES:
                 h.request_stop("cancel")
+
+    def _note_renewal(self, leases: int) -> None:
+        """Warn when renewals come late: past half a lease period, one more slow beat lets a lease lapse under a
+        live holder (the reaper then re-drives the step and its LLM call is bought again)."""
+        now = time.monotonic()
+        previous, self._last_renewed = self._last_renewed, now
+        if previous is None or self._ttl_s is None:
+            return
+        gap = now - previous
+        if gap > self._ttl_s / 2:
+            self.late_renewals += 1
+            log.warning("lease_renewal_late", gap_s=round(gap, 2), lease_ttl_s=self._ttl_s, leases=leases)
 
     def _run(self) -> None:
         while not self._wake.wait(self._interval_s):

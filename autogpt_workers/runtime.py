@@ -66,7 +66,14 @@ def build_runner(settings: Settings) -> StepRunner:
         context_tokens=window - settings.llm_completion_reserve_tokens if window is not None else None,
     )
     owner = f"{socket.gethostname()}:{os.getpid()}"
-    leases = LeaseKeeper(lambda tokens: ledger.renew(tokens, settings.lease_ttl_s), settings.lease_heartbeat_s)
+    # the heartbeat has a connection of its own: a pool drained by busy step threads must never make it late (a
+    # lease that lapses under a live holder lets another worker buy the same LLM completion again)
+    lease_ledger = Ledger(Database.from_url(settings.database_url, pool_size=1, max_overflow=1))
+    leases = LeaseKeeper(
+        lambda tokens: lease_ledger.renew(tokens, settings.lease_ttl_s),
+        settings.lease_heartbeat_s,
+        settings.lease_ttl_s,
+    )
     return StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer, artifact_store(settings))
 
 
