@@ -127,6 +127,9 @@ def worker(
         pool, conc = "threads", concurrency or s.think_concurrency
     else:
         pool, conc = "prefork", concurrency or s.act_concurrency
+    from autogpt_workers.tracing_celery import install as install_tracing
+
+    install_tracing(s, f"autogpt-worker-{queue.value}", prefork=pool == "prefork")  # no-op without an endpoint
     celery_app.worker_main(
         [
             "worker",
