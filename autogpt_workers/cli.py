@@ -422,9 +422,12 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id, or its pr
 
 
 @app.command()
-def dispatcher() -> None:
+def dispatcher(
+    metrics_port: Annotated[int | None, typer.Option(help=METRICS_PORT_HELP)] = None,
+) -> None:
     """Admit waiting tasks as running slots free, raise priorities as deadlines near, deliver webhooks."""
     s = _settings()
+    _start_metrics("dispatcher", s, metrics_port)  # /metrics: the orchestrator's liveness and readiness probe
     import signal
 
     from autogpt_workers.admission import Admitter, Policy
