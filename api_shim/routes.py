@@ -110,7 +110,7 @@ def make_router(settings: Settings) -> APIRouter:
         _check_limits(body, settings)
         db = db_of(request)
         tenant = tenant_of(request)
-        with tracing.span("autogpt.submit", attributes={"autogpt.tenant": tenant}) as span:  # stored with the task
+        with tracing.submit_span(tenant) as span:  # its context is stored with the task
             result = await run_in_threadpool(
                 submit_task,
                 db,

@@ -27,11 +27,13 @@ at start, each prefork child after the fork).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -47,6 +49,7 @@ _W3C = TraceContextTextMapPropagator()
 _lock = threading.Lock()
 _provider: TracerProvider | None = None
 _pid = 0
+_submitting: contextvars.ContextVar[Context | None] = contextvars.ContextVar("autogpt_trace_submit", default=None)
 
 
 def enabled() -> bool:
@@ -117,6 +120,25 @@ def span(
         return
     with tracer().start_as_current_span(name, context=parent, kind=kind, attributes=attributes) as current:
         yield current
+
+
+@contextlib.contextmanager
+def submit_span(tenant: str) -> Iterator[trace.Span | None]:
+    """The API's ``autogpt.submit`` span around ``submit_task``: the context stored with the new task
+    (``current_traceparent``) and sent with its first wake-up. Other wake-ups the API publishes (resume, approve,
+    an Agent Protocol step) carry no trace headers: their phases stay in the task's trace too."""
+    with span("autogpt.submit", attributes={"autogpt.tenant": tenant}) as current:
+        token = _submitting.set(otel_context.get_current()) if current is not None else None
+        try:
+            yield current
+        finally:
+            if token is not None:
+                _submitting.reset(token)
+
+
+def submit_context() -> Context | None:
+    """Inside ``submit_span``: its context (what the wake-up published there carries); None elsewhere."""
+    return _submitting.get()
 
 
 def current_traceparent() -> str | None:

@@ -4,7 +4,7 @@ Through Celery signals only, so the glue (``tasks``), the runner and the publish
 
 - ``before_task_publish``: a wake-up gets the W3C ``traceparent`` (and ``tracestate``) of its task. In a worker
   running a phase of task T that is T's context (never the phase's own span: the trace stays flat); a wake-up for
-  another task gets none. Elsewhere (the API) it is the current span's, ``autogpt.submit``.
+  another task gets none. In the API only the first wake-up, published in ``autogpt.submit``, gets that span's.
 - ``task_prerun`` / ``task_postrun``: ``autogpt.think`` / ``autogpt.act`` spans (CONSUMER) made current for the
   phase, so the LLM call nests under them. Parent: the message's ``traceparent``, else the one stored with the
   task (``tasks.traceparent``: re-drives and admissions publish without one). Attributes: task id, step index,
@@ -137,8 +137,10 @@ def _inject(body: Any = None, headers: dict[str, Any] | None = None, **_: Any) -
         return
     args = body[0] if isinstance(body, tuple | list) and body and isinstance(body[0], list | tuple) else None
     phase = _active.get()
-    if phase is None:
-        propagate.inject(headers)  # the API: the current span (autogpt.submit)
+    if phase is None:  # the API: only the first wake-up, published in the submit span
+        submitting = tracing.submit_context()
+        if submitting is not None:
+            propagate.inject(headers, context=submitting)
     elif args and str(args[0]) == phase.task_id:
         propagate.inject(headers, context=phase.parent)
 

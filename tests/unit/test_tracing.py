@@ -43,8 +43,8 @@ def test_without_an_endpoint_nothing_is_set_up(no_otel_env: None) -> None:
     assert type(trace.get_tracer_provider()).__module__.startswith("opentelemetry.trace")
     assert {s: len(s.receivers) for s in receivers} == receivers  # no Celery hook connected
     assert tracing.current_traceparent() is None  # what submit_task stores with a task: nothing
-    with tracing.span("autogpt.submit") as span:
-        assert span is None
+    with tracing.submit_span("default") as span:
+        assert span is None and tracing.submit_context() is None  # the API's first wake-up: no trace headers
     llm = EchoLLM()
     assert traced(llm, "some-model") is llm  # the LLM is not wrapped
 
