@@ -88,6 +88,9 @@ def traced_stack(otel_urls, receiver, fake_llm, tmp_path_factory) -> Iterator[st
         AUTOGPT_METRICS_DIR=str(tmp_path_factory.mktemp("metrics")),
         AUTOGPT_DB_POOL_SIZE="2",
         AUTOGPT_DB_MAX_OVERFLOW="4",
+        # production-like leases: no lease lapses on a loaded machine (a redelivery is harmless, but noise here)
+        AUTOGPT_LEASE_TTL_S="30",
+        AUTOGPT_LEASE_HEARTBEAT_S="5",
         AUTOGPT_TENANT_MAX_RUNNING="1",  # the second task waits for the dispatcher
         AUTOGPT_DISPATCHER_INTERVAL_S="0.2",
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
@@ -195,7 +198,7 @@ def test_a_task_is_one_trace_from_the_api_through_the_workers_to_the_llm(  # typ
     traced_stack, receiver, llm, otel_urls
 ) -> None:
     llm.register_script("traced-slow", [
-        {"tool": "write_file", "arguments": {"path": "a.txt", "content": "a"}, "latency_s": 1.0},
+        {"tool": "write_file", "arguments": {"path": "a.txt", "content": "a"}, "latency_s": 2.0},
         {"tool": "finish", "arguments": {"reason": "done"}},
     ])
     llm.register_script("traced", [
