@@ -25,6 +25,7 @@ from api_shim import ap_models as ap
 from api_shim import ap_steps, uploads
 from api_shim.auth import tenant_of
 from api_shim.routes import db_of, json_size, unstorable
+from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import TaskSubmission
@@ -211,17 +212,18 @@ def make_router(settings: Settings) -> APIRouter:
         submission = TaskSubmission(**fields)
         tenant = tenant_of(request)
         db = db_of(request)
-        result = await run_in_threadpool(
-            submit_task,
-            db,
-            request.app.state.publisher,
-            submission,
-            tenant_id=tenant,
-            model=settings.llm_model,
-            source="ap",
-            additional_input=extra,
-            policy=Policy.from_settings(settings),
-        )
+        with tracing.submit_span(tenant):  # its context is stored with the task
+            result = await run_in_threadpool(
+                submit_task,
+                db,
+                request.app.state.publisher,
+                submission,
+                tenant_id=tenant,
+                model=settings.llm_model,
+                source="ap",
+                additional_input=extra,
+                policy=Policy.from_settings(settings),
+            )
 
         def load() -> ap.Task:
             with db.session() as s:

@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from api_shim import metrics as api_metrics
 from api_shim.gateway import install as install_gateway
 from api_shim.lifecycle_routes import router as lifecycle_router
+from autogpt_workers import tracing, tracing_celery
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app as celery_app
 from autogpt_workers.config import Settings, get_settings
@@ -39,6 +40,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Submit autonomous agent tasks; they run as durable background jobs.",
         lifespan=lifespan,
     )
+    if tracing.setup(settings, "autogpt-api"):  # an OTLP endpoint is configured
+        tracing.instrument_fastapi(app)
+        tracing_celery.install_publisher()
     install_gateway(app, settings)
     app.include_router(lifecycle_router)
     api_metrics.install(app)

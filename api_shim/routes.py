@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from api_shim.auth import tenant_of
+from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import ArtifactView, StepView, TaskPage, TaskStatus, TaskSubmission, TaskView
@@ -109,16 +110,19 @@ def make_router(settings: Settings) -> APIRouter:
         _check_limits(body, settings)
         db = db_of(request)
         tenant = tenant_of(request)
-        result = await run_in_threadpool(
-            submit_task,
-            db,
-            request.app.state.publisher,
-            body,
-            tenant_id=tenant,
-            idempotency_key=idempotency_key,
-            model=settings.llm_model,
-            policy=Policy.from_settings(settings),
-        )
+        with tracing.submit_span(tenant) as span:  # its context is stored with the task
+            result = await run_in_threadpool(
+                submit_task,
+                db,
+                request.app.state.publisher,
+                body,
+                tenant_id=tenant,
+                idempotency_key=idempotency_key,
+                model=settings.llm_model,
+                policy=Policy.from_settings(settings),
+            )
+            if span is not None:
+                span.set_attributes({"autogpt.task_id": str(result.task_id), "autogpt.created": result.created})
         if not result.created:
             response.status_code = 200
         response.headers["Location"] = f"/v1/tasks/{result.task_id}"

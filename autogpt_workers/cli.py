@@ -127,6 +127,9 @@ def worker(
         pool, conc = "threads", concurrency or s.think_concurrency
     else:
         pool, conc = "prefork", concurrency or s.act_concurrency
+    from autogpt_workers.tracing_celery import install as install_tracing
+
+    install_tracing(s, f"autogpt-worker-{queue.value}", prefork=pool == "prefork")  # no-op without an endpoint
     celery_app.worker_main(
         [
             "worker",
@@ -419,9 +422,12 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id, or its pr
 
 
 @app.command()
-def dispatcher() -> None:
+def dispatcher(
+    metrics_port: Annotated[int | None, typer.Option(help=METRICS_PORT_HELP)] = None,
+) -> None:
     """Admit waiting tasks as running slots free, raise priorities as deadlines near, deliver webhooks."""
     s = _settings()
+    _start_metrics("dispatcher", s, metrics_port)  # /metrics: the orchestrator's liveness and readiness probe
     import signal
 
     from autogpt_workers.admission import Admitter, Policy

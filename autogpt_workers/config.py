@@ -181,6 +181,18 @@ class Settings(BaseSettings):
     log_json: bool = True
     log_level: str = "INFO"
 
+    # tracing (autogpt_workers/tracing.py), by the standard OpenTelemetry variables: no endpoint, no tracing at all.
+    # The SDK reads the rest itself (OTEL_TRACES_SAMPLER, OTEL_BSP_*, OTEL_EXPORTER_OTLP_HEADERS, ...).
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    otel_traces_exporter: str = Field(default="otlp", validation_alias=AliasChoices("OTEL_TRACES_EXPORTER"))
+    otel_sdk_disabled: bool = Field(default=False, validation_alias=AliasChoices("OTEL_SDK_DISABLED"))
+    otel_service_name: str | None = Field(default=None, validation_alias=AliasChoices("OTEL_SERVICE_NAME"))
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         problems: list[str] = []
@@ -228,6 +240,17 @@ class Settings(BaseSettings):
         if problems:
             raise ConfigError("unsafe or inconsistent settings: " + "; ".join(problems))
         return self
+
+    @property
+    def otlp_traces_endpoint(self) -> str | None:
+        """Where spans go (OTLP over HTTP), or None: tracing off. The signal-specific variable wins; the base one
+        gets the standard ``/v1/traces`` path appended."""
+        if self.otel_sdk_disabled or self.otel_traces_exporter.strip().lower() == "none":
+            return None
+        if self.otel_exporter_otlp_traces_endpoint and self.otel_exporter_otlp_traces_endpoint.strip():
+            return self.otel_exporter_otlp_traces_endpoint.strip()
+        base = (self.otel_exporter_otlp_endpoint or "").strip()
+        return f"{base.rstrip('/')}/v1/traces" if base else None
 
     def price_per_1k(self, model: str) -> tuple[float, float]:
         return self.llm_prices_per_1k.get(model, self.llm_default_price_per_1k)

@@ -20,6 +20,7 @@ from autogpt_workers.commands.memory import MemoryAccess, memory_commands
 from autogpt_workers.config import Settings, get_settings
 from autogpt_workers.lease import LeaseKeeper
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
+from autogpt_workers.llm.traced import traced
 from autogpt_workers.memory.factory import build_memory
 from autogpt_workers.profiles import ProfileCatalog
 from autogpt_workers.runner import StepRunner
@@ -55,7 +56,7 @@ def build_runner(settings: Settings) -> StepRunner:
     memory = build_memory(settings, tenant_lookup(db))
     window = settings.llm_context_tokens
     agent = Agent(
-        llm,
+        traced(llm, settings.llm_model),  # a span per LLM call when tracing is on
         build_registry(settings, memory),
         settings.price_per_1k,
         max_observation_chars=settings.max_observation_chars,

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select
 
+from autogpt_workers import tracing
 from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
 from autogpt_workers.broker import Publisher
 from autogpt_workers.contracts import TaskSubmission
@@ -73,6 +74,7 @@ def submit_task(
         "model": model,
         "approval": submission.approval,  # the lifecycle's approval gate and deadline (revision 0004)
         "deadline": deadline,
+        "traceparent": tracing.current_traceparent(),  # the steps' spans join the submitter's trace (0005)
     }
     held = None
     with db.transaction() as s:

@@ -55,6 +55,8 @@ class Task(Base):
     # lifecycle (revision 0004): "never" | "always" | [side-effect classes]; past the deadline the task fails
     approval: Mapped[Any] = mapped_column(JSONB, default="never", server_default=text("'\"never\"'::jsonb"))
     deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # tracing (revision 0005): the W3C traceparent of the submit, parent of every step's spans; NULL: untraced
+    traceparent: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # running totals, kept in step with the ledger in the same transactions that change it
     steps_completed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")

@@ -34,7 +34,7 @@ INFRA_SERVICES = {"rabbitmq", "postgres", "redis", "weaviate"}
 OBSERVABILITY_SERVICES = {"prometheus", "grafana"}
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
-APP_SERVICES = {"migrate", "api", "worker-think", "worker-act", "reaper", "flower"}
+APP_SERVICES = {"migrate", "api", "worker-think", "worker-act", "reaper", "dispatcher", "flower"}
 WORKER_LIMITS = {"worker-think": THINK_LIMIT_S, "worker-act": ACT_LIMIT_S}
 # API groups of custom resources whose schemas kubernetes-validate does not ship (validated elsewhere).
 CRD_GROUPS = {"keda.sh"}
@@ -121,7 +121,7 @@ def test_compose_app_services_start_in_order(compose: dict[str, Any]) -> None:
             if expected == "service_healthy":
                 assert services[dep].get("healthcheck"), f"{name} waits for {dep}, which has no healthcheck"
     # the database must be migrated before anything that uses it starts
-    for name in ("api", "worker-think", "worker-act", "reaper"):
+    for name in ("api", "worker-think", "worker-act", "reaper", "dispatcher"):
         assert "migrate" in services[name]["depends_on"], f"{name} must wait for migrate"
     assert "postgres" in services["migrate"]["depends_on"]
     assert services["migrate"].get("restart", "no") == "no"
@@ -254,7 +254,7 @@ def test_k8s_worker_grace_exceeds_step_time_limit(component: str) -> None:
     assert "--queue" in spec["containers"][0]["command"]
 
 
-@pytest.mark.parametrize("component", ["worker-think", "worker-act", "reaper"])
+@pytest.mark.parametrize("component", ["worker-think", "worker-act", "reaper", "dispatcher"])
 def test_k8s_worker_groups_serve_metrics_with_probes(component: str) -> None:
     pod = by_component(component)["spec"]["template"]
     container = pod["spec"]["containers"][0]
@@ -266,7 +266,7 @@ def test_k8s_worker_groups_serve_metrics_with_probes(component: str) -> None:
         assert container[probe]["httpGet"] == {"path": "/metrics", "port": "metrics"}, f"{component}: {probe}"
 
 
-@pytest.mark.parametrize("component", ["api", "worker-think", "worker-act"])
+@pytest.mark.parametrize("component", ["api", "worker-think", "worker-act", "dispatcher"])
 def test_k8s_disruption_budgets(component: str) -> None:
     deployment = by_component(component)
     budgets = [
@@ -295,12 +295,38 @@ def test_k8s_serving_deployments_have_probes(component: str, path: str) -> None:
 
 
 def test_k8s_has_every_component() -> None:
-    for component in ("api", "worker-think", "worker-act", "reaper", "flower"):
+    for component in ("api", "worker-think", "worker-act", "reaper", "dispatcher", "flower"):
         by_component(component)
     kinds = {(doc["kind"], doc["metadata"]["name"]) for _, doc in k8s_docs()}
     assert ("Service", "autogpt-api") in kinds
     assert ("Service", "autogpt-flower") in kinds
     assert any(kind == "Job" for kind, _ in kinds), "a migration Job"
+
+
+def test_the_dispatcher_runs_everywhere(compose: dict[str, Any]) -> None:
+    """Admission under the running-task caps, deadline priorities and webhooks need the dispatcher process: compose
+    and Kubernetes both run it, with its /metrics as health check, and it may lose no more than one pod at once."""
+    service = compose["services"]["dispatcher"]
+    assert service["command"] == ["autogpt-workers", "dispatcher"]
+    assert service["environment"]["AUTOGPT_METRICS_PORT"] == "9100"
+    assert "127.0.0.1:9100/metrics" in str(service["healthcheck"]["test"])
+    assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
+    deployment = by_component("dispatcher")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["autogpt-workers", "dispatcher"]
+    assert deployment["spec"]["replicas"] >= 1
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    names = {var["name"] for var in container["env"]}
+    assert {"AUTOGPT_DATABASE_URL", "AUTOGPT_BROKER_URL"} <= names, "it reads the ledger and publishes wake-ups"
+
+
+def test_tracing_is_configurable_but_off_by_default(compose: dict[str, Any]) -> None:
+    """The standard OTLP variable reaches every app service (passed through, unset by default: no tracing)."""
+    for name in APP_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert "OTEL_EXPORTER_OTLP_ENDPOINT" in env and not env["OTEL_EXPORTER_OTLP_ENDPOINT"], name
+    config = yaml.safe_load((K8S_DIR / "01-configmap.yaml").read_text())
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in config["data"], "tracing stays opt-in"
 
 
 # ------------------------------------------------------------------------------------------ images
