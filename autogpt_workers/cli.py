@@ -138,7 +138,7 @@ def worker(
             f"--concurrency={conc}",
             f"--hostname={hostname or f'{queue.value}@%h'}",
             f"--loglevel={loglevel}",
-            "--task-events",
+            *(["--task-events"] if s.task_events else []),
             "--without-gossip",
             "--without-mingle",
         ]

@@ -24,3 +24,5 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # a line per HTTP request (every LLM call)
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
