@@ -77,15 +77,21 @@ class Command(ABC, Generic[ArgsT]):
         return self.Args.model_validate(raw)
 
     def tool_schema(self) -> dict[str, Any]:
-        """The OpenAI ``tools`` entry for this command."""
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": clean_schema(self.Args.model_json_schema()),
-            },
-        }
+        """The OpenAI ``tools`` entry for this command (built once per command: pydantic's JSON schema generation
+        costs more than the rest of a think phase; treat the dict as read-only)."""
+        key = (self.name, self.description)
+        cached = self.__dict__.get("_tool_schema")
+        if cached is None or cached[0] != key:
+            schema = {
+                "type": "function",
+                "function": {
+                    "name": self.name,
+                    "description": self.description,
+                    "parameters": clean_schema(self.Args.model_json_schema()),
+                },
+            }
+            cached = self.__dict__["_tool_schema"] = (key, schema)
+        return cached[1]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

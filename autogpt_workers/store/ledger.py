@@ -1,5 +1,8 @@
 """The step ledger: every state change of a run, each in one short PostgreSQL transaction.
 
+Statements run on the session's connection (Core execution): the ORM's bulk-update bookkeeping (synchronising
+objects in the session, which this module never reads back) cost more CPU than the rest of a step.
+
 How a step stays durable (see README "How a step is made durable"):
 
 * ``claim`` takes a lease on (task, step, phase) with a fresh token, or says why not (already committed, held by a
@@ -121,7 +124,7 @@ def add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: str
         )
         .returning(Outbox.id)
     )
-    outbox_id = session.execute(stmt).scalar_one()
+    outbox_id = session.connection().execute(stmt).scalar_one()
     return Wakeup(outbox_id, task_id, step_index, phase, priority)
 
 
@@ -130,7 +133,7 @@ _add_wakeup = add_wakeup  # the name other modules knew
 
 def emit(session: Session, task_id: uuid.UUID, kind: str, step_index: int | None = None, **data: Any) -> None:
     """Append to the task's event log, in the caller's transaction (so an event exists iff its change does)."""
-    session.execute(insert(TaskEvent).values(task_id=task_id, kind=kind, step_index=step_index, data=data))
+    session.connection().execute(insert(TaskEvent).values(task_id=task_id, kind=kind, step_index=step_index, data=data))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,7 +157,7 @@ _TASK_STATE = (
 def lock_task(session: Session, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
     """Lock the task row (first, see the module docstring) and return its state; ``None`` if there is no such task
     (or, with ``skip_locked``, if another transaction holds it)."""
-    row = session.execute(
+    row = session.connection().execute(
         select(*_TASK_STATE).where(Task.id == task_id).with_for_update(key_share=True, skip_locked=skip_locked)
     ).one_or_none()
     return None if row is None else TaskState(*row)
@@ -164,7 +167,7 @@ def cancel_now(session: Session, task_id: uuid.UUID, reason: str) -> bool:
     """End the task ``cancelled`` in the caller's transaction (task row locked): its open steps are cancelled,
     their leases cleared (a zombie holder is fenced) and its unpublished wake-ups withdrawn."""
     s = session
-    open_steps = s.execute(
+    open_steps = s.connection().execute(
         update(Step)
         .where(Step.task_id == task_id, Step.status.in_(OPEN_STEP))
         .values(
@@ -177,13 +180,13 @@ def cancel_now(session: Session, task_id: uuid.UUID, reason: str) -> bool:
         )
         .returning(Step.step_index)
     ).scalars().all()
-    s.execute(delete(Outbox).where(Outbox.task_id == task_id, Outbox.published_at.is_(None)))
-    done = s.execute(
+    s.connection().execute(delete(Outbox).where(Outbox.task_id == task_id, Outbox.published_at.is_(None)))
+    done = s.connection().execute(
         update(Task)
         .where(Task.id == task_id, Task.status.not_in(TERMINAL_TASK))
         .values(status="cancelled", error=reason, finished_at=func.now())
     )
-    if not done.rowcount:  # type: ignore[attr-defined]
+    if not done.rowcount:
         return False
     emit(s, task_id, "task.cancelled", max(open_steps) if open_steps else None, reason=reason)
     return True
@@ -192,7 +195,7 @@ def cancel_now(session: Session, task_id: uuid.UUID, reason: str) -> bool:
 def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str, code: str | None = None) -> bool:
     """End the task ``failed`` with a reason in the caller's transaction; its open steps fail with it."""
     s = session
-    s.execute(
+    s.connection().execute(
         update(Step)
         .where(Step.task_id == task_id, Step.status.in_(OPEN_STEP))
         .values(
@@ -204,12 +207,12 @@ def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str,
             lease_expires_at=None,
         )
     )
-    failed = s.execute(
+    failed = s.connection().execute(
         update(Task)
         .where(Task.id == task_id, Task.status.not_in(TERMINAL_TASK))
         .values(status="failed", error=reason, finished_at=func.now())
     )
-    if not failed.rowcount:  # type: ignore[attr-defined]
+    if not failed.rowcount:
         return False
     extra = {"code": code} if code else {}
     emit(s, task_id, "task.failed", step_index, reason=reason, **extra)
@@ -254,10 +257,10 @@ class Ledger:
         stmt = insert(Task).values(**values)
         if values.get("idempotency_key") is not None:
             stmt = stmt.on_conflict_do_nothing(constraint="uq_tasks_tenant_idempotency_key")
-        task_id = session.execute(stmt.returning(Task.id)).scalar_one_or_none()
+        task_id = session.connection().execute(stmt.returning(Task.id)).scalar_one_or_none()
         if task_id is None:
             return None
-        session.execute(insert(Step).values(task_id=task_id, step_index=0))
+        session.connection().execute(insert(Step).values(task_id=task_id, step_index=0))
         emit(session, task_id, "task.queued", priority=values.get("priority", 5))
         return task_id, add_wakeup(session, task_id, 0, "think", values.get("priority", 5))
 
@@ -274,7 +277,7 @@ class Ledger:
     ) -> Claim:
         with self.db.transaction() as s:
             task = lock_task(s, task_id)
-            row = s.execute(
+            row = s.connection().execute(
                 select(
                     Step.status,
                     Step.lease_token,
@@ -324,7 +327,7 @@ class Ledger:
                 return Claim(ClaimOutcome.poisoned, deliveries=spent, reason=reason)
             new_token = uuid.uuid4()
             started = {"think_started_at": now} if phase == "think" else {"act_started_at": now}
-            s.execute(
+            s.connection().execute(
                 update(Step)
                 .where(Step.task_id == task_id, Step.step_index == step_index)
                 .values(
@@ -337,14 +340,14 @@ class Ledger:
                 )
             )
             if task.status == "queued":
-                s.execute(
+                s.connection().execute(
                     update(Task)
                     .where(Task.id == task_id, Task.status == "queued")
                     .values(status="running", started_at=func.coalesce(Task.started_at, func.now()))
                 )
                 emit(s, task_id, "task.started", step_index)
             # receiving this wake-up proves it was published
-            queued_at = s.execute(
+            queued_at = s.connection().execute(
                 update(Outbox)
                 .where(Outbox.task_id == task_id, Outbox.step_index == step_index, Outbox.phase == phase)
                 .values(published_at=func.coalesce(Outbox.published_at, func.now()))
@@ -365,7 +368,7 @@ class Ledger:
         if not tokens:
             return {}
         with self.db.transaction() as s:
-            rows = s.execute(
+            rows = s.connection().execute(
                 update(Step)
                 .where(Step.lease_token.in_(list(tokens)))
                 .values(lease_expires_at=_now() + timedelta(seconds=lease_ttl_s))
@@ -403,7 +406,7 @@ class Ledger:
                 status = "awaiting_approval"
             else:
                 status = "proposed"
-            updated = s.execute(
+            updated = s.connection().execute(
                 update(Step)
                 .where(
                     Step.task_id == task_id,
@@ -433,7 +436,7 @@ class Ledger:
             ).scalar_one_or_none()
             if updated is None:
                 return Proposed(ProposeOutcome.fenced)
-            s.execute(
+            s.connection().execute(
                 update(Task)
                 .where(Task.id == task_id)
                 .values(
@@ -465,7 +468,7 @@ class Ledger:
                     command=proposal.get("command"), arguments=proposal.get("arguments"),
                 )
                 if task.status in ACTIVE_TASK:
-                    s.execute(update(Task).where(Task.id == task_id).values(status="awaiting_approval"))
+                    s.connection().execute(update(Task).where(Task.id == task_id).values(status="awaiting_approval"))
                 return Proposed(ProposeOutcome.awaiting_approval)
             if task.status not in ACTIVE_TASK:  # paused (or finished meanwhile): resume re-arms the act phase
                 return Proposed(ProposeOutcome.parked)
@@ -497,7 +500,7 @@ class Ledger:
             task = lock_task(s, task_id)
             if task is None:
                 return False, None
-            updated = s.execute(
+            updated = s.connection().execute(
                 update(Step)
                 .where(
                     Step.task_id == task_id,
@@ -523,13 +526,13 @@ class Ledger:
             if is_last:
                 values["status"] = case((Task.status.in_(TERMINAL_TASK), Task.status), else_="completed")
                 values["finished_at"] = func.coalesce(Task.finished_at, func.now())
-            task_status = s.execute(
+            task_status = s.connection().execute(
                 update(Task).where(Task.id == task_id).values(**values).returning(Task.status)
             ).scalar_one()
             emit(s, task_id, "step.completed", step_index, output=_clip(output), is_error=is_error, is_last=is_last)
             for f in files:
                 emit(s, task_id, "artifact.written", step_index, relative_path=f.relative_path, size_bytes=f.size_bytes)
-                s.execute(
+                s.connection().execute(
                     insert(Artifact)
                     .values(
                         task_id=task_id,
@@ -555,7 +558,8 @@ class Ledger:
             if task_status == "cancelling":
                 cancel_now(s, task_id, task.error or "cancelled on request")
                 return True, None
-            s.execute(insert(Step).values(task_id=task_id, step_index=step_index + 1).on_conflict_do_nothing())
+            next_step = insert(Step).values(task_id=task_id, step_index=step_index + 1).on_conflict_do_nothing()
+            s.connection().execute(next_step)
             if task_status not in ACTIVE_TASK:  # paused: resume re-arms the next step
                 return True, None
             return True, add_wakeup(s, task_id, step_index + 1, "think", task.priority)
@@ -565,7 +569,7 @@ class Ledger:
         with self.db.transaction() as s:
             lock_task(s, task_id)
             if token is not None:
-                held = s.execute(
+                held = s.connection().execute(
                     select(Step.id)
                     .where(Step.task_id == task_id, Step.step_index == step_index, Step.lease_token == token)
                     .with_for_update()
@@ -581,7 +585,7 @@ class Ledger:
         """
         with self.db.transaction() as s:
             task = lock_task(s, task_id)
-            held = s.execute(
+            held = s.connection().execute(
                 select(Step.id)
                 .where(Step.task_id == task_id, Step.step_index == step_index, Step.lease_token == token)
                 .with_for_update()
@@ -595,7 +599,7 @@ class Ledger:
         wake-up is due (the task is paused, or was cancelling and is now cancelled)."""
         with self.db.transaction() as s:
             task = lock_task(s, task_id)
-            row = s.execute(
+            row = s.connection().execute(
                 update(Step)
                 .where(Step.task_id == task_id, Step.step_index == step_index, Step.lease_token == token)
                 .values(
@@ -627,7 +631,7 @@ class Ledger:
 
     def pending_wakeups(self, task_id: uuid.UUID) -> list[Wakeup]:
         with self.db.session() as s:
-            rows = s.execute(
+            rows = s.connection().execute(
                 select(Outbox.id, Outbox.task_id, Outbox.step_index, Outbox.phase, Outbox.priority).where(
                     Outbox.task_id == task_id, Outbox.published_at.is_(None)
                 )
@@ -638,7 +642,7 @@ class Ledger:
         if not outbox_ids:
             return
         with self.db.transaction() as s:
-            s.execute(
+            s.connection().execute(
                 update(Outbox)
                 .where(Outbox.id.in_(list(outbox_ids)), Outbox.published_at.is_(None))
                 .values(published_at=func.now(), publish_attempts=Outbox.publish_attempts + 1)
@@ -653,7 +657,7 @@ class Ledger:
         A cancelling task whose holder died is cancelled now; a paused one gets no wake-up.
         """
         with self.db.session() as s:
-            candidates = s.execute(
+            candidates = s.connection().execute(
                 select(Step.task_id, Step.step_index)
                 .where(Step.status.in_(("thinking", "acting")), Step.lease_expires_at < _now())
                 .limit(limit)
@@ -670,7 +674,7 @@ class Ledger:
             task = lock_task(s, task_id, skip_locked=True)
             if task is None:
                 return None
-            row = s.execute(
+            row = s.connection().execute(
                 select(Step.id, Step.status, Step.lease_owner)
                 .where(
                     Step.task_id == task_id,
@@ -686,7 +690,7 @@ class Ledger:
             if task.status == "cancelling":
                 cancel_now(s, task_id, task.error or "cancelled on request")
                 return None
-            s.execute(
+            s.connection().execute(
                 update(Step)
                 .where(Step.id == step_id)
                 .values(
@@ -706,7 +710,7 @@ class Ledger:
         in a queue). A task whose step holds a live lease fails at that step's next boundary instead."""
         now = _now()
         with self.db.session() as s:
-            candidates = s.scalars(
+            candidates = s.connection().scalars(
                 select(Task.id)
                 .where(Task.deadline.is_not(None), Task.deadline <= now, Task.status.not_in(TERMINAL_TASK))
                 .limit(limit)
@@ -717,7 +721,7 @@ class Ledger:
                 task = lock_task(s, task_id, skip_locked=True)
                 if task is None or task.status in TERMINAL_TASK or task.deadline is None:
                     continue
-                open_step = s.execute(
+                open_step = s.connection().execute(
                     select(Step.step_index, Step.lease_expires_at)
                     .where(Step.task_id == task_id, Step.status.in_(OPEN_STEP))
                     .order_by(Step.step_index.desc())
@@ -757,7 +761,7 @@ class Ledger:
                 .limit(limit)
                 .with_for_update(of=Outbox, skip_locked=True)
             )
-            rows = s.execute(
+            rows = s.connection().execute(
                 update(Outbox)
                 .where(Outbox.id.in_(ids.scalar_subquery()))
                 .values(published_at=None, created_at=func.now())
@@ -768,7 +772,7 @@ class Ledger:
     def due_wakeups(self, older_than_s: float, limit: int = 500) -> list[Wakeup]:
         """Outbox rows nobody published within the grace period (a publisher died or the broker was down)."""
         with self.db.session() as s:
-            rows = s.execute(
+            rows = s.connection().execute(
                 select(Outbox.id, Outbox.task_id, Outbox.step_index, Outbox.phase, Outbox.priority)
                 .join(Task, Task.id == Outbox.task_id)
                 .where(
