@@ -34,18 +34,18 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, type_coerce, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from autogpt_workers.store import hot_sql as sql
 from autogpt_workers.store.db import Database
-from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
+from autogpt_workers.store.hot_sql import TERMINAL_TASK
+from autogpt_workers.store.models import Artifact, Outbox, Step, Task
 
 OPEN_STEP = ("pending", "thinking", "proposed", "acting", "awaiting_approval")
 CLOSED_STEP = ("completed", "failed", "cancelled")
-TERMINAL_TASK = ("completed", "failed", "cancelled")
 ACTIVE_TASK = ("queued", "running")  # the statuses in which wake-ups are written and steps start
-THINK_DELIVERIES = "think_deliveries"  # recorded in the proposal: the act phase's redelivery budget starts after it
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -115,25 +115,17 @@ def _now() -> datetime:
 
 def add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: str, priority: int) -> Wakeup:
     """Insert (or re-arm) the outbox row for a wake-up, in the caller's transaction."""
-    stmt = (
-        insert(Outbox)
-        .values(task_id=task_id, step_index=step_index, phase=phase, priority=priority)
-        .on_conflict_do_update(
-            constraint="uq_outbox_task_step_phase",
-            set_={"published_at": None, "created_at": func.now()},
-        )
-        .returning(Outbox.id)
-    )
-    outbox_id = session.connection().execute(stmt).scalar_one()
+    outbox_id = session.connection().execute(
+        sql.ADD_WAKEUP, {"p_task_id": task_id, "p_step_index": step_index, "p_phase": phase, "p_priority": priority}
+    ).scalar_one()
     return Wakeup(outbox_id, task_id, step_index, phase, priority)
-
-
-_add_wakeup = add_wakeup  # the name other modules knew
 
 
 def emit(session: Session, task_id: uuid.UUID, kind: str, step_index: int | None = None, **data: Any) -> None:
     """Append to the task's event log, in the caller's transaction (so an event exists iff its change does)."""
-    session.connection().execute(insert(TaskEvent).values(task_id=task_id, kind=kind, step_index=step_index, data=data))
+    session.connection().execute(
+        sql.EMIT, {"p_task_id": task_id, "p_kind": kind, "p_step_index": step_index, "p_data": data}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,17 +141,11 @@ class TaskState:
     started_at: datetime | None
 
 
-_TASK_STATE = (
-    Task.status, Task.tenant_id, Task.priority, Task.deadline, Task.error, Task.steps_completed, Task.started_at
-)
-
-
 def lock_task(session: Session, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
     """Lock the task row (first, see the module docstring) and return its state; ``None`` if there is no such task
     (or, with ``skip_locked``, if another transaction holds it)."""
-    row = session.connection().execute(
-        select(*_TASK_STATE).where(Task.id == task_id).with_for_update(key_share=True, skip_locked=skip_locked)
-    ).one_or_none()
+    stmt = sql.LOCK_TASK_SKIP_LOCKED if skip_locked else sql.LOCK_TASK
+    row = session.connection().execute(stmt, {"p_task_id": task_id}).one_or_none()
     return None if row is None else TaskState(*row)
 
 
@@ -277,17 +263,8 @@ class Ledger:
     ) -> Claim:
         with self.db.transaction() as s:
             task = lock_task(s, task_id)
-            row = s.connection().execute(
-                select(
-                    Step.status,
-                    Step.lease_token,
-                    Step.lease_expires_at,
-                    Step.deliveries,
-                    Step.proposal[THINK_DELIVERIES].as_integer(),
-                )
-                .where(Step.task_id == task_id, Step.step_index == step_index)
-                .with_for_update()
-            ).one_or_none()
+            at = {"p_task_id": task_id, "p_step_index": step_index}
+            row = s.connection().execute(sql.CLAIM_READ_STEP, at).one_or_none()
             if task is None or row is None:
                 return Claim(ClaimOutcome.missing)
             step_status, token, expires, deliveries, think_deliveries = row
@@ -326,33 +303,22 @@ class Ledger:
                 fail_now(s, task_id, step_index, reason, code="poisoned")
                 return Claim(ClaimOutcome.poisoned, deliveries=spent, reason=reason)
             new_token = uuid.uuid4()
-            started = {"think_started_at": now} if phase == "think" else {"act_started_at": now}
             s.connection().execute(
-                update(Step)
-                .where(Step.task_id == task_id, Step.step_index == step_index)
-                .values(
-                    status="thinking" if phase == "think" else "acting",
-                    lease_owner=owner,
-                    lease_token=new_token,
-                    lease_expires_at=now + timedelta(seconds=lease_ttl_s),
-                    deliveries=Step.deliveries + 1,
-                    **started,
-                )
+                sql.CLAIM_STEP[phase],
+                {
+                    **at,
+                    "p_status": "thinking" if phase == "think" else "acting",
+                    "p_owner": owner,
+                    "p_token": new_token,
+                    "p_expires": now + timedelta(seconds=lease_ttl_s),
+                    "p_now": now,
+                },
             )
             if task.status == "queued":
-                s.connection().execute(
-                    update(Task)
-                    .where(Task.id == task_id, Task.status == "queued")
-                    .values(status="running", started_at=func.coalesce(Task.started_at, func.now()))
-                )
+                s.connection().execute(sql.START_TASK, {"p_task_id": task_id})
                 emit(s, task_id, "task.started", step_index)
             # receiving this wake-up proves it was published
-            queued_at = s.connection().execute(
-                update(Outbox)
-                .where(Outbox.task_id == task_id, Outbox.step_index == step_index, Outbox.phase == phase)
-                .values(published_at=func.coalesce(Outbox.published_at, func.now()))
-                .returning(Outbox.created_at)
-            ).scalar_one_or_none()
+            queued_at = s.connection().execute(sql.CLAIM_OUTBOX, {**at, "p_phase": phase}).scalar_one_or_none()
             run, history, current = _read_run(s, task_id, step_index, with_history=phase == "think")
             return Claim(
                 ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
@@ -406,46 +372,24 @@ class Ledger:
                 status = "awaiting_approval"
             else:
                 status = "proposed"
+            spent = {"p_prompt_tokens": prompt_tokens, "p_completion_tokens": completion_tokens, "p_cost": cost}
             updated = s.connection().execute(
-                update(Step)
-                .where(
-                    Step.task_id == task_id,
-                    Step.step_index == step_index,
-                    Step.lease_token == token,
-                    Step.status == "thinking",
-                )
-                .values(
-                    status=status,
-                    # the think phase's deliveries, so the act phase gets its own redelivery budget
-                    proposal=type_coerce(proposal, JSONB).op("||")(
-                        func.jsonb_build_object(THINK_DELIVERIES, Step.deliveries)
-                    ),
-                    command=proposal.get("command"),
-                    arguments=proposal.get("arguments"),
-                    prompt_tokens=prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    cost_usd=cost,
-                    model=proposal.get("model"),
-                    llm_calls=Step.llm_calls + 1,
-                    proposed_at=func.now(),
-                    lease_owner=None,
-                    lease_token=None,
-                    lease_expires_at=None,
-                )
-                .returning(Step.id)
+                sql.PROPOSE_STEP,
+                {
+                    "p_task_id": task_id,
+                    "p_step_index": step_index,
+                    "p_token": token,
+                    "p_status": status,
+                    "p_proposal": proposal,
+                    "p_command": proposal.get("command"),
+                    "p_arguments": proposal.get("arguments"),
+                    "p_model": proposal.get("model"),
+                    **spent,
+                },
             ).scalar_one_or_none()
             if updated is None:
                 return Proposed(ProposeOutcome.fenced)
-            s.connection().execute(
-                update(Task)
-                .where(Task.id == task_id)
-                .values(
-                    prompt_tokens=Task.prompt_tokens + prompt_tokens,
-                    completion_tokens=Task.completion_tokens + completion_tokens,
-                    cost_usd=Task.cost_usd + cost,
-                    llm_calls=Task.llm_calls + 1,
-                )
-            )
+            s.connection().execute(sql.PROPOSE_TASK, {"p_task_id": task_id, **spent})
             emit(
                 s,
                 task_id,
@@ -501,33 +445,20 @@ class Ledger:
             if task is None:
                 return False, None
             updated = s.connection().execute(
-                update(Step)
-                .where(
-                    Step.task_id == task_id,
-                    Step.step_index == step_index,
-                    Step.lease_token == token,
-                    Step.status == "acting",
-                )
-                .values(
-                    status="completed",
-                    output=output,
-                    is_error=is_error,
-                    is_last=is_last,
-                    committed_at=func.now(),
-                    lease_owner=None,
-                    lease_token=None,
-                    lease_expires_at=None,
-                )
-                .returning(Step.id)
+                sql.COMMIT_STEP,
+                {
+                    "p_task_id": task_id,
+                    "p_step_index": step_index,
+                    "p_token": token,
+                    "p_output": output,
+                    "p_is_error": is_error,
+                    "p_is_last": is_last,
+                },
             ).scalar_one_or_none()
             if updated is None:
                 return False, None
-            values: dict[str, Any] = {"steps_completed": Task.steps_completed + 1}
-            if is_last:
-                values["status"] = case((Task.status.in_(TERMINAL_TASK), Task.status), else_="completed")
-                values["finished_at"] = func.coalesce(Task.finished_at, func.now())
             task_status = s.connection().execute(
-                update(Task).where(Task.id == task_id).values(**values).returning(Task.status)
+                sql.COMMIT_LAST_TASK if is_last else sql.COMMIT_TASK, {"p_task_id": task_id}
             ).scalar_one()
             emit(s, task_id, "step.completed", step_index, output=_clip(output), is_error=is_error, is_last=is_last)
             for f in files:
@@ -558,8 +489,7 @@ class Ledger:
             if task_status == "cancelling":
                 cancel_now(s, task_id, task.error or "cancelled on request")
                 return True, None
-            next_step = insert(Step).values(task_id=task_id, step_index=step_index + 1).on_conflict_do_nothing()
-            s.connection().execute(next_step)
+            s.connection().execute(sql.NEXT_STEP, {"p_task_id": task_id, "p_step_index": step_index + 1})
             if task_status not in ACTIVE_TASK:  # paused: resume re-arms the next step
                 return True, None
             return True, add_wakeup(s, task_id, step_index + 1, "think", task.priority)
@@ -642,11 +572,7 @@ class Ledger:
         if not outbox_ids:
             return
         with self.db.transaction() as s:
-            s.connection().execute(
-                update(Outbox)
-                .where(Outbox.id.in_(list(outbox_ids)), Outbox.published_at.is_(None))
-                .values(published_at=func.now(), publish_attempts=Outbox.publish_attempts + 1)
-            )
+            s.connection().execute(sql.MARK_PUBLISHED, {"p_ids": list(outbox_ids)})
 
     # -- the reaper ------------------------------------------------------------------------------------------------
 
