@@ -27,9 +27,11 @@ Nothing here imports Celery.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import hashlib
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -55,7 +57,15 @@ from autogpt_workers.lease import Hold, LeaseKeeper
 from autogpt_workers.lifecycle import approval_required
 from autogpt_workers.observe import RunObserver
 from autogpt_workers.publish_marks import PublishMarks
-from autogpt_workers.store.ledger import Claim, ClaimOutcome, FileRecord, Ledger, ProposeOutcome, Wakeup
+from autogpt_workers.store.ledger import (
+    Claim,
+    ClaimOutcome,
+    FileRecord,
+    HistoryRow,
+    Ledger,
+    ProposeOutcome,
+    Wakeup,
+)
 from autogpt_workers.store.models import Step, Task
 
 log = structlog.get_logger(__name__)
@@ -72,12 +82,39 @@ class Abandoned(Exception):
         self.reason = reason
 
 
-def _record(step: Step) -> StepRecord:
+def _record(step: HistoryRow) -> StepRecord:
     return StepRecord(
         index=step.step_index,
         proposal=Proposal.model_validate(step.proposal),
         observation=Observation(output=step.output or "", is_error=step.is_error, is_last=step.is_last),
     )
+
+
+class _Records:
+    """Committed steps as the agent's history records, kept per process (a committed step never changes, and
+    every think of a task reads its whole history again: validating it each time was O(steps) per step)."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._cache: collections.OrderedDict[tuple[uuid.UUID, int], StepRecord] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def of(self, task_id: uuid.UUID, rows: list[HistoryRow]) -> list[StepRecord]:
+        out = []
+        for row in rows:
+            key = (task_id, row.step_index)
+            with self._lock:
+                record = self._cache.get(key)
+                if record is not None:
+                    self._cache.move_to_end(key)
+            if record is None:
+                record = _record(row)
+                with self._lock:
+                    self._cache[key] = record
+                    if len(self._cache) > self.max_entries:
+                        self._cache.popitem(last=False)
+            out.append(record)
+        return out
 
 
 def _stop_text(hold: Hold) -> str | None:
@@ -132,6 +169,7 @@ class StepRunner:
         self.crash = CrashPoints.from_spec(settings.chaos_crash_at, settings.chaos_journal)
         self._calls = DaemonThreads("llm-call")  # reused threads for LLM calls, not one started per call
         self.marks = PublishMarks(ledger.mark_published)
+        self._records = _Records()
 
     # -- phases ----------------------------------------------------------------------------------------------------
 
@@ -148,7 +186,7 @@ class StepRunner:
             task, history = claim.task, claim.history
             assert task is not None
             ctx = _context(task, step_index)
-            records = [_record(s) for s in history]
+            records = self._records.of(task_id, history)
             try:
                 proposal = self._await(
                     hold,

@@ -171,3 +171,10 @@ MARK_PUBLISHED = (
     .where(Outbox.id.in_(bindparam("p_ids", expanding=True)), Outbox.published_at.is_(None))
     .values(published_at=func.now(), publish_attempts=Outbox.publish_attempts + 1)
 )
+
+HISTORY = (
+    select(Step.step_index, Step.proposal, Step.output, Step.is_error, Step.is_last)
+    .where(Step.task_id == bindparam("p_task_id"), Step.step_index < bindparam("p_step_index"))
+    .where(Step.status == "completed")
+    .order_by(Step.step_index)
+)

@@ -64,6 +64,17 @@ class ClaimOutcome(enum.StrEnum):
 
 
 @dataclasses.dataclass(frozen=True)
+class HistoryRow:
+    """A committed step as the prompt sees it."""
+
+    step_index: int
+    proposal: dict[str, Any] | None
+    output: str | None
+    is_error: bool
+    is_last: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
     token: uuid.UUID | None = None
@@ -73,7 +84,7 @@ class Claim:
     queued_at: datetime | None = None  # when this phase's wake-up was committed (for the queue-wait metric)
     # with a token: the run as claimed, read in the claim's transaction (no second round of reads per phase)
     task: Task | None = None
-    history: list[Step] = dataclasses.field(default_factory=list)  # committed steps before this one (think only)
+    history: list[HistoryRow] = dataclasses.field(default_factory=list)  # committed steps before it (think only)
     current: Step | None = None
 
 
@@ -207,20 +218,19 @@ def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str,
 
 def _read_run(
     session: Session, task_id: uuid.UUID, step_index: int, *, with_history: bool
-) -> tuple[Task, list[Step], Step | None]:
-    """The task, its committed steps before ``step_index`` (if asked) and the step itself, as of this session."""
+) -> tuple[Task, list[HistoryRow], Step | None]:
+    """The task, its committed steps before ``step_index`` (if asked; as plain rows, the columns the prompt needs)
+    and the step itself, as of this session."""
     task = session.get_one(Task, task_id, populate_existing=True)
-    low = 0 if with_history else step_index
-    steps = list(
-        session.scalars(
-            select(Step)
-            .where(Step.task_id == task_id, Step.step_index >= low, Step.step_index <= step_index)
-            .order_by(Step.step_index)
-            .execution_options(populate_existing=True)
-        )
-    )
-    current = steps[-1] if steps and steps[-1].step_index == step_index else None
-    history = [st for st in steps if st.step_index < step_index and st.status == "completed"]
+    current = session.scalars(
+        select(Step)
+        .where(Step.task_id == task_id, Step.step_index == step_index)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    history: list[HistoryRow] = []
+    if with_history:
+        rows = session.connection().execute(sql.HISTORY, {"p_task_id": task_id, "p_step_index": step_index})
+        history = [HistoryRow(*r) for r in rows]
     return task, history, current
 
 
@@ -552,7 +562,7 @@ class Ledger:
 
     # -- reads for the agent ---------------------------------------------------------------------------------------
 
-    def load_run(self, task_id: uuid.UUID, step_index: int) -> tuple[Task, list[Step], Step | None]:
+    def load_run(self, task_id: uuid.UUID, step_index: int) -> tuple[Task, list[HistoryRow], Step | None]:
         """The task, its committed history before ``step_index``, and the step itself."""
         with self.db.session() as s:
             return _read_run(s, task_id, step_index, with_history=True)
