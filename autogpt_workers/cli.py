@@ -105,11 +105,11 @@ def worker(
     s = _settings()
     _start_metrics(f"worker-{queue.value}", s, metrics_port)
     from autogpt_workers.metrics import install_worker_hooks, touch_series
-    from autogpt_workers.metrics_logs import install_tenant_logging
+    from autogpt_workers.metrics_logs import install_step_logging
     from autogpt_workers.queues import stamp_publish_time
 
     install_worker_hooks()
-    install_tenant_logging()
+    install_step_logging()
     touch_series()
     stamp_publish_time()
     from autogpt_workers.celery_app import app as celery_app
@@ -177,6 +177,8 @@ def api(
         port=port or s.api_port,
         workers=workers,
         log_level="warning",
+        # one process: uvicorn's loggers propagate to the root handler (JSON); spawned workers keep uvicorn's own
+        log_config=None if workers == 1 else uvicorn.config.LOGGING_CONFIG,
     )
 
 
@@ -284,6 +286,7 @@ def flower(
     from autogpt_workers.celery_app import app as celery_app
     from autogpt_workers.queues import ManagementEndpoint
 
+    _configure_logs()  # before Flower's tornado: it leaves a configured root logger alone
     endpoint = ManagementEndpoint.from_urls(s.broker_url, s.rabbitmq_management_url)
     # through the environment (Flower reads FLOWER_*), so the credentials stay out of the process list
     os.environ.setdefault("FLOWER_BROKER_API", endpoint.api_url_with_credentials)
