@@ -130,13 +130,21 @@ def worker(
     from autogpt_workers.tracing_celery import install as install_tracing
 
     install_tracing(s, f"autogpt-worker-{queue.value}", prefork=pool == "prefork")  # no-op without an endpoint
+    node = hostname or f"{queue.value}@%h"
+    if s.log_json:  # every line JSON: this line instead of Celery's multi-line start-up banner
+        import structlog
+
+        structlog.get_logger("autogpt_workers.worker").info(
+            "worker_starting", queue=PHASE_QUEUES[queue.value], pool=pool, concurrency=conc, hostname=node
+        )
     celery_app.worker_main(
         [
+            *(["--quiet"] if s.log_json else []),
             "worker",
             f"--queues={PHASE_QUEUES[queue.value]}",
             f"--pool={pool}",
             f"--concurrency={conc}",
-            f"--hostname={hostname or f'{queue.value}@%h'}",
+            f"--hostname={node}",
             f"--loglevel={loglevel}",
             "--task-events",
             "--without-gossip",
@@ -430,7 +438,8 @@ def dispatcher(
 ) -> None:
     """Admit waiting tasks as running slots free, raise priorities as deadlines near, deliver webhooks."""
     s = _settings()
-    _start_metrics("dispatcher", s, metrics_port)  # /metrics: the orchestrator's liveness and readiness probe
+    # /metrics: autogpt_dispatcher_rounds_total, and the orchestrator's liveness and readiness probe
+    _start_metrics("dispatcher", s, metrics_port)
     import signal
 
     from autogpt_workers.admission import Admitter, Policy
@@ -446,7 +455,12 @@ def dispatcher(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     db = Database.from_url(s.database_url, pool_size=4, max_overflow=s.webhook_concurrency)
     admitter = Admitter(db, Publisher(celery_app), Policy.from_settings(s))
-    Dispatcher(admitter, WebhookDispatcher(db, s), s.dispatcher_interval_s).run_forever(stop)
+    from autogpt_workers.metrics import count_dispatcher_round, touch_dispatcher_series
+
+    touch_dispatcher_series()
+    Dispatcher(
+        admitter, WebhookDispatcher(db, s), s.dispatcher_interval_s, on_round=count_dispatcher_round
+    ).run_forever(stop)
     db.dispose()
 
 
