@@ -33,7 +33,7 @@ def _shared() -> list[structlog.types.Processor]:
 def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO | None = None) -> None:
     """Route structlog through the stdlib and render every record with one formatter on ``stream`` (stderr).
 
-    Replaces the root logger's handlers: the process's logging is this one handler.
+    Replaces the root logger's handlers: the process's logging is this one handler; warnings go through it too.
     """
     out = sys.stderr if stream is None else stream
     levelno = logging.getLevelName(level.upper())
@@ -62,3 +62,4 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO | N
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(levelno)
+    logging.captureWarnings(True)  # ``warnings.warn`` (Celery's SecurityWarning, deprecations) as records too

@@ -9,6 +9,7 @@ import json
 import logging
 import sys
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +31,7 @@ def stream() -> Iterator[io.StringIO]:
     try:
         yield out
     finally:
+        logging.captureWarnings(False)
         structlog.contextvars.clear_contextvars()
         structlog.reset_defaults()
         root.handlers, root.level = handlers, level
@@ -51,8 +53,9 @@ def test_stdlib_and_structlog_lines_are_json_with_the_bound_context(stream: io.S
         except ValueError:
             logging.getLogger("autogpt_workers.tasks").exception("phase failed")
     logging.getLogger("celery.worker").info("outside any step")
+    warnings.warn("running as root", UserWarning, stacklevel=1)
 
-    celery_line, kombu_line, ours, failed, outside = _lines(stream)
+    celery_line, kombu_line, ours, failed, outside, warned = _lines(stream)
     for line in (celery_line, kombu_line, ours, failed):
         assert {k: line[k] for k in ("task_id", "step", "phase", "tenant")} == {
             "task_id": "t-1", "step": 3, "phase": "think", "tenant": "acme"}
@@ -63,6 +66,7 @@ def test_stdlib_and_structlog_lines_are_json_with_the_bound_context(stream: io.S
     assert (ours["event"], ours["tokens"], ours["logger"]) == ("proposal_persisted", 42, "autogpt_workers.runner")
     assert failed["level"] == "error" and "ValueError: boom" in failed["exception"]
     assert outside["event"] == "outside any step" and "task_id" not in outside
+    assert warned["logger"] == "py.warnings" and "UserWarning: running as root" in warned["event"]
 
 
 def test_the_level_filters_both_kinds_of_logger() -> None:
