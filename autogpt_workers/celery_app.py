@@ -88,8 +88,8 @@ def make_celery(settings: Settings) -> Celery:
             THINK_TASK: {"time_limit": settings.think_time_limit_s},
         },
         # -- Flower
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         task_serializer="json",
         accept_content=["json"],

@@ -146,7 +146,7 @@ def worker(
             f"--concurrency={conc}",
             f"--hostname={node}",
             f"--loglevel={loglevel}",
-            "--task-events",
+            *(["--task-events"] if s.task_events else []),
             "--without-gossip",
             "--without-mingle",
         ]

@@ -62,8 +62,12 @@ class Settings(BaseSettings):
     think_time_limit_s: float = Field(default=600.0, gt=0)
     act_time_limit_s: float = Field(default=300.0, gt=0)
     rabbitmq_consumer_timeout_s: float = Field(default=RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S, gt=0)
-    think_concurrency: int = Field(default=100, ge=1)
+    # threads per think worker: each holds one agent waiting on the LLM (about 0.2 MB each, see make bench)
+    think_concurrency: int = Field(default=500, ge=1)
     act_concurrency: int = Field(default=2, ge=1)
+    # Celery task events (sent, received, started, succeeded: about 7 broker messages per step on top of the 2
+    # wake-ups): the feed Flower shows. Off, Flower still turns the workers' own events on when it starts.
+    task_events: bool = True
     # lifecycle: on SIGTERM a worker finishes its in-flight step within this grace, else hands it back
     # (keep it below the orchestrator's kill timeout, e.g. Kubernetes' terminationGracePeriodSeconds, 30 s)
     shutdown_grace_s: float = Field(default=20.0, ge=0)

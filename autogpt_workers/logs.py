@@ -63,3 +63,5 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO | N
     root.handlers = [handler]
     root.setLevel(levelno)
     logging.captureWarnings(True)  # ``warnings.warn`` (Celery's SecurityWarning, deprecations) as records too
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # a line per HTTP request (every LLM call)
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, levelno))

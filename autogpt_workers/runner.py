@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import random
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -50,10 +49,12 @@ from autogpt_workers.broker import Publisher
 from autogpt_workers.commands.workspace import Workspace
 from autogpt_workers.config import Settings
 from autogpt_workers.crashpoints import CrashPoints
+from autogpt_workers.daemon_threads import DaemonThreads
 from autogpt_workers.errors import BudgetExceeded, LLMPermanentError, LLMTransientError, StepPoisoned, UsageError
 from autogpt_workers.lease import Hold, LeaseKeeper
 from autogpt_workers.lifecycle import approval_required
 from autogpt_workers.observe import RunObserver
+from autogpt_workers.publish_marks import PublishMarks
 from autogpt_workers.store.ledger import Claim, ClaimOutcome, FileRecord, Ledger, ProposeOutcome, Wakeup
 from autogpt_workers.store.models import Step, Task
 
@@ -129,6 +130,8 @@ class StepRunner:
         self.owner = owner
         self.leases = leases
         self.crash = CrashPoints.from_spec(settings.chaos_crash_at, settings.chaos_journal)
+        self._calls = DaemonThreads("llm-call")  # reused threads for LLM calls, not one started per call
+        self.marks = PublishMarks(ledger.mark_published)
 
     # -- phases ----------------------------------------------------------------------------------------------------
 
@@ -142,7 +145,8 @@ class StepRunner:
         started = time.monotonic()
         bound = log.bind(task_id=str(task_id), step=step_index, phase="think")
         with self.leases.hold(token) as hold:
-            task, history, _ = self.ledger.load_run(task_id, step_index)
+            task, history = claim.task, claim.history
+            assert task is not None
             ctx = _context(task, step_index)
             records = [_record(s) for s in history]
             try:
@@ -204,8 +208,8 @@ class StepRunner:
         started = time.monotonic()
         bound = log.bind(task_id=str(task_id), step=step_index, phase="act")
         with self.leases.hold(token) as hold:
-            task, _, current = self.ledger.load_run(task_id, step_index)
-            assert current is not None and current.proposal is not None
+            task, current = claim.task, claim.current
+            assert task is not None and current is not None and current.proposal is not None
             if hold.stop_reason is not None:  # cancelled (or shutting down) between the claim and now
                 return self._abandon(task, step_index, token, "act", claim.deliveries, hold.stop_reason, started)
             proposal = Proposal.model_validate(current.proposal)
@@ -292,7 +296,7 @@ class StepRunner:
                 hold.wake()
 
         context = contextvars.copy_context()  # the log context (task, step) follows the call
-        threading.Thread(target=context.run, args=(run,), name="llm-call", daemon=True).start()
+        self._calls.submit(context.run, run)
         limit = time.monotonic() + max(1.0, self.settings.think_time_limit_s - 5)
         probe_at = time.monotonic() + 0.05 if crash_probe is not None and self.crash.armed("llm") else None
         while "done" not in box:
@@ -462,11 +466,8 @@ class StepRunner:
         except Exception as exc:  # the broker is down: the rows stay in the outbox and the reaper publishes them
             log.warning("publish_deferred", error=str(exc), unpublished=len(wakeups) - len(published))
         finally:
-            # what was confirmed is marked; the rest stays in the outbox for the reaper
-            try:
-                self.ledger.mark_published(published)
-            except (OperationalError, InterfaceError) as exc:  # harmless: the reaper publishes a duplicate
-                log.warning("mark_published_failed", error=str(exc).splitlines()[0])
+            # what was confirmed is marked (in the next batch); the rest stays in the outbox for the reaper
+            self.marks.add(published)
 
     def _priority(self, task_id: uuid.UUID) -> int:
         with self.ledger.db.session() as s:

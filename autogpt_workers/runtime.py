@@ -34,7 +34,8 @@ _runner: tuple[int, StepRunner] | None = None
 
 
 def build_runner(settings: Settings) -> StepRunner:
-    db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
+    # no pre-ping on the step path (a round trip per transaction): see ``make_engine``
+    db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping=False)
     ledger = Ledger(db)
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
     from autogpt_workers.metrics import PrometheusObserver  # after the CLI chose the metrics storage

@@ -127,6 +127,9 @@ class BenchEnv:
             AUTOGPT_WORKSPACE_ROOT=str(self.work_dir / "workspaces"),
             AUTOGPT_MEMORY_PATH=str(self.work_dir / "memory" / "memory.sqlite3"),  # not the developer's own store
             AUTOGPT_METRICS_PORT="0",  # several workers on one host: no /metrics port to fight over
+            # no Flower watches the bench: Celery's task events (its feed, ~7 messages per step) are off unless
+            # asked for with --set AUTOGPT_TASK_EVENTS=true; the table says which
+            AUTOGPT_TASK_EVENTS="false",
             PYTHONPATH=str(REPO_ROOT),
             PYTHONUNBUFFERED="1",
         )

@@ -171,7 +171,10 @@ class OpenAIChatModel:
         if self.temperature is not None:
             request["temperature"] = self.temperature
         try:
-            completion = self.provider.chat.completions.create(**request)
+            # ``post`` is the client's documented call for a raw body: the same request, retries off, errors and
+            # parsing as ``chat.completions.create``, without re-walking the whole request (tool schemas included)
+            # through the SDK's TypedDict transform on every call (about a third of the think worker's CPU)
+            completion = self.provider.post("/chat/completions", body=request, cast_to=ChatCompletion)
         except openai.APITimeoutError as exc:
             raise _Retryable("timeout", f"the LLM request to {self._where()} timed out") from exc
         except openai.APIConnectionError as exc:

@@ -9,12 +9,16 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20) -> Engine:
+def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, pre_ping: bool = True) -> Engine:
     return create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,  # survive a PostgreSQL restart: stale pooled connections are replaced
+        # pre-ping: a stale pooled connection (PostgreSQL restarted) is replaced before use, at one round trip per
+        # checkout. The step runner turns it off: there the first statement on a stale connection fails as a
+        # disconnect, SQLAlchemy discards every pooled connection of that age, and the runner's callers retry
+        # (``StepRunner._persist``, the Celery glue's database-down retry).
+        pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "autogpt-workers"},
     )
@@ -28,8 +32,8 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 10, max_overflow: int = 20) -> Database:
-        return cls(make_engine(url, pool_size, max_overflow))
+    def from_url(cls, url: str, pool_size: int = 10, max_overflow: int = 20, *, pre_ping: bool = True) -> Database:
+        return cls(make_engine(url, pool_size, max_overflow, pre_ping))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

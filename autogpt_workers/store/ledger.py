@@ -68,6 +68,10 @@ class Claim:
     deliveries: int = 0
     reason: str | None = None
     queued_at: datetime | None = None  # when this phase's wake-up was committed (for the queue-wait metric)
+    # with a token: the run as claimed, read in the claim's transaction (no second round of reads per phase)
+    task: Task | None = None
+    history: list[Step] = dataclasses.field(default_factory=list)  # committed steps before this one (think only)
+    current: Step | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +216,25 @@ def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str,
     return True
 
 
+def _read_run(
+    session: Session, task_id: uuid.UUID, step_index: int, *, with_history: bool
+) -> tuple[Task, list[Step], Step | None]:
+    """The task, its committed steps before ``step_index`` (if asked) and the step itself, as of this session."""
+    task = session.get_one(Task, task_id, populate_existing=True)
+    low = 0 if with_history else step_index
+    steps = list(
+        session.scalars(
+            select(Step)
+            .where(Step.task_id == task_id, Step.step_index >= low, Step.step_index <= step_index)
+            .order_by(Step.step_index)
+            .execution_options(populate_existing=True)
+        )
+    )
+    current = steps[-1] if steps and steps[-1].step_index == step_index else None
+    history = [st for st in steps if st.step_index < step_index and st.status == "completed"]
+    return task, history, current
+
+
 def deadline_reason(deadline: datetime, where: str) -> str:
     return f"deadline: the task passed its deadline ({deadline.isoformat()}) {where}"
 
@@ -327,7 +350,11 @@ class Ledger:
                 .values(published_at=func.coalesce(Outbox.published_at, func.now()))
                 .returning(Outbox.created_at)
             ).scalar_one_or_none()
-            return Claim(ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at)
+            run, history, current = _read_run(s, task_id, step_index, with_history=phase == "think")
+            return Claim(
+                ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
+                task=run, history=history, current=current,
+            )
 
     def renew(self, tokens: Sequence[uuid.UUID], lease_ttl_s: float) -> dict[uuid.UUID, str]:
         """Heartbeat: extend every lease this process still holds.
@@ -594,15 +621,7 @@ class Ledger:
     def load_run(self, task_id: uuid.UUID, step_index: int) -> tuple[Task, list[Step], Step | None]:
         """The task, its committed history before ``step_index``, and the step itself."""
         with self.db.session() as s:
-            task = s.get_one(Task, task_id)
-            steps = list(
-                s.scalars(
-                    select(Step).where(Step.task_id == task_id, Step.step_index <= step_index).order_by(Step.step_index)
-                )
-            )
-        current = steps[-1] if steps and steps[-1].step_index == step_index else None
-        history = [st for st in steps if st.step_index < step_index and st.status == "completed"]
-        return task, history, current
+            return _read_run(s, task_id, step_index, with_history=True)
 
     # -- the outbox ------------------------------------------------------------------------------------------------
 
