@@ -154,7 +154,7 @@ def test_a_burst_scales_out_then_back_in_and_loses_no_step(scaled: Scaled, db, f
         ids = list(pool.map(submit, range(TASKS)))
     submitted = time.time()
 
-    peak = {"think": 1, "act": 1}
+    peak = {"think": 1, "act": 1}  # polled once the burst is submitted (the scale events say what came before)
     drained_at = None
     deadline = time.monotonic() + 1500  # this machine is shared: the drain may be slow
     while time.monotonic() < deadline:
@@ -170,7 +170,6 @@ def test_a_burst_scales_out_then_back_in_and_loses_no_step(scaled: Scaled, db, f
             break
         time.sleep(1)
     assert drained_at is not None, f"the burst did not drain in time (peak workers {peak})"
-    assert peak["think"] > 1 or peak["act"] > 1, f"the burst never scaled out: {peak}"
 
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and scaled.workers() != {"think": 1, "act": 1}:
@@ -214,7 +213,8 @@ def test_a_burst_scales_out_then_back_in_and_loses_no_step(scaled: Scaled, db, f
         "burst": {"tasks": TASKS, "steps_per_task": STEPS, "min_workers": 1, "max_workers_per_queue": MAX_WORKERS,
                   "scaler": scaled.scaler.args[1:scaled.scaler.args.index("--metrics-port")]},
         "reaction_s": reaction,
-        "peak_workers": peak,
+        "peak_workers": {q: max([peak[q], *(e["workers_after"] for e in outs if e["queue"] == q)])
+                         for q in ("think", "act")},
         "checks": checks,
         "scale_out_events": [(e["queue"], e["workers_before"], e["workers_after"], round(_ts(e) - t0, 2),
                               e["depth"]) for e in outs],
@@ -231,5 +231,6 @@ def test_a_burst_scales_out_then_back_in_and_loses_no_step(scaled: Scaled, db, f
     assert set(committed.values()) == {1} and len(committed) == TASKS * STEPS
     assert len(ours) == TASKS * STEPS and set(ours.values()) == {1}, "one paid completion per step"
     assert outs and ins, events
+    assert max(record["peak_workers"].values()) > 1, f"the burst never scaled out: {record['peak_workers']}"
     assert stopped and all(e["code"] == 0 for e in stopped), "scaled-in workers exit cleanly (warm shutdown)"
     llm.reset()
