@@ -152,10 +152,10 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
     stack.start("worker-act", [*me, "worker", "--queue", "act", "--metrics-port", str(metrics["act"])])
     stack.start("reaper", [*me, "reaper", "--metrics-port", str(metrics["reaper"])])
     stack.start("flower", [*me, "flower"])
-    prometheus_url = _start_prometheus(stack, settings, metrics)
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     flower_url = f"http://127.0.0.1:{settings.flower_port}"
     try:
+        prometheus_url = _start_prometheus(stack, settings, metrics)  # in the try: a failure stops the stack
         if not _wait_http(f"{api_url}/healthz", 30):
             console.print(f"[red]the API did not come up; see {log_dir / 'api.log'}[/]")
             return 1
