@@ -105,11 +105,11 @@ def worker(
     s = _settings()
     _start_metrics(f"worker-{queue.value}", s, metrics_port)
     from autogpt_workers.metrics import install_worker_hooks, touch_series
-    from autogpt_workers.metrics_logs import install_tenant_logging
+    from autogpt_workers.metrics_logs import install_step_logging
     from autogpt_workers.queues import stamp_publish_time
 
     install_worker_hooks()
-    install_tenant_logging()
+    install_step_logging()
     touch_series()
     stamp_publish_time()
     from autogpt_workers.celery_app import app as celery_app
@@ -130,13 +130,21 @@ def worker(
     from autogpt_workers.tracing_celery import install as install_tracing
 
     install_tracing(s, f"autogpt-worker-{queue.value}", prefork=pool == "prefork")  # no-op without an endpoint
+    node = hostname or f"{queue.value}@%h"
+    if s.log_json:  # every line JSON: this line instead of Celery's multi-line start-up banner
+        import structlog
+
+        structlog.get_logger("autogpt_workers.worker").info(
+            "worker_starting", queue=PHASE_QUEUES[queue.value], pool=pool, concurrency=conc, hostname=node
+        )
     celery_app.worker_main(
         [
+            *(["--quiet"] if s.log_json else []),
             "worker",
             f"--queues={PHASE_QUEUES[queue.value]}",
             f"--pool={pool}",
             f"--concurrency={conc}",
-            f"--hostname={hostname or f'{queue.value}@%h'}",
+            f"--hostname={node}",
             f"--loglevel={loglevel}",
             *(["--task-events"] if s.task_events else []),
             "--without-gossip",
@@ -177,6 +185,8 @@ def api(
         port=port or s.api_port,
         workers=workers,
         log_level="warning",
+        # one process: uvicorn's loggers propagate to the root handler (JSON); spawned workers keep uvicorn's own
+        log_config=None if workers == 1 else uvicorn.config.LOGGING_CONFIG,
     )
 
 
@@ -284,6 +294,7 @@ def flower(
     from autogpt_workers.celery_app import app as celery_app
     from autogpt_workers.queues import ManagementEndpoint
 
+    _configure_logs()  # before Flower's tornado: it leaves a configured root logger alone
     endpoint = ManagementEndpoint.from_urls(s.broker_url, s.rabbitmq_management_url)
     # through the environment (Flower reads FLOWER_*), so the credentials stay out of the process list
     os.environ.setdefault("FLOWER_BROKER_API", endpoint.api_url_with_credentials)
@@ -427,7 +438,8 @@ def dispatcher(
 ) -> None:
     """Admit waiting tasks as running slots free, raise priorities as deadlines near, deliver webhooks."""
     s = _settings()
-    _start_metrics("dispatcher", s, metrics_port)  # /metrics: the orchestrator's liveness and readiness probe
+    # /metrics: autogpt_dispatcher_rounds_total, and the orchestrator's liveness and readiness probe
+    _start_metrics("dispatcher", s, metrics_port)
     import signal
 
     from autogpt_workers.admission import Admitter, Policy
@@ -443,7 +455,12 @@ def dispatcher(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     db = Database.from_url(s.database_url, pool_size=4, max_overflow=s.webhook_concurrency)
     admitter = Admitter(db, Publisher(celery_app), Policy.from_settings(s))
-    Dispatcher(admitter, WebhookDispatcher(db, s), s.dispatcher_interval_s).run_forever(stop)
+    from autogpt_workers.metrics import count_dispatcher_round, touch_dispatcher_series
+
+    touch_dispatcher_series()
+    Dispatcher(
+        admitter, WebhookDispatcher(db, s), s.dispatcher_interval_s, on_round=count_dispatcher_round
+    ).run_forever(stop)
     db.dispose()
 
 

@@ -20,6 +20,8 @@ tasks_ended_total{status}                           counter     terminal transit
 errors_total{error_type}                            counter     step_poisoned, llm_<reason>, ...
 reaper_recoveries_total{kind}                       counter     expired_lease | republished
 reaper_rounds_total                                 counter     rounds run (a flat line: the reaper is stuck)
+dispatcher_rounds_total{loop,result}                counter     loop = admission | priority_refresh | webhooks;
+                                                                result = ok | error (a flat line: stalled)
 ==================================================  ==========  ============================================
 
 The platform's gauges (active agents, outbox lag, stuck tasks, queue depth and age) are read at scrape time by
@@ -72,6 +74,10 @@ REAPER_RECOVERIES = Counter(
     "reaper_recoveries", "Steps the reaper re-drove, by kind.", ["kind"], namespace=NAMESPACE
 )
 REAPER_ROUNDS = Counter("reaper_rounds", "Reaper rounds run.", namespace=NAMESPACE)
+DISPATCHER_ROUNDS = Counter(
+    "dispatcher_rounds", "Dispatcher rounds run, by loop and result.", ["loop", "result"], namespace=NAMESPACE
+)
+DISPATCHER_LOOPS = ("admission", "priority_refresh", "webhooks")
 
 
 class _LabelCap:
@@ -176,6 +182,18 @@ def install_worker_hooks() -> None:
 
     signals.task_failure.connect(_failed, weak=False, dispatch_uid="autogpt-metrics-task-failure")
     signals.worker_process_shutdown.connect(_child_exit, weak=False, dispatch_uid="autogpt-metrics-child-exit")
+
+
+def count_dispatcher_round(loop: str, result: str) -> None:
+    """``Dispatcher(on_round=...)``: one round of one of its loops ended, ``ok`` or ``error``."""
+    DISPATCHER_ROUNDS.labels(_word(loop), _word(result)).inc()
+
+
+def touch_dispatcher_series() -> None:
+    """Every loop's ok and error series at zero, so a dispatcher that never completes a round shows as flat."""
+    for loop in DISPATCHER_LOOPS:
+        for result in ("ok", "error"):
+            DISPATCHER_ROUNDS.labels(loop, result).inc(0)
 
 
 def touch_series() -> None:

@@ -28,6 +28,7 @@ def local_config(
         scrape_interval=scrape_interval, scrape_timeout=scrape_interval, evaluation_interval=scrape_interval
     )
     config["rule_files"] = [str(PROMETHEUS_DIR / "alerts.yml")]
+    out_dir.mkdir(parents=True, exist_ok=True)  # before the password file goes in it
     jobs = []
     for job in config["scrape_configs"]:
         target = targets.get(job["job_name"])
@@ -44,7 +45,6 @@ def local_config(
             job["basic_auth"] = {"username": flower_auth[0], "password_file": str(secret)}
         jobs.append(job)
     config["scrape_configs"] = jobs
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "prometheus.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

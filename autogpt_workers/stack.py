@@ -95,6 +95,7 @@ def _start_prometheus(stack: Stack, settings: Settings, metrics: dict[str, int])
         "autogpt-worker-think": f"{host}:{metrics['think']}",
         "autogpt-worker-act": f"{host}:{metrics['act']}",
         "autogpt-reaper": f"{host}:{metrics['reaper']}",
+        "autogpt-dispatcher": f"{host}:{metrics['dispatcher']}",
         "flower": f"{host}:{settings.flower_port}",
     }
     user, _, password = settings.flower_basic_auth.get_secret_value().partition(":")
@@ -144,16 +145,17 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
 
     demo_key, demo_key_id = _demo_key(settings)
     stack.start("api", [*me, "api"])
-    stack.start("dispatcher", [*me, "dispatcher"])  # admission under running-task caps, webhooks
-    metrics = {"think": 9101, "act": 9102, "reaper": 9103}  # /metrics of each process group
+    metrics = {"think": 9101, "act": 9102, "reaper": 9103, "dispatcher": 9104}  # /metrics of each process group
+    # admission under running-task caps, priority refresh, webhooks
+    stack.start("dispatcher", [*me, "dispatcher", "--metrics-port", str(metrics["dispatcher"])])
     stack.start("worker-think", [*me, "worker", "--queue", "think", "--metrics-port", str(metrics["think"])])
     stack.start("worker-act", [*me, "worker", "--queue", "act", "--metrics-port", str(metrics["act"])])
     stack.start("reaper", [*me, "reaper", "--metrics-port", str(metrics["reaper"])])
     stack.start("flower", [*me, "flower"])
-    prometheus_url = _start_prometheus(stack, settings, metrics)
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     flower_url = f"http://127.0.0.1:{settings.flower_port}"
     try:
+        prometheus_url = _start_prometheus(stack, settings, metrics)  # in the try: a failure stops the stack
         if not _wait_http(f"{api_url}/healthz", 30):
             console.print(f"[red]the API did not come up; see {log_dir / 'api.log'}[/]")
             return 1

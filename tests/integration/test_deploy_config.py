@@ -173,7 +173,7 @@ def test_compose_metrics_ports_match_the_scrape_config(compose: dict[str, Any]) 
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     services = compose["services"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    for name in ("worker-think", "worker-act", "reaper"):
+    for name in ("worker-think", "worker-act", "reaper", "dispatcher"):
         env = services[name]["environment"]
         assert env["AUTOGPT_METRICS_PORT"] == "9100" and env["AUTOGPT_METRICS_HOST"] == "0.0.0.0", name
         (sd,) = jobs[f"autogpt-{name}"]["dns_sd_configs"]

@@ -129,11 +129,11 @@ def wait_consumers(broker_url: str, queues: set[str], timeout_s: float = 60) -> 
 
 
 class OpsStack:
-    """API, think and act workers, reaper (each serving /metrics) and Flower, on the ops vhost."""
+    """API, think and act workers, reaper, dispatcher (each serving /metrics) and Flower, on the ops vhost."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.ports = {name: free_port() for name in ("api", "think", "act", "reaper", "flower")}
+        self.ports = {name: free_port() for name in ("api", "think", "act", "reaper", "dispatcher", "flower")}
         p = self.ports
         self.api_url = f"http://127.0.0.1:{p['api']}"
         self.flower_url = f"http://127.0.0.1:{p['flower']}"
@@ -142,6 +142,7 @@ class OpsStack:
             "worker-think": f"http://127.0.0.1:{p['think']}/metrics",
             "worker-act": f"http://127.0.0.1:{p['act']}/metrics",
             "reaper": f"http://127.0.0.1:{p['reaper']}/metrics",
+            "dispatcher": f"http://127.0.0.1:{p['dispatcher']}/metrics",
         }
         self.procs = {
             "api": Proc("ops-api", ["api", "--port", str(p["api"])], env),
@@ -150,11 +151,13 @@ class OpsStack:
             "act": Proc("ops-worker-act", ["worker", "--queue", "act", "--concurrency", "2",
                                            "--hostname", "act-ops@%h", "--metrics-port", str(p["act"])], env),
             "reaper": Proc("ops-reaper", ["reaper", "--metrics-port", str(p["reaper"])], env),
+            "dispatcher": Proc("ops-dispatcher", ["dispatcher", "--metrics-port", str(p["dispatcher"])], env),
             "flower": Proc("ops-flower", ["flower", "--port", str(p["flower"])], env),
         }
 
     def start(self) -> None:
         for proc in self.procs.values():
+            proc.log_path.unlink(missing_ok=True)  # the logs of this run only (tests read them)
             proc.start()
         wait_http(f"{self.api_url}/healthz")
         for url in self.metrics_urls.values():

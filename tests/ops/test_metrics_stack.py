@@ -1,7 +1,10 @@
-"""The platform's series, read from the /metrics of real processes (API, think worker, act worker, reaper) after
-real tasks ran through RabbitMQ and PostgreSQL against the fake LLM."""
+"""The platform's series, read from the /metrics of real processes (API, think worker, act worker, reaper,
+dispatcher) after real tasks ran through RabbitMQ and PostgreSQL against the fake LLM; and the workers' log lines,
+every one a JSON object."""
 
 from __future__ import annotations
+
+import json
 
 import httpx
 import pytest
@@ -81,3 +84,29 @@ def test_no_task_id_in_any_label(ops_stack, ran) -> None:  # type: ignore[no-unt
     for name, url in ops_stack.metrics_urls.items():
         bad = [v for v in label_values(scrape(url)) if UUID_RE.search(v)]
         assert not bad, f"{name} exports ids as label values: {bad[:3]}"
+
+
+def test_dispatcher_counts_the_rounds_of_each_loop(ops_stack, ran) -> None:  # type: ignore[no-untyped-def]
+    text = scrape(ops_stack.metrics_urls["dispatcher"])
+    for loop in ("admission", "priority_refresh", "webhooks"):
+        assert value(text, "autogpt_dispatcher_rounds_total", loop=loop, result="ok") >= 1, loop
+        assert f'autogpt_dispatcher_rounds_total{{loop="{loop}",result="error"}}' in text, "exported at zero"
+    assert value(text, "autogpt_dispatcher_rounds_total", result="error") == 0
+
+
+def test_every_worker_log_line_is_json_with_the_step_fields(ops_stack, ran) -> None:  # type: ignore[no-untyped-def]
+    for name, phase in (("think", "think"), ("act", "act")):
+        lines = [line for line in ops_stack.procs[name].log_path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                raise AssertionError(f"worker-{name}: a log line is not JSON: {line!r}") from None
+        assert any(r["event"] == "worker_starting" for r in records)
+        # Celery's own "Task autogpt.<phase>[...] succeeded" lines carry the step's task id, index, phase, tenant
+        done = [r for r in records if r.get("logger") == "celery.app.trace" and "succeeded" in r["event"]]
+        ours = [r for r in done if r.get("task_id") in ran]
+        assert ours, f"worker-{name}: no Celery success line of this run's tasks"
+        for r in ours:
+            assert r["phase"] == phase and isinstance(r["step"], int) and r["tenant"] == "default", r

@@ -91,7 +91,8 @@ def test_label_values_stay_few() -> None:
 def test_local_prometheus_config_keeps_only_local_jobs(tmp_path: Path) -> None:
     from autogpt_workers.metrics_prometheus import local_config
 
-    path = local_config({"autogpt-reaper": "127.0.0.1:9103", "flower": "127.0.0.1:5555"}, tmp_path, ("u", "pw"))
+    out = tmp_path / "var" / "prometheus"  # not there yet, as on a fresh checkout
+    path = local_config({"autogpt-reaper": "127.0.0.1:9103", "flower": "127.0.0.1:5555"}, out, ("u", "pw"))
     config = yaml.safe_load(path.read_text())
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert set(jobs) == {"autogpt-reaper", "flower"}

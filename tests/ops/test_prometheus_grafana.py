@@ -59,6 +59,7 @@ def _local_config(stack: OpsStack, tmp: Path) -> Path:
         "autogpt-worker-think": stack.metrics_urls["worker-think"],
         "autogpt-worker-act": stack.metrics_urls["worker-act"],
         "autogpt-reaper": stack.metrics_urls["reaper"],
+        "autogpt-dispatcher": stack.metrics_urls["dispatcher"],
         "flower": f"{stack.flower_url}/metrics",
     }
     path = local_config({job: url.split("/")[2] for job, url in local.items()}, tmp, FLOWER_AUTH, "1s")
@@ -115,8 +116,20 @@ def _eventually(url: str, promql: str, minimum: float, timeout_s: float = 30) ->
 
 
 @pytest.fixture(scope="module")
-def workload(ops_stack: OpsStack, prometheus: str) -> list[str]:
+def workload(ops_stack: OpsStack, prometheus: str, fake_llm: str) -> list[str]:
+    """Four 3-step tasks, and a 2-step one whose first LLM call is answered 429 once (a retry)."""
+    from tests.fake_llm.client import FakeLLMControl
+
+    FakeLLMControl(fake_llm).register_script(
+        "prom-429",
+        [
+            {"tool": "write_file", "arguments": {"path": "a.txt", "content": "a"}, "faults": ["429"],
+             "retry_after": 0.1},
+            {"tool": "finish", "arguments": {"reason": "done"}},
+        ],
+    )
     ids = [ops_stack.submit(f"prometheus run {i} [[steps:3]]") for i in range(4)]
+    ids.append(ops_stack.submit("retry once [[script:prom-429]]"))
     status = ops_stack.wait_terminal(ids)
     assert set(status.values()) == {"completed"}, status
     time.sleep(3)  # a few scrapes after the last step
@@ -124,7 +137,8 @@ def workload(ops_stack: OpsStack, prometheus: str) -> list[str]:
 
 
 def test_prometheus_scrapes_every_platform_target(prometheus: str, workload: list[str]) -> None:
-    jobs = {"autogpt-api", "autogpt-worker-think", "autogpt-worker-act", "autogpt-reaper", "flower"}
+    jobs = {"autogpt-api", "autogpt-worker-think", "autogpt-worker-act", "autogpt-reaper", "autogpt-dispatcher",
+            "flower"}
     deadline = time.monotonic() + 30
     while True:
         up = {r["metric"]["job"]: r["value"][1] for r in _query(prometheus, "up")}
@@ -144,6 +158,29 @@ def test_prometheus_scrapes_every_platform_target(prometheus: str, workload: lis
         ('sum(autogpt_llm_tokens_total{model="scripted-demo"})', 1),
         ('sum(autogpt_llm_cost_usd_total)', 1e-9),
         ('sum(autogpt_queue_wait_seconds_count)', 24),
+        # the series the operators' issue names: step duration and queue wait by phase
+        ('sum(autogpt_step_duration_seconds_count{phase="think"})', 12),
+        ('sum(autogpt_step_duration_seconds_count{phase="act"})', 12),
+        ('sum(autogpt_queue_wait_seconds_count{phase="think"})', 12),
+        ('sum(autogpt_queue_wait_seconds_count{phase="act"})', 12),
+        # LLM latency, tokens and cost by model; retries by reason
+        ('sum(autogpt_llm_latency_seconds_count{model="scripted-demo"})', 12),
+        ('sum(autogpt_llm_tokens_total{model="scripted-demo",kind="prompt"})', 1),
+        ('sum(autogpt_llm_tokens_total{model="scripted-demo",kind="completion"})', 1),
+        ('sum(autogpt_llm_cost_usd_total{model="scripted-demo"})', 1e-9),
+        ('sum(autogpt_llm_retries_total{reason="rate_limited"})', 1),
+        ('sum(autogpt_errors_total{error_type="llm_rate_limited"})', 1),
+        # reaper recoveries by kind (none on a healthy stack: both series exported at zero)
+        ('count(autogpt_reaper_recoveries_total{kind=~"expired_lease|republished"})', 2),
+        # queue depth and oldest-message age per queue, dead letters, outbox
+        ('count(autogpt_queue_messages{queue=~"think|act|dead",state="ready"})', 3),
+        ('count(autogpt_queue_messages{queue=~"think|act",state="unacked"})', 2),
+        ('count(autogpt_queue_oldest_message_age_seconds{queue=~"think|act"})', 2),
+        ("count(autogpt_outbox_pending)", 1),
+        # dispatcher rounds, each loop
+        ('sum(autogpt_dispatcher_rounds_total{loop="admission",result="ok"})', 1),
+        ('sum(autogpt_dispatcher_rounds_total{loop="priority_refresh",result="ok"})', 1),
+        ('sum(autogpt_dispatcher_rounds_total{loop="webhooks",result="ok"})', 1),
         ('sum(autogpt_api_requests_total{endpoint="/v1/tasks",method="POST",status="201"})', 4),
         ("sum(autogpt_reaper_rounds_total)", 1),
         ('max(autogpt_queue_consumers{queue="think"})', 1),
@@ -167,7 +204,8 @@ def test_prometheus_loaded_the_alert_rules(prometheus: str, workload: list[str])
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     names = {r["name"] for g in groups for r in g["rules"]}
     assert {"AutogptWorkerDown", "AutogptTaskFailureRatioHigh", "AutogptBacklogTooOld",
-            "AutogptDeadLetterQueueNotEmpty", "AutogptStuckTasks", "AutogptBudgetBurnHigh"} <= names
+            "AutogptDeadLetterQueueNotEmpty", "AutogptStuckTasks", "AutogptBudgetBurnHigh",
+            "AutogptDispatcherDown", "AutogptDispatcherStalled"} <= names
     unhealthy = [r["name"] for g in groups for r in g["rules"] if r.get("health") == "err"]
     assert not unhealthy, unhealthy
     # nothing is wrong with this healthy stack: no alert is firing
