@@ -11,10 +11,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -85,6 +87,9 @@ def lc_publisher(lc_urls):  # type: ignore[no-untyped-def]
     return Publisher(make_celery(Settings(database_url=lc_urls[0], broker_url=lc_urls[1])))
 
 
+_MEMORY_DIR = Path(tempfile.mkdtemp(prefix="autogpt-lifecycle-memory-"))
+
+
 def lc_env(lc_urls: tuple[str, str], fake_llm: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -96,6 +101,9 @@ def lc_env(lc_urls: tuple[str, str], fake_llm: str, **extra: str) -> dict[str, s
         AUTOGPT_LEASE_HEARTBEAT_S="0.5",  # a cancel reaches an in-flight LLM call within half a second
         AUTOGPT_API_AUTH="disabled",
         AUTOGPT_MEMORY_EMBEDDER="openai",  # the fake LLM embeds: the local model is not under test here
+        # a memory file of its own: one store keeps one embedding model, and the session's file may already hold
+        # the local model's vectors (tests/e2e runs first in make test)
+        AUTOGPT_MEMORY_PATH=str(_MEMORY_DIR / "lifecycle-memory.sqlite3"),
         **extra,
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
