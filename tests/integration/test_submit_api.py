@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -31,7 +32,15 @@ def test_submit_commits_the_task_and_its_first_wakeup(client: TestClient, db) ->
         assert s.get_one(Task, tid).goal == "say hi"
         assert s.scalars(select(Step.step_index).where(Step.task_id == tid)).all()[0] == 0
         outbox = s.scalars(select(Outbox).where(Outbox.task_id == tid)).one()
-        assert outbox.phase == "think" and outbox.published_at is not None  # confirmed by the broker
+        assert outbox.phase == "think"
+    # confirmed by the broker, then marked in the API process's next batch of marks (every 0.2 s)
+    deadline = time.monotonic() + 10
+    while True:
+        with db.session() as s:
+            if s.scalars(select(Outbox.published_at).where(Outbox.task_id == tid)).one() is not None:
+                break
+        assert time.monotonic() < deadline, "the published wake-up was never marked"
+        time.sleep(0.05)
     got = client.get(f"/v1/tasks/{tid}")
     assert got.status_code == 200 and got.json()["id"] == str(tid)
     steps = client.get(f"/v1/tasks/{tid}/steps").json()
