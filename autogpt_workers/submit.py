@@ -11,6 +11,7 @@ import hashlib
 import json
 import threading
 import uuid
+import weakref
 from typing import Any
 
 import structlog
@@ -120,15 +121,13 @@ def submit_task(
 
 
 _marks_lock = threading.Lock()
+_marks_by_db: weakref.WeakKeyDictionary[Database, PublishMarks] = weakref.WeakKeyDictionary()
 
 
 def _marks(db: Database) -> PublishMarks:
     """The process's batch of published marks for this database (one transaction every 0.2 s, not one per submit)."""
-    marks: PublishMarks | None = getattr(db, "_publish_marks", None)
-    if marks is None:
-        with _marks_lock:
-            marks = getattr(db, "_publish_marks", None)
-            if marks is None:
-                marks = PublishMarks(Ledger(db).mark_published)
-                db._publish_marks = marks  # type: ignore[attr-defined]
-    return marks
+    with _marks_lock:
+        marks = _marks_by_db.get(db)
+        if marks is None:
+            marks = _marks_by_db[db] = PublishMarks(Ledger(db).mark_published)
+        return marks
