@@ -21,7 +21,7 @@ import pytest
 from tests.api.conftest import Gateway, cancel_unfinished
 from tests.conftest import ARTIFACTS, REPO_ROOT
 
-SUITE = REPO_ROOT.parent / "shared" / "agent-protocol" / "postman-suite-v1.offline.json"
+SUITE = Path(__file__).parent / "agent_protocol_spec" / "postman-suite-v1.offline.json"  # the official suite, vendored
 NEWMAN = REPO_ROOT / ".tools" / "node_modules" / ".bin" / "newman"
 SCHEMATHESIS = Path(sys.executable).parent / "st"
 ADD_KEY = [
