@@ -5,13 +5,14 @@ The mark only saves the reaper a duplicate: a wake-up's claim marks its row too,
 harmless (the ledger settles it). So the marks of all steps of a process go to PostgreSQL in one transaction every
 ``interval_s`` from a background thread, instead of one transaction per phase. A process that dies with marks
 pending leaves those rows to the reaper (duplicates, settled by the ledger); a database that is down keeps them
-pending until the next round (at most ``max_pending``, the oldest dropped first, with the same consequence).
+pending until the next round (at most ``max_pending``; marks beyond it are dropped, with the same consequence).
 """
 
 from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -27,7 +28,6 @@ class PublishMarks:
         self.interval_s = interval_s
         self._pending: collections.deque[int] = collections.deque(maxlen=max_pending)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.flushes = 0
 
@@ -63,5 +63,5 @@ class PublishMarks:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self.interval_s)
+            time.sleep(self.interval_s)
             self.flush()

@@ -560,13 +560,6 @@ class Ledger:
                 return None
             return add_wakeup(s, task_id, step_index, "think" if row == "pending" else "act", task.priority)
 
-    # -- reads for the agent ---------------------------------------------------------------------------------------
-
-    def load_run(self, task_id: uuid.UUID, step_index: int) -> tuple[Task, list[HistoryRow], Step | None]:
-        """The task, its committed history before ``step_index``, and the step itself."""
-        with self.db.session() as s:
-            return _read_run(s, task_id, step_index, with_history=True)
-
     # -- the outbox ------------------------------------------------------------------------------------------------
 
     def pending_wakeups(self, task_id: uuid.UUID) -> list[Wakeup]:

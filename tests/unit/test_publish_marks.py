@@ -35,4 +35,4 @@ def test_a_refused_batch_is_kept_for_the_next_round_and_the_pending_rows_are_bou
     up = True
     assert marks.flush() == 3 and done == [1, 2, 3] and marks.pending == 0
     marks.add(list(range(10)))
-    assert marks.pending == 5  # the oldest dropped: the reaper publishes those again, the ledger settles them
+    assert marks.pending == 5  # beyond the bound dropped: the reaper publishes those again, the ledger settles them
