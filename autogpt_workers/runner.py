@@ -170,6 +170,9 @@ class StepRunner:
         self._calls = DaemonThreads("llm-call")  # reused threads for LLM calls, not one started per call
         self.marks = PublishMarks(ledger.mark_published)
         self._records = _Records()
+        # called when a think delivery goes on to run its command itself: ("act", think's outcome); the worker
+        # sets it to end the think span and open the act span (tracing)
+        self.hand_on: Callable[[str, str], None] = lambda phase, outcome: None
 
     # -- phases ----------------------------------------------------------------------------------------------------
 
@@ -209,29 +212,39 @@ class StepRunner:
             asks = self._awaits_human(proposal.command)
             gate = approval_required(task.approval, proposal.command, self._side_effect(proposal.command), asks)
             payload = {**proposal.model_dump(mode="json"), **({"awaits_human": True} if asks else {})}
+            inline = self._runs_inline(proposal, gate, asks)
+            act_lease = self.settings.lease_ttl_s if inline else None
             result = self._persist(
-                lambda: self.ledger.propose(task_id, step_index, token, payload, await_approval=gate)
+                lambda: self.ledger.propose(
+                    task_id, step_index, token, payload, await_approval=gate, act_lease_ttl_s=act_lease
+                )
             )
-        if result.outcome is ProposeOutcome.fenced:
-            bound.warning("fenced", detail="lease taken over before the proposal was persisted")
-            self.observer.phase_finished("think", time.monotonic() - started, "fenced")
-            return "fenced"
-        self.observer.proposal(
-            proposal.model,
-            proposal.usage.prompt_tokens,
-            proposal.usage.completion_tokens,
-            proposal.cost_usd,
-            llm_seconds,
-        )
-        self.crash.maybe("proposed", task_id=task_id, step_index=step_index, phase="think", goal=task.goal)
-        if result.wakeup is not None:
-            self._publish([result.wakeup])
-        self.crash.maybe("published", task_id=task_id, step_index=step_index, phase="think", goal=task.goal)
-        self.observer.phase_finished("think", time.monotonic() - started, result.outcome.value)
-        if result.outcome is ProposeOutcome.cancelled:
-            self.observer.task_ended("cancelled", _age(task))
-        bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
-                   tokens=proposal.usage.total_tokens)
+            if result.outcome is ProposeOutcome.fenced:
+                bound.warning("fenced", detail="lease taken over before the proposal was persisted")
+                self.observer.phase_finished("think", time.monotonic() - started, "fenced")
+                return "fenced"
+            self.observer.proposal(
+                proposal.model,
+                proposal.usage.prompt_tokens,
+                proposal.usage.completion_tokens,
+                proposal.cost_usd,
+                llm_seconds,
+            )
+            self.crash.maybe("proposed", task_id=task_id, step_index=step_index, phase="think", goal=task.goal)
+            if result.wakeup is not None:
+                self._publish([result.wakeup])
+                self.crash.maybe("published", task_id=task_id, step_index=step_index, phase="think", goal=task.goal)
+            acting = result.outcome is ProposeOutcome.acting
+            think_result = "proposed" if acting else result.outcome.value
+            self.observer.phase_finished("think", time.monotonic() - started, think_result)
+            if result.outcome is ProposeOutcome.cancelled:
+                self.observer.task_ended("cancelled", _age(task))
+            bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
+                       tokens=proposal.usage.total_tokens)
+            if acting:  # the act phase goes on here, under the same lease
+                self.hand_on("act", think_result)
+                with structlog.contextvars.bound_contextvars(phase="act"):
+                    return self._run_command(task, step_index, token, hold, proposal, 1, time.monotonic())
         if result.outcome is ProposeOutcome.proposed:
             return f"proposed {proposal.command or 'nothing (model error)'}"
         return f"{result.outcome.value}: {proposal.command or 'nothing (model error)'}"
@@ -244,37 +257,55 @@ class StepRunner:
             return self._settle(claim, task_id, step_index, "act")
         token = claim.token
         started = time.monotonic()
-        bound = log.bind(task_id=str(task_id), step=step_index, phase="act")
         with self.leases.hold(token) as hold:
             task, current = claim.task, claim.current
             assert task is not None and current is not None and current.proposal is not None
             if hold.stop_reason is not None:  # cancelled (or shutting down) between the claim and now
                 return self._abandon(task, step_index, token, "act", claim.deliveries, hold.stop_reason, started)
             proposal = Proposal.model_validate(current.proposal)
-            ctx = _context(task, step_index)
-            problem = self._check_edit(ctx, proposal) if current.proposal.get("edited") else None
-            workspace = Workspace(self.artifacts.materialise(str(task_id), self.workspace_dir(task_id)))
-            before = snapshot(workspace.root)
-            if problem is not None:
-                observation = Observation(output=f"Error: {problem}", is_error=True)
-            else:
-                observation = self.agent.act(ctx, proposal, workspace, should_stop=lambda: _stop_text(hold))
-            self.crash.maybe("command", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
-            if hold.stop_reason is not None:  # the command may have been cut short: its outcome is not committed
-                return self._abandon(task, step_index, token, "act", claim.deliveries, hold.stop_reason, started)
-            self.artifacts.sync_back(str(task_id), workspace.root, changed_paths(before, snapshot(workspace.root)))
-            files = [self._file_record(workspace, p) for p in observation.files_written]
-            committed, wakeup = self._persist(
-                lambda: self.ledger.commit_step(
-                    task_id,
-                    step_index,
-                    token,
-                    observation.output,
-                    observation.is_error,
-                    observation.is_last,
-                    [f for f in files if f is not None],
-                )
+            edited = bool(current.proposal.get("edited"))
+            return self._run_command(task, step_index, token, hold, proposal, claim.deliveries, started, edited=edited)
+
+    def _run_command(
+        self,
+        task: Task,
+        step_index: int,
+        token: uuid.UUID,
+        hold: Hold,
+        proposal: Proposal,
+        deliveries: int,
+        started: float,
+        *,
+        edited: bool = False,
+    ) -> str:
+        """The act phase under a held lease (claimed from the act queue, or taken straight on from think): run the
+        command, commit the step with its successor's wake-up, publish it."""
+        task_id = task.id
+        bound = log.bind(task_id=str(task_id), step=step_index, phase="act")
+        ctx = _context(task, step_index)
+        problem = self._check_edit(ctx, proposal) if edited else None
+        workspace = Workspace(self.artifacts.materialise(str(task_id), self.workspace_dir(task_id)))
+        before = snapshot(workspace.root)
+        if problem is not None:
+            observation = Observation(output=f"Error: {problem}", is_error=True)
+        else:
+            observation = self.agent.act(ctx, proposal, workspace, should_stop=lambda: _stop_text(hold))
+        self.crash.maybe("command", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+        if hold.stop_reason is not None:  # the command may have been cut short: its outcome is not committed
+            return self._abandon(task, step_index, token, "act", deliveries, hold.stop_reason, started)
+        self.artifacts.sync_back(str(task_id), workspace.root, changed_paths(before, snapshot(workspace.root)))
+        files = [self._file_record(workspace, p) for p in observation.files_written]
+        committed, wakeup = self._persist(
+            lambda: self.ledger.commit_step(
+                task_id,
+                step_index,
+                token,
+                observation.output,
+                observation.is_error,
+                observation.is_last,
+                [f for f in files if f is not None],
             )
+        )
         if not committed:
             bound.warning("fenced", detail="lease taken over before the step was committed")
             self.observer.phase_finished("act", time.monotonic() - started, "fenced")
@@ -396,6 +427,22 @@ class StepRunner:
             return None
         value = getattr(self.agent.registry.get(command), "side_effect", None)
         return None if value is None else str(getattr(value, "value", value))
+
+    def _runs_inline(self, proposal: Proposal, gate: bool, asks: bool) -> bool:
+        """Does this proposal's act phase run here in the think worker, right after the proposal is persisted?
+
+        Only for commands that declare ``runs_inline`` (quick, in-process, idempotent, confined to the task's
+        workspace: the file commands and ``finish``) and for a model error (its observation is the error itself);
+        never when a human must approve or answer first. Everything else (sandboxed code, network, plugins) goes
+        to the act queue's prefork workers. It saves one broker hop and one transaction per step; the step is as
+        durable as an act-queue step (its lease covers it: if this worker dies, the reaper re-arms the act phase
+        on the act queue, and the inline commands are idempotent)."""
+        if not self.settings.inline_act or gate or asks:
+            return False
+        if proposal.error is not None:
+            return True
+        command = proposal.command
+        return command is not None and command in self.agent.registry and self.agent.registry.get(command).runs_inline
 
     def _awaits_human(self, command: str | None) -> bool:
         """Does the command ask a human (``ask_user``)? Then its step waits for the answer, whatever the policy."""

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
+from autogpt_workers import tracing_celery
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.artifacts import artifact_store
 from autogpt_workers.broker import Publisher
@@ -76,7 +77,9 @@ def build_runner(settings: Settings) -> StepRunner:
         settings.lease_heartbeat_s,
         settings.lease_ttl_s,
     )
-    return StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer, artifact_store(settings))
+    runner = StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer, artifact_store(settings))
+    runner.hand_on = tracing_celery.hand_on  # a think delivery that runs its command: the act span beside think's
+    return runner
 
 
 def build_sandbox(settings: Settings) -> Sandbox:

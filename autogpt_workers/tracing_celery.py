@@ -6,10 +6,12 @@ Through Celery signals only, so the glue (``tasks``), the runner and the publish
   running a phase of task T that is T's context (never the phase's own span: the trace stays flat); a wake-up for
   another task gets none. In the API only the first wake-up, published in ``autogpt.submit``, gets that span's.
 - ``task_prerun`` / ``task_postrun``: ``autogpt.think`` / ``autogpt.act`` spans (CONSUMER) made current for the
-  phase, so the LLM call nests under them. Parent: the message's ``traceparent``, else the one stored with the
-  task (``tasks.traceparent``: re-drives and admissions publish without one). Attributes: task id, step index,
-  phase, tenant, and the outcome the runner returned (``proposed``, ``committed``, ``finished``, ``skipped``,
-  ``fenced``, ``retry``, ``failed``, ...; ``error``/``rejected`` when the phase raised).
+  phase, so the LLM call nests under them. A think delivery that runs its command itself (``runs_inline``) ends
+  its think span at the proposal and opens the act span beside it (``hand_on``, called by the runner).
+  Parent: the message's ``traceparent``, else the one stored with the task (``tasks.traceparent``: re-drives and
+  admissions publish without one). Attributes: task id, step index, phase, tenant, and the outcome the runner
+  returned (``proposed``, ``committed``, ``finished``, ``skipped``, ``fenced``, ``retry``, ``failed``, ...;
+  ``error``/``rejected`` when the phase raised).
 
 Nothing is connected unless tracing is configured (``install`` returns False).
 """
@@ -41,6 +43,7 @@ class _Phase:
     parent: context.Context
     span: trace.Span
     token: contextvars.Token[context.Context]
+    attributes: dict[str, Any]
 
 
 _active: contextvars.ContextVar[_Phase | None] = contextvars.ContextVar("autogpt_trace_phase", default=None)
@@ -98,10 +101,27 @@ def _start(sender: Any = None, task_id: str | None = None, task: Any = None, arg
         attributes["autogpt.tenant"] = row[1]
     if task_id:
         attributes["messaging.message.id"] = task_id
+    _open(our_task, phase, parent, attributes)
+
+
+def _open(task_id: str, phase: str, parent: context.Context, attributes: dict[str, Any]) -> None:
     span = tracing.tracer().start_span(f"autogpt.{phase}", context=parent, kind=trace.SpanKind.CONSUMER,
                                        attributes=attributes)
     token = context.attach(trace.set_span_in_context(span, parent))
-    _active.set(_Phase(our_task, parent, span, token))
+    _active.set(_Phase(task_id, parent, span, token, attributes))
+
+
+def hand_on(phase: str, outcome: str) -> None:
+    """The phase in progress ended with ``outcome`` and ``phase`` goes on in the same delivery (a command the think
+    worker runs itself): end its span and open ``phase``'s beside it, under the same parent. A no-op when no
+    phase span is open (tracing off)."""
+    current = _active.get()
+    if current is None:
+        return
+    current.span.set_attribute("autogpt.outcome", outcome)
+    current.span.end()
+    context.detach(current.token)
+    _open(current.task_id, phase, current.parent, {**current.attributes, "autogpt.phase": phase})
 
 
 def outcome_of(retval: Any, state: str | None) -> str:

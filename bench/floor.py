@@ -1,5 +1,7 @@
-"""The floor, measured on the same broker in the same run: per-step latency of a raw two-hop Celery
-continuation, and raw Celery no-op tasks/s (with their CPU per task) on a prefork worker like the act worker's."""
+"""The floor, measured on the same broker in the same run: per-step latency of a raw Celery continuation with as
+many hops per step as the platform's steps take (one when the think worker runs the command itself, the platform's
+default for the bench's ``write_file`` steps; two through the act queue), the other chain beside it for reference,
+and raw Celery no-op tasks/s (with their CPU per task) on a prefork worker like the act worker's."""
 
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ from bench.procs import CpuMeter, Proc, wait_until
 
 @dataclasses.dataclass
 class FloorResult:
-    step_latencies_s: list[float]
+    step_latencies_s: list[float]  # the chain with the platform's hops per step
     noop_tasks: int
     noop_elapsed_s: float
     noop_cpu_s: float
+    hops_per_step: int = 2
+    other_latencies_s: list[float] = dataclasses.field(default_factory=list)  # the chain with the other count
 
     @property
     def noop_rate(self) -> float:
@@ -43,12 +47,12 @@ def _lines(path: Path) -> list[str]:
         return []
 
 
-def _run_chain(out: Path, steps: int, timeout_s: float) -> list[float]:
+def _run_chain(out: Path, steps: int, timeout_s: float, hops_per_step: int = 2) -> list[float]:
     """Publish hop 0 of a chain of ``steps`` steps; the ``steps - 1`` intervals between its step boundaries."""
     from bench import floor_app
 
     chain = uuid.uuid4().hex[:8]
-    floor_app.publish_hop(str(out), chain, 0, steps * 2)
+    floor_app.publish_hop(str(out), chain, 0, steps * hops_per_step, hops_per_step)
 
     def mine() -> list[float]:
         return [float(line.split()[2]) for line in _lines(out) if line.startswith(chain + " ")]
@@ -94,11 +98,12 @@ class Floor:
             _worker(self.env, act, floor_app.ACT_QUEUE, "prefork", self.act_concurrency).start(),
         ]
 
-    def measure(self, steps: int) -> FloorResult:
+    def measure(self, steps: int, hops_per_step: int = 2) -> FloorResult:
         from bench import floor_app
 
         _run_chain(self.chain_out, 3, timeout_s=120)  # warm-up: both workers up and connected
-        latencies = _run_chain(self.chain_out, steps, timeout_s=120)
+        latencies = _run_chain(self.chain_out, steps, timeout_s=120, hops_per_step=hops_per_step)
+        other = _run_chain(self.chain_out, steps, timeout_s=120, hops_per_step=3 - hops_per_step)
         act = self.workers[1]
         node = f"{act.name}@{socket.gethostname()}"
         meter = CpuMeter([act.pid]).start()
@@ -110,8 +115,9 @@ class Floor:
         stamps = sorted(float(x) for x in _lines(self.noop_out))
         # tasks/s between the first and the last completion; CPU over the drain, per task
         return FloorResult(
-            latencies, len(stamps) - 1, stamps[-1] - stamps[0], meter.seconds * (len(stamps) - 1) / len(stamps)
-        )
+            latencies, len(stamps) - 1, stamps[-1] - stamps[0], meter.seconds * (len(stamps) - 1) / len(stamps),
+            hops_per_step, other,
+        )  # fmt: skip
 
     def stop(self) -> None:
         for w in self.workers:

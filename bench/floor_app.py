@@ -3,9 +3,10 @@
 The app is built by the platform's ``make_celery`` (so ``acks_late``, ``reject_on_worker_lost``, prefetch 1,
 publisher confirms, task events and JSON are exactly the platform's), with its own queues. Two tasks:
 
-- ``bench.floor.hop``: a no-op that publishes its successor, alternating between a "think" queue (thread pool)
-  and an "act" queue (prefork) as a platform step does; the end of every second hop is a step boundary and
-  appends ``chain step time`` to a file;
+- ``bench.floor.hop``: a no-op that publishes its successor. A chain of two hops per step alternates between a
+  "think" queue (thread pool) and an "act" queue (prefork), as a step whose command runs on the act queue does;
+  a chain of one hop per step stays on the "think" queue, as a step whose command the think worker runs itself
+  (``runs_inline``) does. Each step boundary appends ``chain step time`` to a file;
 - ``bench.floor.noop``: a no-op that appends its completion time to a file.
 
 Run a worker: ``python -m celery -A bench.floor_app worker -Q bench.floor.think --pool threads ...``.
@@ -57,16 +58,16 @@ def _append(path: str, data: str) -> None:
         os.close(fd)
 
 
-def hop_queue(hop_index: int) -> str:
-    return THINK_QUEUE if hop_index % 2 == 0 else ACT_QUEUE
+def hop_queue(hop_index: int, hops_per_step: int = 2) -> str:
+    return THINK_QUEUE if hops_per_step == 1 or hop_index % 2 == 0 else ACT_QUEUE
 
 
-def publish_hop(out_path: str, chain: str, hop_index: int, total_hops: int) -> None:
+def publish_hop(out_path: str, chain: str, hop_index: int, total_hops: int, hops_per_step: int = 2) -> None:
     """Publish hop ``hop_index`` as the platform publishes a wake-up: by name, confirmed, with a priority."""
-    queue = hop_queue(hop_index)
+    queue = hop_queue(hop_index, hops_per_step)
     app.send_task(
         HOP_TASK,
-        args=[out_path, chain, hop_index, total_hops],
+        args=[out_path, chain, hop_index, total_hops, hops_per_step],
         queue=queue,
         routing_key=queue,
         priority=5,
@@ -76,11 +77,11 @@ def publish_hop(out_path: str, chain: str, hop_index: int, total_hops: int) -> N
 
 
 @app.task(name=HOP_TASK)
-def hop(out_path: str, chain: str, hop_index: int, total_hops: int) -> None:
-    if hop_index % 2 == 1:  # an "act" hop ends a step
-        _append(out_path, f"{chain} {hop_index // 2} {time.time():.6f}\n")
+def hop(out_path: str, chain: str, hop_index: int, total_hops: int, hops_per_step: int = 2) -> None:
+    if (hop_index + 1) % hops_per_step == 0:  # the step's last hop ends it
+        _append(out_path, f"{chain} {hop_index // hops_per_step} {time.time():.6f}\n")
     if hop_index + 1 < total_hops:
-        publish_hop(out_path, chain, hop_index + 1, total_hops)
+        publish_hop(out_path, chain, hop_index + 1, total_hops, hops_per_step)
 
 
 @app.task(name=NOOP_TASK)

@@ -9,6 +9,10 @@ before anything runs, and the same model gives the JSON schema the LLM sees (``t
 - ``workspace``: changes files in the task's own workspace only;
 - ``external``: reaches outside (network, other services); use ``CommandContext.idempotency_key``.
 
+``runs_inline`` lets the think worker run the command in its own thread right after the proposal is persisted (one
+broker hop and one transaction fewer per step). Only for commands that are quick, run no program, reach nothing
+outside the workspace and are idempotent (a step the think worker dies in is re-run on the act queue).
+
 A command reports a failure the model caused (missing file, path escape, too much content) by raising
 ``errors.CommandError``: the message becomes the observation. Any other exception is a bug: it aborts the
 step.
@@ -67,6 +71,9 @@ class Command(ABC, Generic[ArgsT]):
     side_effect: ClassVar[SideEffect] = "read_only"
     idempotent: ClassVar[bool] = True
     awaits_human: ClassVar[bool] = False  # the step waits for a human's answer before it runs (``ask_user``)
+    # quick, in-process, idempotent and confined to the workspace: the think worker may run it itself right after
+    # persisting the proposal, instead of a round trip through the act queue (see ``StepRunner._runs_inline``)
+    runs_inline: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, args: ArgsT, ctx: CommandContext) -> CommandResult:

@@ -45,6 +45,7 @@ class WriteFile(Command[WriteFileArgs]):
     Args = WriteFileArgs
     side_effect = "workspace"
     idempotent = True
+    runs_inline = True
 
     def __init__(self, max_bytes: int = 1_000_000) -> None:
         self.max_bytes = max_bytes
@@ -76,6 +77,7 @@ class ReadFile(Command[ReadFileArgs]):
     Args = ReadFileArgs
     side_effect = "read_only"
     idempotent = True
+    runs_inline = True
 
     def run(self, args: ReadFileArgs, ctx: CommandContext) -> CommandResult:
         target = ctx.workspace.resolve(args.path)
@@ -110,6 +112,7 @@ class ListFiles(Command[ListFilesArgs]):
     Args = ListFilesArgs
     side_effect = "read_only"
     idempotent = True
+    runs_inline = True
 
     def __init__(self, max_entries: int = DEFAULT_MAX_LIST_ENTRIES) -> None:
         self.max_entries = max_entries

@@ -24,6 +24,7 @@ class Finish(Command[FinishArgs]):
     Args = FinishArgs
     side_effect = "read_only"
     idempotent = True
+    runs_inline = True
 
     def run(self, args: FinishArgs, ctx: CommandContext) -> CommandResult:
         return CommandResult(output=args.reason, is_last=True)

@@ -110,8 +110,11 @@ def _check_declaration(command: Command[Any]) -> None:
         raise UsageError(f"command {name!r}: Args must be a pydantic model class")
     if command.side_effect not in SIDE_EFFECTS:
         raise UsageError(f"command {name!r}: side_effect must be one of {', '.join(SIDE_EFFECTS)}")
-    if not isinstance(command.idempotent, bool) or not isinstance(command.awaits_human, bool):
-        raise UsageError(f"command {name!r}: idempotent and awaits_human must be True or False")
+    flags = (command.idempotent, command.awaits_human, command.runs_inline)
+    if not all(isinstance(flag, bool) for flag in flags):
+        raise UsageError(f"command {name!r}: idempotent, awaits_human and runs_inline must be True or False")
+    if command.runs_inline and (not command.idempotent or command.side_effect == "external" or command.awaits_human):
+        raise UsageError(f"command {name!r}: only an idempotent command without external effects runs inline")
     if not isinstance(getattr(command, "description", None), str) or not command.description.strip():
         raise UsageError(f"command {name!r}: a description is required (the model reads it)")
 

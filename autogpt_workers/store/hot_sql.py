@@ -97,26 +97,49 @@ EMIT = insert(TaskEvent).values(
     data=bindparam("p_data", type_=JSONB),
 )
 
+_PROPOSAL_VALUES = {
+    # the think phase's deliveries, so the act phase gets its own redelivery budget
+    "proposal": bindparam("p_proposal", type_=JSONB).op("||")(
+        func.jsonb_build_object(THINK_DELIVERIES, Step.deliveries)
+    ),
+    "command": bindparam("p_command"),
+    "arguments": bindparam("p_arguments", type_=JSONB),
+    "prompt_tokens": bindparam("p_prompt_tokens"),
+    "completion_tokens": bindparam("p_completion_tokens"),
+    "cost_usd": bindparam("p_cost"),
+    "model": bindparam("p_model"),
+    "llm_calls": Step.llm_calls + 1,
+    "proposed_at": func.now(),
+}
+
 PROPOSE_STEP = (
     update(Step)
     .where(*_held, Step.status == "thinking")
     .values(
-        status=bindparam("p_status"),
-        # the think phase's deliveries, so the act phase gets its own redelivery budget
-        proposal=bindparam("p_proposal", type_=JSONB).op("||")(
-            func.jsonb_build_object(THINK_DELIVERIES, Step.deliveries)
-        ),
-        command=bindparam("p_command"),
-        arguments=bindparam("p_arguments", type_=JSONB),
-        prompt_tokens=bindparam("p_prompt_tokens"),
-        completion_tokens=bindparam("p_completion_tokens"),
-        cost_usd=bindparam("p_cost"),
-        model=bindparam("p_model"),
-        llm_calls=Step.llm_calls + 1,
-        proposed_at=func.now(),
-        lease_owner=None,
-        lease_token=None,
-        lease_expires_at=None,
+        {
+            **_PROPOSAL_VALUES,
+            "status": bindparam("p_status"),
+            "lease_owner": None,
+            "lease_token": None,
+            "lease_expires_at": None,
+        }
+    )
+    .returning(Step.id)
+)
+
+# the proposal, and the act phase claimed at once by the same holder under the same lease (a command the think
+# worker runs itself): what ``CLAIM_STEP["act"]`` would write, without a wake-up in between
+PROPOSE_STEP_ACTING = (
+    update(Step)
+    .where(*_held, Step.status == "thinking")
+    .values(
+        {
+            **_PROPOSAL_VALUES,
+            "status": "acting",
+            "lease_expires_at": bindparam("p_expires"),
+            "deliveries": Step.deliveries + 1,
+            "act_started_at": func.now(),
+        }
     )
     .returning(Step.id)
 )

@@ -105,6 +105,7 @@ class ProposeOutcome(enum.StrEnum):
     parked = "parked"  # the task is paused: no wake-up until resumed
     cancelled = "cancelled"  # the task was cancelling: the proposal is kept for the record, the task is cancelled
     fenced = "fenced"  # our lease was taken over: nothing written
+    acting = "acting"  # the proposer runs the act phase itself, under the same lease: no wake-up
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,8 +364,14 @@ class Ledger:
         proposal: dict[str, Any],
         *,
         await_approval: bool = False,
+        act_lease_ttl_s: float | None = None,
     ) -> Proposed:
         """Persist the model's proposal and, depending on the task's state, the act wake-up (see ``ProposeOutcome``).
+
+        With ``act_lease_ttl_s``, a proposal that would get an act wake-up instead moves the step straight to
+        ``acting`` under the caller's lease, renewed for that long (``ProposeOutcome.acting``): the caller runs the
+        command itself. Its lease is the step's safety net, as for an act-queue claim: if the caller dies, the reaper
+        re-arms the act phase when the lease expires.
 
         The tokens it cost are counted whatever the outcome (they were spent), unless we were fenced.
         """
@@ -383,9 +390,12 @@ class Ledger:
             else:
                 status = "proposed"
             spent = {"p_prompt_tokens": prompt_tokens, "p_completion_tokens": completion_tokens, "p_cost": cost}
+            acting = act_lease_ttl_s is not None and status == "proposed" and task.status in ACTIVE_TASK
+            lease = {"p_expires": _now() + timedelta(seconds=act_lease_ttl_s)} if acting and act_lease_ttl_s else {}
             updated = s.connection().execute(
-                sql.PROPOSE_STEP,
+                sql.PROPOSE_STEP_ACTING if acting else sql.PROPOSE_STEP,
                 {
+                    **lease,
                     "p_task_id": task_id,
                     "p_step_index": step_index,
                     "p_token": token,
@@ -426,6 +436,8 @@ class Ledger:
                 return Proposed(ProposeOutcome.awaiting_approval)
             if task.status not in ACTIVE_TASK:  # paused (or finished meanwhile): resume re-arms the act phase
                 return Proposed(ProposeOutcome.parked)
+            if acting:
+                return Proposed(ProposeOutcome.acting)
             return Proposed(ProposeOutcome.proposed, add_wakeup(s, task_id, step_index, "act", task.priority))
 
     def record_proposal(

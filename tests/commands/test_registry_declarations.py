@@ -46,7 +46,10 @@ def _command(**attrs: Any) -> Command[Any]:
     ("attrs", "message"),
     [
         ({"side_effect": "network"}, "side_effect must be one of read_only, workspace, external"),
-        ({"idempotent": "yes"}, "idempotent and awaits_human must be True or False"),
+        ({"idempotent": "yes"}, "idempotent, awaits_human and runs_inline must be True or False"),
+        ({"runs_inline": 1}, "idempotent, awaits_human and runs_inline must be True or False"),
+        ({"runs_inline": True, "side_effect": "external"}, "only an idempotent command without external effects"),
+        ({"runs_inline": True, "idempotent": False}, "only an idempotent command without external effects"),
         ({"name": "has space"}, "name must match"),
         ({"Args": dict}, "Args must be a pydantic model class"),
         ({"description": " "}, "a description is required"),

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import select, update
 
-from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger
+from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome
 from autogpt_workers.store.models import Artifact, Outbox, Step, Task
 
 PROPOSAL = {
@@ -51,6 +51,50 @@ def test_a_step_runs_think_then_act_then_commits_with_its_successor(ledger: Ledg
         assert (task.status, task.steps_completed, task.prompt_tokens, task.cost_usd) == ("running", 1, 10, 0.01)
         assert s.scalars(select(Artifact.relative_path).where(Artifact.task_id == task_id)).all() == ["a.txt"]
         assert s.scalar(select(Step.status).where(Step.task_id == task_id, Step.step_index == 1)) == "pending"
+
+
+def test_a_proposal_the_proposer_acts_on_itself_keeps_the_lease_and_writes_no_wakeup(
+    ledger: Ledger, task_id: uuid.UUID
+) -> None:
+    c = claim(ledger, task_id, 0, "think")
+    assert c.token is not None
+    result = ledger.propose(task_id, 0, c.token, PROPOSAL, act_lease_ttl_s=30.0)
+    assert result.outcome is ProposeOutcome.acting and result.wakeup is None
+    with ledger.db.session() as s:
+        step = s.scalars(select(Step).where(Step.task_id == task_id)).one()
+        assert (step.status, step.lease_token, step.deliveries) == ("acting", c.token, 2)
+        assert step.proposal["think_deliveries"] == 1 and step.act_started_at is not None
+        assert s.scalars(select(Outbox.phase).where(Outbox.task_id == task_id)).all() == ["think"]
+    # another delivery of either phase does not run it while the lease lives
+    assert claim(ledger, task_id, 0, "act").outcome is ClaimOutcome.lease_held
+    assert claim(ledger, task_id, 0, "think").outcome is ClaimOutcome.advanced
+    committed, nxt = ledger.commit_step(task_id, 0, c.token, "ok", False, False)
+    assert committed and nxt is not None and (nxt.step_index, nxt.phase) == (1, "think")
+
+
+def test_the_reaper_hands_an_abandoned_inline_act_phase_to_the_act_queue(ledger: Ledger, task_id: uuid.UUID) -> None:
+    c = claim(ledger, task_id, 0, "think")
+    assert c.token is not None
+    assert ledger.propose(task_id, 0, c.token, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.acting
+    with ledger.db.transaction() as s:  # the proposer died: its lease expires
+        s.execute(update(Step).where(Step.task_id == task_id).values(lease_expires_at=Step.created_at))
+    wakeups = [w for w in ledger.reap_expired_leases() if w.task_id == task_id]
+    assert [(w.step_index, w.phase) for w in wakeups] == [(0, "act")]
+    a = claim(ledger, task_id, 0, "act")
+    assert a.outcome is ClaimOutcome.claimed and a.deliveries == 2  # the act phase's second delivery
+    assert ledger.commit_step(task_id, 0, c.token, "zombie", False, False) == (False, None)
+    assert a.token is not None and ledger.commit_step(task_id, 0, a.token, "ok", False, False)[0]
+
+
+def test_a_paused_task_parks_the_proposal_instead_of_acting_on_it(ledger: Ledger, task_id: uuid.UUID) -> None:
+    c = claim(ledger, task_id, 0, "think")
+    assert c.token is not None
+    with ledger.db.transaction() as s:
+        s.execute(update(Task).where(Task.id == task_id).values(status="paused"))
+    assert ledger.propose(task_id, 0, c.token, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.parked
+    with ledger.db.session() as s:
+        step = s.scalars(select(Step).where(Step.task_id == task_id)).one()
+        assert (step.status, step.lease_token) == ("proposed", None)
 
 
 def test_a_second_delivery_while_the_lease_is_held_does_not_execute(ledger: Ledger, task_id: uuid.UUID) -> None:

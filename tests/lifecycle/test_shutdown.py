@@ -118,7 +118,7 @@ def test_a_think_worker_within_its_grace_finishes_its_steps_and_hands_nothing_ba
 
 def test_an_act_worker_stuck_in_a_command_hands_the_step_back_at_its_grace(workers, lc_db, lc_publisher, llm) -> None:  # type: ignore[no-untyped-def]
     workers.reaper()
-    workers.start("sd-think", "think")
+    workers.start("sd-think", "think", AUTOGPT_INLINE_ACT="false")  # the commands go to the act worker under test
     # the chaos hook makes this worker's commands hang for the tasks marked "slow-act": only a hand-back frees them
     stuck = workers.start("sd-act-hanging", "act", AUTOGPT_SHUTDOWN_GRACE_S="1",
                           AUTOGPT_CHAOS_CRASH_AT="command:1:slow-act:hang")
@@ -143,3 +143,27 @@ def test_scaling_in_under_load_loses_nothing(workers, lc_db, lc_publisher, llm) 
     assert_all_completed_once(lc_db, task_ids, 4)
     assert thinkers[1].popen is not None and thinkers[1].popen.poll() is None
     assert actors[1].popen is not None and actors[1].popen.poll() is None
+
+
+def test_a_think_worker_killed_inside_an_inline_command_loses_nothing_and_buys_no_call_twice(  # type: ignore[no-untyped-def]
+    workers, lc_db, lc_publisher, llm
+) -> None:
+    """``write_file`` runs in the think worker right after its proposal is persisted (``runs_inline``). Killed
+    there, the step's lease is its safety net: when it expires the reaper re-arms the act phase on the act queue,
+    which runs the (idempotent) command again and commits it once; the model is not asked again."""
+    workers.reaper()
+    workers.start("in-act", "act")
+    doomed = workers.start("in-think-doomed", "think", AUTOGPT_LEASE_TTL_S="3",
+                           AUTOGPT_CHAOS_CRASH_AT="command:1:die-inline")
+    [task_id] = submit_many(lc_db, lc_publisher, "Kill me in my command die-inline [[steps:3]]", 1)
+    assert doomed.popen is not None
+    wait_for(lambda: doomed.popen.poll() is not None, 60, "the think worker to be killed inside the command")
+    step0 = steps_of(lc_db, task_id)[0]
+    assert step0.status == "acting" and step0.lease_token is not None  # the inline act phase, lease still held
+    workers.start("in-think", "think")
+    assert_all_completed_once(lc_db, [task_id], 3)
+    step0 = steps_of(lc_db, task_id)[0]
+    # one think delivery, then the act phase twice: inline (killed), then from the act queue
+    assert step0.proposal["think_deliveries"] == 1 and step0.deliveries == 3, (step0.proposal, step0.deliveries)
+    assert "expired during acting" in (step0.error or "")
+    assert Counter(e["turn"] for e in llm.log(str(task_id)) if e["outcome"] == "ok") == Counter({0: 1, 1: 1, 2: 1})

@@ -64,6 +64,9 @@ def ops_env(broker_url: str, fake_llm: str, tmp: Path, **extra: str) -> dict[str
         AUTOGPT_FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
         AUTOGPT_THINK_CONCURRENCY="8",
         AUTOGPT_API_AUTH="disabled",  # the tenant and key machinery is tested elsewhere
+        # every command through the act queue: these tests read the act worker's own series, logs and Flower rows
+        # (the think worker running quick commands itself is tested in tests/e2e and tests/lifecycle)
+        AUTOGPT_INLINE_ACT="false",
         # few connections per process: PostgreSQL is shared by every test stack on this machine
         AUTOGPT_DB_POOL_SIZE="2",
         AUTOGPT_DB_MAX_OVERFLOW="6",
