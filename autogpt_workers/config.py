@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     # after persisting the proposal: one broker hop and one transaction fewer per step. Off: every command goes
     # through the act queue.
     inline_act: bool = True
+    # an inline command running longer than this is handed to the act queue (whose prefork workers can kill it)
+    inline_act_time_limit_s: float = Field(default=30.0, gt=0)
     # lifecycle: on SIGTERM a worker finishes its in-flight step within this grace, else hands it back
     # (keep it below the orchestrator's kill timeout, e.g. Kubernetes' terminationGracePeriodSeconds, 30 s)
     shutdown_grace_s: float = Field(default=20.0, ge=0)

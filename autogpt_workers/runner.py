@@ -244,7 +244,8 @@ class StepRunner:
             if acting:  # the act phase goes on here, under the same lease
                 self.hand_on("act", think_result)
                 with structlog.contextvars.bound_contextvars(phase="act"):
-                    return self._run_command(task, step_index, token, hold, proposal, 1, time.monotonic())
+                    return self._run_command(task, step_index, token, hold, proposal, 1, time.monotonic(),
+                                             inline=True)
         if result.outcome is ProposeOutcome.proposed:
             return f"proposed {proposal.command or 'nothing (model error)'}"
         return f"{result.outcome.value}: {proposal.command or 'nothing (model error)'}"
@@ -277,20 +278,35 @@ class StepRunner:
         started: float,
         *,
         edited: bool = False,
+        inline: bool = False,
     ) -> str:
-        """The act phase under a held lease (claimed from the act queue, or taken straight on from think): run the
-        command, commit the step with its successor's wake-up, publish it."""
+        """The act phase under a held lease (claimed from the act queue, or taken straight on from think with
+        ``inline``): run the command, commit the step with its successor's wake-up, publish it."""
         task_id = task.id
         bound = log.bind(task_id=str(task_id), step=step_index, phase="act")
         ctx = _context(task, step_index)
         problem = self._check_edit(ctx, proposal) if edited else None
         workspace = Workspace(self.artifacts.materialise(str(task_id), self.workspace_dir(task_id)))
         before = snapshot(workspace.root)
-        if problem is not None:
-            observation = Observation(output=f"Error: {problem}", is_error=True)
+
+        def run() -> Observation:
+            if problem is not None:
+                result = Observation(output=f"Error: {problem}", is_error=True)
+            else:
+                result = self.agent.act(ctx, proposal, workspace, should_stop=lambda: _stop_text(hold))
+            self.crash.maybe("command", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+            return result
+
+        if inline:
+            # a thread cannot be killed: past its bound the step goes to the act queue, whose prefork workers
+            # enforce the hard time limit (the stuck call is left to finish; its outcome is dropped)
+            try:
+                observation = self._await(hold, run, limit_s=self.settings.inline_act_time_limit_s,
+                                          limit_reason="inline act time limit")
+            except Abandoned as exc:
+                return self._abandon(task, step_index, token, "act", deliveries, exc.reason, started)
         else:
-            observation = self.agent.act(ctx, proposal, workspace, should_stop=lambda: _stop_text(hold))
-        self.crash.maybe("command", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+            observation = run()
         if hold.stop_reason is not None:  # the command may have been cut short: its outcome is not committed
             return self._abandon(task, step_index, token, "act", deliveries, hold.stop_reason, started)
         self.artifacts.sync_back(str(task_id), workspace.root, changed_paths(before, snapshot(workspace.root)))
@@ -350,9 +366,17 @@ class StepRunner:
 
     # -- helpers ---------------------------------------------------------------------------------------------------
 
-    def _await(self, hold: Hold, call: Callable[[], T], crash_probe: Callable[[], None] | None = None) -> T:
+    def _await(
+        self,
+        hold: Hold,
+        call: Callable[[], T],
+        crash_probe: Callable[[], None] | None = None,
+        limit_s: float | None = None,
+        limit_reason: str = "think time limit",
+    ) -> T:
         """Run ``call`` on a helper thread; return its result, or raise ``Abandoned`` as soon as the hold is told
-        to stop or the think time limit passes (the helper thread is left to finish; its result is dropped)."""
+        to stop or the time limit passes (``limit_s``, by default the think time limit less a margin; the helper
+        thread is left to finish; its result is dropped)."""
         box: dict[str, Any] = {}
 
         def run() -> None:
@@ -366,14 +390,14 @@ class StepRunner:
 
         context = contextvars.copy_context()  # the log context (task, step) follows the call
         self._calls.submit(context.run, run)
-        limit = time.monotonic() + max(1.0, self.settings.think_time_limit_s - 5)
+        limit = time.monotonic() + (limit_s if limit_s is not None else max(1.0, self.settings.think_time_limit_s - 5))
         probe_at = time.monotonic() + 0.05 if crash_probe is not None and self.crash.armed("llm") else None
         while "done" not in box:
             if hold.stop_reason is not None:
                 raise Abandoned(hold.stop_reason)
             now = time.monotonic()
             if now >= limit:
-                raise Abandoned("think time limit")
+                raise Abandoned(limit_reason)
             wait_until = min(limit, probe_at) if probe_at is not None else limit
             hold.wait(max(0.0, wait_until - now))
             hold.clear_wake()

@@ -5,16 +5,20 @@ random-kill         SIGKILL of random worker processes (think worker, act pool c
                     moments, ``kills`` per run
 kill-llm            the think worker kills itself during the LLM call (crash hook ``llm``)
 kill-proposed       ... after the proposal is persisted, before the act wake-up is published (``proposed``)
-kill-command        the act child kills itself after the command ran, before the commit (``command``)
+kill-command        the process running the command kills itself after it ran, before the commit (``command``): the
+                    think worker for a command it runs itself (``runs_inline``: the scripted ``write_file`` and
+                    ``finish``), the act child for one re-driven to the act queue
 kill-committed      ... after the step commit, before the next wake-up is published (``committed``)
-kill-published      both kill themselves after publishing, before the ack (``published``)
+kill-published      think and act workers kill themselves after publishing, before the ack (``published``)
 rabbitmq-restart    the broker's application restarted under load (twice)
 postgres-restart    the database restarted under load (twice)
 redis-flush         Redis flushed under load (5 times)
 llm-storm           30% of LLM calls answer 429, 500, a timeout or malformed output
-poison              one task's command kills its act worker every time: bounded redeliveries, then the task
-                    fails ("poisoned") and its message is in the dead-letter queue; the others complete
-time-limit          one task's command hangs deaf to exceptions: the act hard time limit (12 s, far below RabbitMQ's
+poison              one task's command kills the process running it every time (the think worker on its inline try,
+                    then act children): bounded redeliveries, then the task fails ("poisoned") and its message is
+                    in the dead-letter queue; the others complete
+time-limit          one task's command hangs deaf to exceptions: the think worker hands it to the act queue past
+                    the inline bound (2 s), where the act hard time limit (12 s, far below RabbitMQ's
                     consumer_timeout) kills the child each time, then the task fails as poisoned; and the settings
                     refuse any time limit that would reach consumer_timeout
 ==================  ==============================================================================================
@@ -53,6 +57,12 @@ class Scenario:
 
 def _crash(window: str, p: float, match: str = "", action: str = "kill") -> str:
     return f"{window}:{p}:{match}:{action}" if match or action != "kill" else f"{window}:{p}"
+
+
+def _both(rule: str) -> dict[str, dict[str, str]]:
+    """A crash rule for the act phase's windows, wherever it runs: in the think worker for a command it runs
+    itself (``runs_inline``), in an act child for one on the act queue."""
+    return {"think": {"AUTOGPT_CHAOS_CRASH_AT": rule}, "act": {"AUTOGPT_CHAOS_CRASH_AT": rule}}
 
 
 # -- scenario checks -----------------------------------------------------------------------------------------------
@@ -154,13 +164,12 @@ def catalogue(trimmed: bool = False) -> dict[str, Scenario]:
                  llm_config={"latency_s": 0.3, "latency_jitter_s": 0.3}),
         Scenario("kill-proposed", "think worker killed after the proposal is persisted, before the publish",
                  role_env={"think": {"AUTOGPT_CHAOS_CRASH_AT": _crash("proposed", p)}}),
-        Scenario("kill-command", "act child killed after the command ran, before the commit",
-                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", p)}}),
-        Scenario("kill-committed", "act child killed after the commit, before the next wake-up is published",
-                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("committed", p)}}),
+        Scenario("kill-command", "worker killed after the command ran, before the commit",
+                 role_env=_both(_crash("command", p))),
+        Scenario("kill-committed", "worker killed after the commit, before the next wake-up is published",
+                 role_env=_both(_crash("committed", p))),
         Scenario("kill-published", "workers killed after publishing, before the ack",
-                 role_env={"think": {"AUTOGPT_CHAOS_CRASH_AT": _crash("published", 0.015)},
-                           "act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("published", p)}}),
+                 role_env=_both(_crash("published", p))),
         Scenario("rabbitmq-restart", "RabbitMQ restarted twice under load",
                  inject=lambda ctx, stop: faults.service_restarts(ctx.services, "rabbitmq", ctx.journal, stop, 2),
                  checks=_count_check("RabbitMQ restarts", 2)),
@@ -176,14 +185,14 @@ def catalogue(trimmed: bool = False) -> dict[str, Scenario]:
                  llm_config={"fault_rate": 0.3, "fault_kinds": ["429", "500", "timeout", "garbage"],
                              "timeout_s": 8.0, "seed": 7},
                  checks=_storm_checks),
-        Scenario("poison", "one task's command kills its act worker every time",
-                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", 1.0, "poison-pill")}},
+        Scenario("poison", "one task's command kills the worker running it every time",
+                 role_env=_both(_crash("command", 1.0, "poison-pill")),
                  markers={0: "poison-pill"}, expect_failed={0: "poisoned"}, checks=_poison_checks),
         Scenario("time-limit", "one task's command hangs past the act hard time limit",
                  # 12 s: the lowest the settings allow with the sandbox's 1 s wall time (it must stay 10 s below)
                  env={"AUTOGPT_ACT_TIME_LIMIT_S": "12", "AUTOGPT_SANDBOX_WALL_SECONDS": "1",
-                      "AUTOGPT_SANDBOX_CPU_SECONDS": "1"},
-                 role_env={"act": {"AUTOGPT_CHAOS_CRASH_AT": _crash("command", 1.0, "hang-pill", "hang")}},
+                      "AUTOGPT_SANDBOX_CPU_SECONDS": "1", "AUTOGPT_INLINE_ACT_TIME_LIMIT_S": "2"},
+                 role_env=_both(_crash("command", 1.0, "hang-pill", "hang")),
                  markers={0: "hang-pill"}, expect_failed={0: "poisoned"}, checks=_time_limit_checks),
     ]
     by_name = {s.name: s for s in scenarios}

@@ -167,3 +167,18 @@ def test_a_think_worker_killed_inside_an_inline_command_loses_nothing_and_buys_n
     assert step0.proposal["think_deliveries"] == 1 and step0.deliveries == 3, (step0.proposal, step0.deliveries)
     assert "expired during acting" in (step0.error or "")
     assert Counter(e["turn"] for e in llm.log(str(task_id)) if e["outcome"] == "ok") == Counter({0: 1, 1: 1, 2: 1})
+
+
+def test_an_inline_command_past_its_bound_goes_to_the_act_queue(workers, lc_db, lc_publisher, llm) -> None:  # type: ignore[no-untyped-def]
+    """A thread cannot be killed: an inline command that runs past ``inline_act_time_limit_s`` (here it hangs) is
+    handed to the act queue, whose prefork workers can enforce the hard time limit; the task goes on."""
+    workers.reaper()
+    workers.start("il-act", "act")
+    workers.start("il-think", "think", AUTOGPT_INLINE_ACT_TIME_LIMIT_S="1",
+                  AUTOGPT_CHAOS_CRASH_AT="command:1:hang-inline:hang")
+    [task_id] = submit_many(lc_db, lc_publisher, "Hang my inline command hang-inline [[steps:3]]", 1)
+    assert_all_completed_once(lc_db, [task_id], 3)
+    steps = steps_of(lc_db, task_id)
+    assert all("handed back: inline act time limit" in (s.error or "") for s in steps), [s.error for s in steps]
+    assert all(s.proposal["think_deliveries"] == 1 and s.deliveries == 3 for s in steps)
+    assert Counter(e["turn"] for e in llm.log(str(task_id)) if e["outcome"] == "ok") == Counter({0: 1, 1: 1, 2: 1})
