@@ -12,7 +12,7 @@ from sqlalchemy import Update, bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from autogpt_workers.store.models import Outbox, Step, Task, TaskEvent
+from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
 
 THINK_DELIVERIES = "think_deliveries"  # recorded in the proposal: the act phase's redelivery budget starts after it
 TERMINAL_TASK = ("completed", "failed", "cancelled")
@@ -187,6 +187,26 @@ NEXT_STEP = (
     pg_insert(Step)
     .values(task_id=bindparam("p_task_id"), step_index=bindparam("p_step_index"))
     .on_conflict_do_nothing()
+)
+
+UPSERT_ARTIFACT = (
+    pg_insert(Artifact)
+    .values(
+        task_id=bindparam("p_task_id"),
+        step_index=bindparam("p_step_index"),
+        relative_path=bindparam("p_relative_path"),
+        size_bytes=bindparam("p_size_bytes"),
+        sha256=bindparam("p_sha256"),
+    )
+    .on_conflict_do_update(
+        constraint="uq_artifacts_task_path",
+        set_={
+            "step_index": bindparam("p_step_index"),
+            "size_bytes": bindparam("p_size_bytes"),
+            "sha256": bindparam("p_sha256"),
+            "modified_at": func.now(),
+        },
+    )
 )
 
 MARK_PUBLISHED = (

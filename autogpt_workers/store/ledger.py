@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from autogpt_workers.store import hot_sql as sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.hot_sql import TERMINAL_TASK
-from autogpt_workers.store.models import Artifact, Outbox, Step, Task
+from autogpt_workers.store.models import Outbox, Step, Task
 
 OPEN_STEP = ("pending", "thinking", "proposed", "acting", "awaiting_approval")
 CLOSED_STEP = ("completed", "failed", "cancelled")
@@ -486,23 +486,14 @@ class Ledger:
             for f in files:
                 emit(s, task_id, "artifact.written", step_index, relative_path=f.relative_path, size_bytes=f.size_bytes)
                 s.connection().execute(
-                    insert(Artifact)
-                    .values(
-                        task_id=task_id,
-                        step_index=step_index,
-                        relative_path=f.relative_path,
-                        size_bytes=f.size_bytes,
-                        sha256=f.sha256,
-                    )
-                    .on_conflict_do_update(
-                        constraint="uq_artifacts_task_path",
-                        set_={
-                            "step_index": step_index,
-                            "size_bytes": f.size_bytes,
-                            "sha256": f.sha256,
-                            "modified_at": func.now(),
-                        },
-                    )
+                    sql.UPSERT_ARTIFACT,
+                    {
+                        "p_task_id": task_id,
+                        "p_step_index": step_index,
+                        "p_relative_path": f.relative_path,
+                        "p_size_bytes": f.size_bytes,
+                        "p_sha256": f.sha256,
+                    },
                 )
             if is_last and task_status == "completed":
                 emit(s, task_id, "task.completed", step_index)
