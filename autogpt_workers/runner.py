@@ -64,6 +64,7 @@ from autogpt_workers.store.ledger import (
     HistoryRow,
     Ledger,
     ProposeOutcome,
+    RunTask,
     Wakeup,
 )
 from autogpt_workers.store.models import Step, Task
@@ -125,11 +126,11 @@ def _stop_text(hold: Hold) -> str | None:
     return {"cancel": "the task was cancelled", "shutdown": "the worker is shutting down"}.get(reason, reason)
 
 
-def _age(task: Task) -> float:
+def _age(task: RunTask) -> float:
     return (datetime.now(UTC) - task.created_at).total_seconds()
 
 
-def _context(task: Task, step_index: int) -> TaskContext:
+def _context(task: RunTask, step_index: int) -> TaskContext:
     return TaskContext(
         task_id=str(task.id),
         goal=task.goal,
@@ -269,7 +270,7 @@ class StepRunner:
 
     def _run_command(
         self,
-        task: Task,
+        task: RunTask,
         step_index: int,
         token: uuid.UUID,
         hold: Hold,
@@ -411,7 +412,7 @@ class StepRunner:
         return value
 
     def _abandon(
-        self, task: Task, step_index: int, token: uuid.UUID, phase: str, deliveries: int, reason: str,
+        self, task: RunTask, step_index: int, token: uuid.UUID, phase: str, deliveries: int, reason: str,
         started: float,
     ) -> str:
         task_id = task.id
@@ -490,7 +491,7 @@ class StepRunner:
             return f"the approved arguments for {proposal.command!r} do not fit its schema ({details})"
         return None
 
-    def _fail(self, task: Task, step_index: int, token: uuid.UUID, reason: str, phase: str, started: float) -> str:
+    def _fail(self, task: RunTask, step_index: int, token: uuid.UUID, reason: str, phase: str, started: float) -> str:
         failed = self.ledger.fail_task(task.id, step_index, token, reason)
         self.observer.phase_finished(phase, time.monotonic() - started, "failed" if failed else "fenced")
         if failed:

@@ -99,24 +99,33 @@ class Platform:
 
         wait_until(healthy, 60, 0.2, "the API's /healthz")
 
-    def start_workers(self, think_concurrency: int | None, act_concurrency: int | None) -> None:
-        """Think worker (threads), act worker (prefork), reaper (and dispatcher, where the platform has one), as
-        fresh processes."""
+    def start_workers(
+        self, think_concurrency: int | None, act_concurrency: int | None, think_workers: int | None = None
+    ) -> None:
+        """Think workers (threads; one process per core unless ``think_workers`` says otherwise: a process's
+        Python runs on one core at a time), act worker (prefork), reaper (and dispatcher, where the platform has
+        one), as fresh processes. The think processes are ``think``, ``think-2``, ...; ``think_concurrency`` is
+        shared out among them."""
         self.stop_workers()
         tag = uuid.uuid4().hex[:6]
-        think = ["worker", "--queue", "think", "--hostname", f"think-bench-{tag}@%h"]
+        n = think_workers or os.cpu_count() or 1
         act = ["worker", "--queue", "act", "--hostname", f"act-bench-{tag}@%h"]
-        if think_concurrency:
-            think += ["--concurrency", str(think_concurrency)]
         if act_concurrency:
             act += ["--concurrency", str(act_concurrency)]
-        self.workers = {
-            "think": self._proc("worker-think", think).start(),
-            "act": self._proc("worker-act", act).start(),
-            "reaper": self._proc("reaper", ["reaper"]).start(),
-        }
+        self.workers = {}
+        for i in range(1, n + 1):
+            think = ["worker", "--queue", "think", "--hostname", f"think-bench-{tag}-{i}@%h"]
+            if think_concurrency:
+                think += ["--concurrency", str(max(1, think_concurrency // n))]
+            name = "think" if i == 1 else f"think-{i}"
+            self.workers[name] = self._proc(f"worker-{name}", think).start()
+        self.workers["act"] = self._proc("worker-act", act).start()
+        self.workers["reaper"] = self._proc("reaper", ["reaper"]).start()
         if importlib.util.find_spec("autogpt_workers.dispatcher") is not None:  # admission and webhooks, if any
             self.workers["dispatcher"] = self._proc("dispatcher", ["dispatcher"]).start()
+
+    def think_workers(self) -> list[Proc]:
+        return [proc for name, proc in self.workers.items() if name == "think" or name.startswith("think-")]
 
     def check_workers(self) -> None:
         for name, proc in self.workers.items():

@@ -215,6 +215,24 @@ MARK_PUBLISHED = (
     .values(published_at=func.now(), publish_attempts=Outbox.publish_attempts + 1)
 )
 
+# what a claimed phase needs of its task (read in the claim's transaction; plain columns, no ORM object to load)
+RUN_TASK_COLUMNS = (
+    Task.id,
+    Task.goal,
+    Task.budget,
+    Task.steps_completed,
+    Task.prompt_tokens,
+    Task.completion_tokens,
+    Task.cost_usd,
+    Task.started_at,
+    Task.created_at,
+    Task.allowed_commands,
+    Task.approval,
+    Task.priority,
+)
+RUN_TASK = select(*RUN_TASK_COLUMNS).where(_task)
+STEP_PROPOSAL = select(Step.proposal).where(*_step)
+
 HISTORY = (
     select(Step.step_index, Step.proposal, Step.output, Step.is_error, Step.is_last)
     .where(Step.task_id == bindparam("p_task_id"), Step.step_index < bindparam("p_step_index"))

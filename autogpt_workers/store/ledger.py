@@ -75,6 +75,31 @@ class HistoryRow:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunTask:
+    """A task as a claimed phase sees it (the columns of ``hot_sql.RUN_TASK``, in order)."""
+
+    id: uuid.UUID
+    goal: str
+    budget: dict[str, Any]
+    steps_completed: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    started_at: datetime | None
+    created_at: datetime
+    allowed_commands: list[str] | None
+    approval: dict[str, Any] | None
+    priority: int
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStep:
+    """The claimed step as the act phase sees it."""
+
+    proposal: dict[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Claim:
     outcome: ClaimOutcome
     token: uuid.UUID | None = None
@@ -83,9 +108,9 @@ class Claim:
     reason: str | None = None
     queued_at: datetime | None = None  # when this phase's wake-up was committed (for the queue-wait metric)
     # with a token: the run as claimed, read in the claim's transaction (no second round of reads per phase)
-    task: Task | None = None
+    task: RunTask | None = None
     history: list[HistoryRow] = dataclasses.field(default_factory=list)  # committed steps before it (think only)
-    current: Step | None = None
+    current: RunStep | None = None  # the step itself (act only)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,21 +243,16 @@ def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str,
 
 
 def _read_run(
-    session: Session, task_id: uuid.UUID, step_index: int, *, with_history: bool
-) -> tuple[Task, list[HistoryRow], Step | None]:
-    """The task, its committed steps before ``step_index`` (if asked; as plain rows, the columns the prompt needs)
-    and the step itself, as of this session."""
-    task = session.get_one(Task, task_id, populate_existing=True)
-    current = session.scalars(
-        select(Step)
-        .where(Step.task_id == task_id, Step.step_index == step_index)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    history: list[HistoryRow] = []
-    if with_history:
-        rows = session.connection().execute(sql.HISTORY, {"p_task_id": task_id, "p_step_index": step_index})
-        history = [HistoryRow(*r) for r in rows]
-    return task, history, current
+    session: Session, task_id: uuid.UUID, step_index: int, *, phase: str
+) -> tuple[RunTask, list[HistoryRow], RunStep | None]:
+    """The task, and for think its committed steps before ``step_index`` (the columns the prompt needs), for act
+    the step's proposal, as of this transaction."""
+    conn = session.connection()
+    task = RunTask(*conn.execute(sql.RUN_TASK, {"p_task_id": task_id}).one())
+    at = {"p_task_id": task_id, "p_step_index": step_index}
+    if phase == "think":
+        return task, [HistoryRow(*r) for r in conn.execute(sql.HISTORY, at)], None
+    return task, [], RunStep(conn.execute(sql.STEP_PROPOSAL, at).scalar_one())
 
 
 def deadline_reason(deadline: datetime, where: str) -> str:
@@ -330,7 +350,7 @@ class Ledger:
                 emit(s, task_id, "task.started", step_index)
             # receiving this wake-up proves it was published
             queued_at = s.connection().execute(sql.CLAIM_OUTBOX, {**at, "p_phase": phase}).scalar_one_or_none()
-            run, history, current = _read_run(s, task_id, step_index, with_history=phase == "think")
+            run, history, current = _read_run(s, task_id, step_index, phase=phase)
             return Claim(
                 ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
                 task=run, history=history, current=current,
