@@ -1,6 +1,6 @@
-"""Think-worker memory: RSS of the think worker process tree with N agents waiting on a slow LLM, against its
-RSS idle (fresh worker after one warm-up task). Per agent = (RSS loaded - RSS idle) / agents in flight, where in
-flight means a step in its think phase (claimed by the worker, waiting on the LLM)."""
+"""Think-worker memory: RSS of the think worker processes (one per core, together) with N agents waiting on a slow
+LLM, against their RSS idle (fresh workers after one warm-up task). Per agent = (RSS loaded - RSS idle) / agents
+in flight, where in flight means a step in its think phase (claimed by a worker, waiting on the LLM)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,12 @@ def measure_memory(
 ) -> MemoryResult:
     """Submit the agents, then sample until as many are in flight as can be (all, or the think concurrency) or
     the count stops rising. The caller stops the workers afterwards (the LLM would keep them waiting)."""
-    think = platform.workers["think"]
-    idle = think.rss_bytes()
+    thinkers = platform.think_workers()
+
+    def rss_bytes() -> int:  # the think processes together (one per core)
+        return sum(w.rss_bytes() for w in thinkers)
+
+    idle = rss_bytes()
     platform.set_llm_latency(llm_latency_s)
     platform.submit([steps_goal(2, "memory")] * agents, max_steps=3)
     submitted = time.monotonic()
@@ -45,7 +49,7 @@ def measure_memory(
     while time.monotonic() - submitted < llm_latency_s - 1.0:
         platform.check_workers()
         in_flight = int(db.scalar("SELECT count(*) FROM steps WHERE status = 'thinking'"))
-        rss = think.rss_bytes()
+        rss = rss_bytes()
         peak = max(peak, rss)
         if in_flight > best:
             best, best_rss, rose_at = in_flight, rss, time.monotonic()
@@ -60,7 +64,7 @@ def measure_memory(
 
 
 def memory_figure(r: MemoryResult) -> Figure:
-    title = f"think-worker RSS with {r.agents} agents in flight (LLM slow)"
+    title = f"think workers' RSS with {r.agents} agents in flight (LLM slow)"
     fig = Figure(KEY, title, goal=f"< {GOAL_MB_PER_AGENT:g} MB per in-flight agent")
     fig.reference = f"RSS idle {r.idle_rss / MB:.0f} MB"
     fig.measured = f"{r.loaded_rss / MB:.0f} MB, {r.per_agent / MB:.2f} MB/agent ({r.in_flight} in flight)"
