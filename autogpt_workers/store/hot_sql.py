@@ -230,7 +230,8 @@ RUN_TASK_COLUMNS = (
     Task.approval,
     Task.priority,
 )
-RUN_TASK = select(*RUN_TASK_COLUMNS).where(_task)
+# the claim's lock: the task's state and, in the same round trip, what the phase will need of it
+LOCK_TASK_RUN = select(*TASK_STATE_COLUMNS, *RUN_TASK_COLUMNS).where(_task).with_for_update(key_share=True)
 STEP_PROPOSAL = select(Step.proposal).where(*_step)
 
 HISTORY = (

@@ -178,6 +178,9 @@ class TaskState:
     started_at: datetime | None
 
 
+_STATE_COLUMNS = len(sql.TASK_STATE_COLUMNS)
+
+
 def lock_task(session: Session, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
     """Lock the task row (first, see the module docstring) and return its state; ``None`` if there is no such task
     (or, with ``skip_locked``, if another transaction holds it)."""
@@ -244,15 +247,14 @@ def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str,
 
 def _read_run(
     session: Session, task_id: uuid.UUID, step_index: int, *, phase: str
-) -> tuple[RunTask, list[HistoryRow], RunStep | None]:
-    """The task, and for think its committed steps before ``step_index`` (the columns the prompt needs), for act
-    the step's proposal, as of this transaction."""
+) -> tuple[list[HistoryRow], RunStep | None]:
+    """For think the task's committed steps before ``step_index`` (the columns the prompt needs), for act the
+    step's proposal, as of this transaction."""
     conn = session.connection()
-    task = RunTask(*conn.execute(sql.RUN_TASK, {"p_task_id": task_id}).one())
     at = {"p_task_id": task_id, "p_step_index": step_index}
     if phase == "think":
-        return task, [HistoryRow(*r) for r in conn.execute(sql.HISTORY, at)], None
-    return task, [], RunStep(conn.execute(sql.STEP_PROPOSAL, at).scalar_one())
+        return [HistoryRow(*r) for r in conn.execute(sql.HISTORY, at)], None
+    return [], RunStep(conn.execute(sql.STEP_PROPOSAL, at).scalar_one())
 
 
 def deadline_reason(deadline: datetime, where: str) -> str:
@@ -293,11 +295,13 @@ class Ledger:
         max_deliveries: int,
     ) -> Claim:
         with self.db.transaction() as s:
-            task = lock_task(s, task_id)
+            locked = s.connection().execute(sql.LOCK_TASK_RUN, {"p_task_id": task_id}).one_or_none()
             at = {"p_task_id": task_id, "p_step_index": step_index}
             row = s.connection().execute(sql.CLAIM_READ_STEP, at).one_or_none()
-            if task is None or row is None:
+            if locked is None or row is None:
                 return Claim(ClaimOutcome.missing)
+            task = TaskState(*locked[:_STATE_COLUMNS])
+            run = RunTask(*locked[_STATE_COLUMNS:])
             step_status, token, expires, deliveries, think_deliveries = row
             if step_status in ("completed", "failed"):
                 return Claim(ClaimOutcome.committed)
@@ -348,9 +352,10 @@ class Ledger:
             if task.status == "queued":
                 s.connection().execute(sql.START_TASK, {"p_task_id": task_id})
                 emit(s, task_id, "task.started", step_index)
+                run = dataclasses.replace(run, started_at=run.started_at or now)
             # receiving this wake-up proves it was published
             queued_at = s.connection().execute(sql.CLAIM_OUTBOX, {**at, "p_phase": phase}).scalar_one_or_none()
-            run, history, current = _read_run(s, task_id, step_index, phase=phase)
+            history, current = _read_run(s, task_id, step_index, phase=phase)
             return Claim(
                 ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
                 task=run, history=history, current=current,
