@@ -92,28 +92,38 @@ def _record(step: HistoryRow) -> StepRecord:
 
 
 class _Records:
-    """Committed steps as the agent's history records, kept per process (a committed step never changes, and
-    every think of a task reads its whole history again: validating it each time was O(steps) per step)."""
+    """Committed steps as the agent's history records, kept per process (a committed step never changes): a think
+    reads only the steps after those kept (``known``) and validates only those."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self._cache: collections.OrderedDict[tuple[uuid.UUID, int], StepRecord] = collections.OrderedDict()
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
-    def of(self, task_id: uuid.UUID, rows: list[HistoryRow]) -> list[StepRecord]:
+    def known(self, task_id: uuid.UUID, before: int) -> int:
+        """How many of the task's first steps (0, 1, ... below ``before``) are kept."""
+        with self._lock:
+            n = 0
+            while n < before and (task_id, n) in self._cache:
+                n += 1
+            return n
+
+    def of(self, task_id: uuid.UUID, known: int, rows: list[HistoryRow]) -> list[StepRecord]:
+        """The records of steps ``0..known-1`` (kept) followed by ``rows`` (read after them)."""
         out = []
+        with self._lock:
+            for index in range(known):
+                record = self._cache.get((task_id, index))
+                if record is None:  # evicted since ``known``: the caller reads the whole history again
+                    raise KeyError(index)
+                self._cache.move_to_end((task_id, index))
+                out.append(record)
         for row in rows:
-            key = (task_id, row.step_index)
+            record = _record(row)
             with self._lock:
-                record = self._cache.get(key)
-                if record is not None:
-                    self._cache.move_to_end(key)
-            if record is None:
-                record = _record(row)
-                with self._lock:
-                    self._cache[key] = record
-                    if len(self._cache) > self.max_entries:
-                        self._cache.popitem(last=False)
+                self._cache[(task_id, row.step_index)] = record
+                if len(self._cache) > self.max_entries:
+                    self._cache.popitem(last=False)
             out.append(record)
         return out
 
@@ -180,7 +190,8 @@ class StepRunner:
     def think(self, task_id: uuid.UUID, step_index: int) -> str:
         if self.leases.draining:
             return self._pass_on(task_id, step_index, "think")
-        claim = self._claim(task_id, step_index, "think")
+        known = self._records.known(task_id, step_index)
+        claim = self._claim(task_id, step_index, "think", history_from=known)
         if claim.token is None:
             return self._settle(claim, task_id, step_index, "think")
         token = claim.token
@@ -190,7 +201,10 @@ class StepRunner:
             task, history = claim.task, claim.history
             assert task is not None
             ctx = _context(task, step_index)
-            records = self._records.of(task_id, history)
+            try:
+                records = self._records.of(task_id, known, history)
+            except KeyError:  # some were evicted meanwhile: read them all
+                records = self._records.of(task_id, 0, self.ledger.history(task_id, step_index))
             try:
                 proposal = self._await(
                     hold,
@@ -438,10 +452,11 @@ class StepRunner:
         log.info("delivery_passed_on", task_id=str(task_id), step=step_index, phase=phase, reason="shutdown")
         return "passed on: shutting down"
 
-    def _claim(self, task_id: uuid.UUID, step_index: int, phase: str) -> Claim:
+    def _claim(self, task_id: uuid.UUID, step_index: int, phase: str, history_from: int = 0) -> Claim:
         claim = self.ledger.claim(
-            task_id, step_index, phase, self.owner, self.settings.lease_ttl_s, self.settings.max_deliveries
-        )
+            task_id, step_index, phase, self.owner, self.settings.lease_ttl_s, self.settings.max_deliveries,
+            history_from=history_from,
+        )  # fmt: skip
         wait = (datetime.now(UTC) - claim.queued_at).total_seconds() if claim.queued_at else None
         self.observer.delivery(phase, claim.outcome.value, wait)
         return claim

@@ -237,6 +237,6 @@ STEP_PROPOSAL = select(Step.proposal).where(*_step)
 HISTORY = (
     select(Step.step_index, Step.proposal, Step.output, Step.is_error, Step.is_last)
     .where(Step.task_id == bindparam("p_task_id"), Step.step_index < bindparam("p_step_index"))
-    .where(Step.status == "completed")
+    .where(Step.step_index >= bindparam("p_history_from"), Step.status == "completed")
     .order_by(Step.step_index)
 )

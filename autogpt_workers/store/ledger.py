@@ -109,7 +109,8 @@ class Claim:
     queued_at: datetime | None = None  # when this phase's wake-up was committed (for the queue-wait metric)
     # with a token: the run as claimed, read in the claim's transaction (no second round of reads per phase)
     task: RunTask | None = None
-    history: list[HistoryRow] = dataclasses.field(default_factory=list)  # committed steps before it (think only)
+    # think only: committed steps before it (from the claim's ``history_from`` on)
+    history: list[HistoryRow] = dataclasses.field(default_factory=list)
     current: RunStep | None = None  # the step itself (act only)
 
 
@@ -246,14 +247,15 @@ def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str,
 
 
 def _read_run(
-    session: Session, task_id: uuid.UUID, step_index: int, *, phase: str
+    session: Session, task_id: uuid.UUID, step_index: int, *, phase: str, history_from: int = 0
 ) -> tuple[list[HistoryRow], RunStep | None]:
-    """For think the task's committed steps before ``step_index`` (the columns the prompt needs), for act the
-    step's proposal, as of this transaction."""
+    """For think the task's committed steps from ``history_from`` to ``step_index`` (the columns the prompt
+    needs), for act the step's proposal, as of this transaction."""
     conn = session.connection()
     at = {"p_task_id": task_id, "p_step_index": step_index}
     if phase == "think":
-        return [HistoryRow(*r) for r in conn.execute(sql.HISTORY, at)], None
+        rows = conn.execute(sql.HISTORY, {**at, "p_history_from": history_from})
+        return [HistoryRow(*r) for r in rows], None
     return [], RunStep(conn.execute(sql.STEP_PROPOSAL, at).scalar_one())
 
 
@@ -293,7 +295,11 @@ class Ledger:
         owner: str,
         lease_ttl_s: float,
         max_deliveries: int,
+        history_from: int = 0,
     ) -> Claim:
+        """Take the lease on (task, step, phase), or say why not. Claimed, the run comes with it: the task, for
+        think the committed steps from ``history_from`` on (a caller that keeps the earlier ones skips them), for
+        act the step's proposal."""
         with self.db.transaction() as s:
             locked = s.connection().execute(sql.LOCK_TASK_RUN, {"p_task_id": task_id}).one_or_none()
             at = {"p_task_id": task_id, "p_step_index": step_index}
@@ -355,11 +361,17 @@ class Ledger:
                 run = dataclasses.replace(run, started_at=run.started_at or now)
             # receiving this wake-up proves it was published
             queued_at = s.connection().execute(sql.CLAIM_OUTBOX, {**at, "p_phase": phase}).scalar_one_or_none()
-            history, current = _read_run(s, task_id, step_index, phase=phase)
+            history, current = _read_run(s, task_id, step_index, phase=phase, history_from=history_from)
             return Claim(
                 ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
                 task=run, history=history, current=current,
             )
+
+    def history(self, task_id: uuid.UUID, before: int) -> list[HistoryRow]:
+        """The task's committed steps before step ``before``."""
+        with self.db.session() as s:
+            history, _ = _read_run(s, task_id, before, phase="think")
+            return history
 
     def renew(self, tokens: Sequence[uuid.UUID], lease_ttl_s: float) -> dict[uuid.UUID, str]:
         """Heartbeat: extend every lease this process still holds.
