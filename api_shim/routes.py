@@ -122,6 +122,7 @@ def make_router(settings: Settings) -> APIRouter:
         db = db_of(request)
         tenant = tenant_of(request)
         publisher = request.app.state.publisher
+        background = request.app.state.background_publisher
 
         def submit() -> tuple[Submitted, TaskView]:
             result = submit_task(
@@ -132,6 +133,7 @@ def make_router(settings: Settings) -> APIRouter:
                 idempotency_key=idempotency_key,
                 model=settings.llm_model,
                 policy=policy,
+                background=background,
             )
             # a new task is answered as committed; an earlier one (same idempotency key) as it is now
             return result, result.view or _load_task(db, result.task_id, tenant)

@@ -6,9 +6,11 @@ commit with publisher confirms. If the broker is down the task is still accepted
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import json
+import queue
 import threading
 import uuid
 import weakref
@@ -26,7 +28,7 @@ from autogpt_workers.errors import UsageError
 from autogpt_workers.publish_marks import PublishMarks
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import record_options
-from autogpt_workers.store.ledger import Ledger
+from autogpt_workers.store.ledger import Ledger, Wakeup
 from autogpt_workers.store.submit_sql import EXISTING_TASK
 
 log = structlog.get_logger(__name__)
@@ -40,7 +42,7 @@ class IdempotencyConflict(UsageError):
 class Submitted:
     task_id: uuid.UUID
     created: bool  # False: an earlier identical submission with the same idempotency key
-    published: bool  # False: accepted, the wake-up waits in the outbox for the reaper
+    published: bool  # False: accepted, the wake-up waits in the outbox (for the background publisher or the reaper)
     # a new task as committed (what reading it back would answer); None for an earlier identical submission
     view: TaskView | None = None
 
@@ -61,9 +63,12 @@ def submit_task(
     source: str = "native",
     additional_input: dict[str, Any] | None = None,
     policy: Policy | None = None,
+    background: BackgroundPublisher | None = None,
 ) -> Submitted:
     """Accept a task. ``policy`` (running-task caps, deadline urgency) may hold it back in the admission queue;
-    without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request."""
+    without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request. The
+    first wake-up is published before returning, or handed to ``background`` (then ``published`` is False: not
+    yet)."""
     ledger = Ledger(db)
     digest = request_hash(submission)
     deadline = submission.deadline
@@ -127,13 +132,77 @@ def submit_task(
     if held is not None:
         log.info("task_waiting_for_slot", task_id=str(task_id), tenant_id=tenant_id, reason=held)
         return Submitted(task_id, created=True, published=False, view=view)
-    try:
-        publisher.wake(task_id, 0, "think", priority)
-    except Exception as exc:  # accepted all the same: the outbox row is committed
-        log.warning("submit_publish_deferred", task_id=str(task_id), error=str(exc))
+    if background is not None and background.offer(wakeup, contextvars.copy_context()):
         return Submitted(task_id, created=True, published=False, view=view)
+    published = _publish(db, publisher, wakeup)
+    return Submitted(task_id, created=True, published=published, view=view)
+
+
+def _publish(db: Database, publisher: Publisher, wakeup: Wakeup) -> bool:
+    try:
+        publisher.wake(wakeup.task_id, wakeup.step_index, wakeup.phase, wakeup.priority)
+    except Exception as exc:  # accepted all the same: the outbox row is committed
+        log.warning("submit_publish_deferred", task_id=str(wakeup.task_id), error=str(exc))
+        return False
     _marks(db).add([wakeup.outbox_id])  # batched; a mark lost is a duplicate at worst, which the ledger ignores
-    return Submitted(task_id, created=True, published=True, view=view)
+    return True
+
+
+class BackgroundPublisher:
+    """Publishes new tasks' first wake-ups from ``threads`` threads of its own, so a submit answers once its
+    transaction is committed instead of also waiting for the broker's confirm (the API's choice: the client is
+    promised a committed task, whose outbox row the reaper publishes if this process never does).
+
+    ``offer`` takes a wake-up only while fewer than ``max_pending`` wait: beyond that the caller publishes it
+    itself, so a broker slower than the submits slows the submits down (no backlog hidden in memory). Each
+    wake-up is published in the submitter's context (its trace span). ``close`` publishes what is left.
+    """
+
+    def __init__(self, db: Database, publisher: Publisher, threads: int = 4, max_pending: int = 256) -> None:
+        self.db = db
+        self.publisher = publisher
+        self.threads = threads
+        self._queue: queue.Queue[tuple[Wakeup, contextvars.Context] | None] = queue.Queue(max_pending)
+        self._workers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def offer(self, wakeup: Wakeup, context: contextvars.Context) -> bool:
+        """True if taken (it will be published); False if the caller must publish it now."""
+        if not self._workers:
+            self._start()
+        try:
+            self._queue.put_nowait((wakeup, context))
+        except queue.Full:
+            return False
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Publish what waits (for at most ``timeout_s``), then stop the threads; what is left goes to the reaper."""
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for _ in workers:
+            try:
+                self._queue.put(None, timeout=timeout_s)
+            except queue.Full:
+                break
+        for worker in workers:
+            worker.join(timeout_s)
+
+    def _start(self) -> None:
+        with self._lock:  # started on first use: in a server's worker process, after the fork
+            if not self._workers:
+                for i in range(self.threads):
+                    worker = threading.Thread(target=self._run, name=f"submit-publisher-{i}", daemon=True)
+                    worker.start()
+                    self._workers.append(worker)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            wakeup, context = item
+            context.run(_publish, self.db, self.publisher, wakeup)
 
 
 def _may_be_capped(tenant_cap: int | None, policy: Policy) -> bool:
