@@ -20,7 +20,7 @@ from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app as celery_app
 from autogpt_workers.config import Settings, get_settings
 from autogpt_workers.store.db import Database
-from autogpt_workers.submit import IdempotencyConflict
+from autogpt_workers.submit import BackgroundPublisher, IdempotencyConflict
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -31,7 +31,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.settings = settings
         app.state.db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
         app.state.publisher = Publisher(celery_app)
+        # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
+        app.state.background_publisher = BackgroundPublisher(app.state.db, app.state.publisher)
         yield
+        app.state.background_publisher.close()
         app.state.db.dispose()
 
     app = FastAPI(

@@ -114,10 +114,13 @@ async def _principal(app: FastAPI, settings: Settings, headers: dict[str, str]) 
     if authenticator is None:
         authenticator = app.state.authenticator = Authenticator(app.state.db)
     key = presented_key(headers)
-    if key is None:
-        if settings.api_auth == "disabled":
-            return await run_in_threadpool(authenticator.anonymous)
+    if key is None and settings.api_auth != "disabled":
         return None
+    fresh, principal = authenticator.cached(key)  # answers for ttl_s without a thread or a query
+    if fresh:
+        return principal
+    if key is None:
+        return await run_in_threadpool(authenticator.anonymous)
     return await run_in_threadpool(authenticator.authenticate, key)
 
 

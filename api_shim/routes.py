@@ -7,8 +7,8 @@ import json
 import uuid
 from typing import Annotated, Any
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 
 from api_shim.auth import tenant_of
@@ -18,7 +18,7 @@ from autogpt_workers.config import Settings
 from autogpt_workers.contracts import ArtifactView, StepView, TaskPage, TaskStatus, TaskSubmission, TaskView
 from autogpt_workers.store import queries
 from autogpt_workers.store.db import Database
-from autogpt_workers.submit import submit_task
+from autogpt_workers.submit import Submitted, submit_task
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such task (for this tenant)."}}
 
@@ -31,6 +31,17 @@ def db_of(request: Request) -> Database:
 def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def db_limiter(request: Request) -> CapacityLimiter:
+    """The threads that may run a submit's database work at once: as many as the pool has connections. More
+    threads would only wait for a connection (or open one beyond the pool and close it again) while holding
+    the GIL away from the event loop; requests beyond it wait in the event loop instead."""
+    limiter: CapacityLimiter | None = getattr(request.app.state, "db_limiter", None)
+    if limiter is None:
+        settings = settings_of(request)
+        limiter = request.app.state.db_limiter = CapacityLimiter(settings.db_pool_size)
+    return limiter
 
 
 def json_size(value: Any) -> int:
@@ -84,6 +95,7 @@ def _check_limits(submission: TaskSubmission, settings: Settings) -> None:
 
 def make_router(settings: Settings) -> APIRouter:
     router = APIRouter()
+    policy = Policy.from_settings(settings)
 
     @router.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -102,31 +114,41 @@ def make_router(settings: Settings) -> APIRouter:
     async def create_task(
         body: TaskSubmission,
         request: Request,
-        response: Response,
         idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-    ) -> TaskView:
+    ) -> Response:
         """Accept a task: returns once the task and its first wake-up are committed (or, over a running-task
         cap, once it waits in the admission queue: ``waiting_for_slot``)."""
         _check_limits(body, settings)
         db = db_of(request)
         tenant = tenant_of(request)
-        with tracing.submit_span(tenant) as span:  # its context is stored with the task
-            result = await run_in_threadpool(
-                submit_task,
+        publisher = request.app.state.publisher
+        background = request.app.state.background_publisher
+
+        def submit() -> tuple[Submitted, TaskView]:
+            result = submit_task(
                 db,
-                request.app.state.publisher,
+                publisher,
                 body,
                 tenant_id=tenant,
                 idempotency_key=idempotency_key,
                 model=settings.llm_model,
-                policy=Policy.from_settings(settings),
+                policy=policy,
+                background=background,
             )
+            # a new task is answered as committed; an earlier one (same idempotency key) as it is now
+            return result, result.view or _load_task(db, result.task_id, tenant)
+
+        with tracing.submit_span(tenant) as span:  # its context is stored with the task
+            result, view = await to_thread.run_sync(submit, limiter=db_limiter(request))
             if span is not None:
                 span.set_attributes({"autogpt.task_id": str(result.task_id), "autogpt.created": result.created})
-        if not result.created:
-            response.status_code = 200
-        response.headers["Location"] = f"/v1/tasks/{result.task_id}"
-        return await run_in_threadpool(_load_task, db, result.task_id, tenant)
+        # answered as FastAPI would from the response model (a TaskView is one already), without its second pass
+        return Response(
+            view.model_dump_json(),
+            status_code=201 if result.created else 200,
+            headers={"Location": f"/v1/tasks/{result.task_id}"},
+            media_type="application/json",
+        )
 
     @router.get("/v1/tasks", response_model=TaskPage, tags=["tasks"])
     def list_tasks(

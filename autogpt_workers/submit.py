@@ -6,27 +6,30 @@ commit with publisher confirms. If the broker is down the task is still accepted
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import json
+import queue
 import threading
 import uuid
 import weakref
+from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
 from autogpt_workers import tracing
 from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
+from autogpt_workers.agent.types import Budget
 from autogpt_workers.broker import Publisher
-from autogpt_workers.contracts import TaskSubmission
+from autogpt_workers.contracts import TaskStatus, TaskSubmission, TaskView, Usage
 from autogpt_workers.errors import UsageError
 from autogpt_workers.publish_marks import PublishMarks
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import record_options
-from autogpt_workers.store.ledger import Ledger
-from autogpt_workers.store.models import Task
+from autogpt_workers.store.ledger import Ledger, Wakeup
+from autogpt_workers.store.submit_sql import EXISTING_TASK
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +42,9 @@ class IdempotencyConflict(UsageError):
 class Submitted:
     task_id: uuid.UUID
     created: bool  # False: an earlier identical submission with the same idempotency key
-    published: bool  # False: accepted, the wake-up waits in the outbox for the reaper
+    published: bool  # False: accepted, the wake-up waits in the outbox (for the background publisher or the reaper)
+    # a new task as committed (what reading it back would answer); None for an earlier identical submission
+    view: TaskView | None = None
 
 
 def request_hash(submission: TaskSubmission) -> str:
@@ -58,9 +63,12 @@ def submit_task(
     source: str = "native",
     additional_input: dict[str, Any] | None = None,
     policy: Policy | None = None,
+    background: BackgroundPublisher | None = None,
 ) -> Submitted:
     """Accept a task. ``policy`` (running-task caps, deadline urgency) may hold it back in the admission queue;
-    without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request."""
+    without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request. The
+    first wake-up is published before returning, or handed to ``background`` (then ``published`` is False: not
+    yet)."""
     ledger = Ledger(db)
     digest = request_hash(submission)
     deadline = submission.deadline
@@ -79,45 +87,162 @@ def submit_task(
         "deadline": deadline,
         "traceparent": tracing.current_traceparent(),  # the steps' spans join the submitter's trace (0005)
     }
+    # the options go into the task's own statement, except a webhook's: its trigger must see the options row
+    options = None
+    if submission.webhook_url is None:
+        options = {
+            "source": source,
+            "base_priority": submission.priority,
+            "profile": submission.profile,
+            "webhook_url": None,
+            "webhook_events": submission.webhook_events,
+            "additional_input": additional_input,
+        }
     held = None
     with db.transaction() as s:
-        created = ledger.create_task(s, values)
+        created = ledger.create_task(s, values, options=options)
         if created is not None:
-            record_options(
-                s,
-                created[0],
-                source=source,
-                base_priority=submission.priority,
-                profile=submission.profile,
-                webhook_url=submission.webhook_url,
-                webhook_events=submission.webhook_events,
-                additional_input=additional_input,
-            )
-            if policy is not None:
-                held = hold_if_capped(s, created[0], tenant_id, policy)
-        if created is None:
-            existing_id, existing_hash = s.execute(
-                select(Task.id, Task.request_hash).where(
-                    Task.tenant_id == tenant_id, Task.idempotency_key == idempotency_key
+            if options is None:
+                record_options(
+                    s,
+                    created.task_id,
+                    source=source,
+                    base_priority=submission.priority,
+                    profile=submission.profile,
+                    webhook_url=submission.webhook_url,
+                    webhook_events=submission.webhook_events,
+                    additional_input=additional_input,
                 )
-            ).one()
+            if policy is not None and _may_be_capped(created.tenant_cap, policy):
+                held = hold_if_capped(s, created.task_id, tenant_id, policy)
+        else:
+            existing_id, existing_hash = (
+                s.connection()
+                .execute(EXISTING_TASK, {"p_tenant_id": tenant_id, "p_idempotency_key": idempotency_key})
+                .one()
+            )
     if created is None:
         if existing_hash != digest:
             raise IdempotencyConflict(
                 f"idempotency key {idempotency_key!r} was already used for a different request (task {existing_id})"
             )
         return Submitted(existing_id, created=False, published=True)
-    task_id, wakeup = created
+    task_id, wakeup = created.task_id, created.wakeup
+    view = _new_task_view(task_id, created.created_at, values, submission, waiting=held is not None)
     if held is not None:
         log.info("task_waiting_for_slot", task_id=str(task_id), tenant_id=tenant_id, reason=held)
-        return Submitted(task_id, created=True, published=False)
+        return Submitted(task_id, created=True, published=False, view=view)
+    if background is not None and background.offer(wakeup, contextvars.copy_context()):
+        return Submitted(task_id, created=True, published=False, view=view)
+    published = _publish(db, publisher, wakeup)
+    return Submitted(task_id, created=True, published=published, view=view)
+
+
+def _publish(db: Database, publisher: Publisher, wakeup: Wakeup) -> bool:
     try:
-        publisher.wake(task_id, 0, "think", priority)
+        publisher.wake(wakeup.task_id, wakeup.step_index, wakeup.phase, wakeup.priority)
     except Exception as exc:  # accepted all the same: the outbox row is committed
-        log.warning("submit_publish_deferred", task_id=str(task_id), error=str(exc))
-        return Submitted(task_id, created=True, published=False)
+        log.warning("submit_publish_deferred", task_id=str(wakeup.task_id), error=str(exc))
+        return False
     _marks(db).add([wakeup.outbox_id])  # batched; a mark lost is a duplicate at worst, which the ledger ignores
-    return Submitted(task_id, created=True, published=True)
+    return True
+
+
+class BackgroundPublisher:
+    """Publishes new tasks' first wake-ups from ``threads`` threads of its own, so a submit answers once its
+    transaction is committed instead of also waiting for the broker's confirm (the API's choice: the client is
+    promised a committed task, whose outbox row the reaper publishes if this process never does).
+
+    ``offer`` takes a wake-up only while fewer than ``max_pending`` wait: beyond that the caller publishes it
+    itself, so a broker slower than the submits slows the submits down (no backlog hidden in memory). Each
+    wake-up is published in the submitter's context (its trace span). ``close`` publishes what is left.
+    """
+
+    def __init__(self, db: Database, publisher: Publisher, threads: int = 4, max_pending: int = 256) -> None:
+        self.db = db
+        self.publisher = publisher
+        self.threads = threads
+        self._queue: queue.Queue[tuple[Wakeup, contextvars.Context] | None] = queue.Queue(max_pending)
+        self._workers: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def offer(self, wakeup: Wakeup, context: contextvars.Context) -> bool:
+        """True if taken (it will be published); False if the caller must publish it now."""
+        if not self._workers:
+            self._start()
+        try:
+            self._queue.put_nowait((wakeup, context))
+        except queue.Full:
+            return False
+        return True
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Publish what waits (for at most ``timeout_s``), then stop the threads; what is left goes to the reaper."""
+        with self._lock:
+            workers, self._workers = self._workers, []
+        for _ in workers:
+            try:
+                self._queue.put(None, timeout=timeout_s)
+            except queue.Full:
+                break
+        for worker in workers:
+            worker.join(timeout_s)
+
+    def _start(self) -> None:
+        with self._lock:  # started on first use: in a server's worker process, after the fork
+            if not self._workers:
+                for i in range(self.threads):
+                    worker = threading.Thread(target=self._run, name=f"submit-publisher-{i}", daemon=True)
+                    worker.start()
+                    self._workers.append(worker)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            wakeup, context = item
+            context.run(_publish, self.db, self.publisher, wakeup)
+
+
+def _may_be_capped(tenant_cap: int | None, policy: Policy) -> bool:
+    """Whether a cap could hold the task back: the tenant's own (read in the submitting statement), the default
+    per-tenant one or the platform's. Without any, ``hold_if_capped`` has nothing to check."""
+    return tenant_cap is not None or policy.tenant_max_running is not None or policy.max_running is not None
+
+
+def _new_task_view(
+    task_id: uuid.UUID,
+    created_at: datetime | None,
+    values: dict[str, Any],
+    submission: TaskSubmission,
+    *,
+    waiting: bool,
+) -> TaskView | None:
+    """The new task as ``queries.load_task_view`` reads it back right after the commit, built from what was
+    written (no read-back). ``None`` when the row's ``created_at`` is unknown."""
+    if created_at is None:
+        return None
+    return TaskView(
+        id=task_id,
+        status=TaskStatus.queued,
+        goal=values["goal"],
+        priority=submission.priority,
+        effective_priority=values["priority"],
+        budget=Budget.model_validate(values["budget"]),
+        steps_completed=0,
+        usage=Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0, cost_usd=0.0, llm_calls=0),
+        error=None,
+        created_at=created_at,
+        started_at=None,
+        finished_at=None,
+        metadata=values["metadata_"] or {},
+        allowed_commands=values["allowed_commands"],
+        profile=submission.profile,
+        webhook_url=submission.webhook_url,
+        webhook_events=submission.webhook_events or [],
+        waiting_for_slot=waiting,
+    )
 
 
 _marks_lock = threading.Lock()

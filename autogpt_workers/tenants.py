@@ -29,6 +29,7 @@ from autogpt_workers.store.gateway import ApiKey, Tenant
 
 KEY_PREFIX = "agw_"
 DEFAULT_TENANT = "default"
+ANONYMOUS = "\x00anonymous"  # the cache's entry for development mode without a key (no digest looks like it)
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -162,6 +163,15 @@ class Authenticator:
         self._cache: dict[str, tuple[float, Principal | None]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, raw: str | None) -> tuple[bool, Principal | None]:
+        """The remembered answer for a key (``None``: the anonymous principal) without asking PostgreSQL:
+        (True, principal or None for an unknown key) if it is fresh, (False, None) if ``authenticate`` (or
+        ``anonymous``) must look it up. Cheap enough for the event loop."""
+        hit = self._cache.get(ANONYMOUS if raw is None else hash_key(raw))  # a dict read is atomic
+        if hit is not None and hit[0] > time.monotonic() and (raw is not None or hit[1] is not None):
+            return True, hit[1]
+        return False, None
+
     def authenticate(self, raw: str) -> Principal | None:
         digest = hash_key(raw)
         now = time.monotonic()
@@ -178,7 +188,7 @@ class Authenticator:
 
     def anonymous(self) -> Principal:
         """Development mode without a key: the ``default`` tenant."""
-        key = "\x00anonymous"
+        key = ANONYMOUS
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)

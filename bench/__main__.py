@@ -125,7 +125,9 @@ class BenchRun:
         try:
             with ThreadPoolExecutor(2) as pool:
                 llm = pool.submit(platform.start_llm)
-                platform.spawn_api()  # its imports overlap the migration; it touches the database only later
+                # its imports overlap the migration; it touches the database only later. One uvicorn process per
+                # core, as the think workers: a process's Python runs on one core at a time
+                platform.spawn_api(workers=os.cpu_count() or 1)
                 env.ensure_services()
                 env.purge_queues()  # what an interrupted run left
                 self.say("database and vhost ready, schema migrated")

@@ -39,9 +39,11 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from autogpt_workers.store import hot_sql as sql
+from autogpt_workers.store import submit_sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.hot_sql import TERMINAL_TASK
 from autogpt_workers.store.models import Outbox, Step, Task
+from autogpt_workers.store.submit_sql import CreatedTask
 
 OPEN_STEP = ("pending", "thinking", "proposed", "acting", "awaiting_approval")
 CLOSED_STEP = ("completed", "failed", "cancelled")
@@ -273,17 +275,35 @@ class Ledger:
 
     # -- submission ------------------------------------------------------------------------------------------------
 
-    def create_task(self, session: Session, values: dict[str, Any]) -> tuple[uuid.UUID, Wakeup] | None:
-        """Insert a task, its first step and its first wake-up. ``None`` if the idempotency key is taken."""
-        stmt = insert(Task).values(**values)
-        if values.get("idempotency_key") is not None:
-            stmt = stmt.on_conflict_do_nothing(constraint="uq_tasks_tenant_idempotency_key")
-        task_id = session.connection().execute(stmt.returning(Task.id)).scalar_one_or_none()
-        if task_id is None:
+    def create_task(
+        self, session: Session, values: dict[str, Any], *, options: dict[str, Any] | None = None
+    ) -> CreatedTask | None:
+        """Insert a task, its first step and its first wake-up (and, given ``options``, its ``task_options`` row)
+        in one statement. ``None`` if the idempotency key is taken. ``options`` holds every column of
+        ``submit_sql.OPTION_COLUMNS`` and no webhook (the caller records a webhook's options itself)."""
+        priority = values.get("priority", 5)
+        if not values.keys() <= submit_sql.TASK_DEFAULTS.keys():  # a column the prebuilt statement does not set
+            stmt_any = insert(Task).values(**values)
+            if values.get("idempotency_key") is not None:
+                stmt_any = stmt_any.on_conflict_do_nothing(constraint="uq_tasks_tenant_idempotency_key")
+            new_id = session.connection().execute(stmt_any.returning(Task.id)).scalar_one_or_none()
+            if new_id is None:
+                return None
+            session.connection().execute(insert(Step).values(task_id=new_id, step_index=0))
+            emit(session, new_id, "task.queued", priority=priority)
+            return CreatedTask(new_id, add_wakeup(session, new_id, 0, "think", priority), None, None)
+        params = {f"p_{k}": values.get(k, default) for k, default in submit_sql.TASK_DEFAULTS.items()}
+        params["p_id"] = uuid.uuid4()
+        params["p_event_data"] = {"priority": priority}
+        stmt = submit_sql.CREATE_TASK
+        if options is not None:
+            params.update({f"p_{k}": options[k] for k in submit_sql.OPTION_COLUMNS})
+            stmt = submit_sql.CREATE_TASK_WITH_OPTIONS
+        row = session.connection().execute(stmt, params).one_or_none()
+        if row is None:
             return None
-        session.connection().execute(insert(Step).values(task_id=task_id, step_index=0))
-        emit(session, task_id, "task.queued", priority=values.get("priority", 5))
-        return task_id, add_wakeup(session, task_id, 0, "think", values.get("priority", 5))
+        task_id, created_at, outbox_id, tenant_cap = row
+        return CreatedTask(task_id, Wakeup(outbox_id, task_id, 0, "think", priority), created_at, tenant_cap)
 
     # -- the step protocol -----------------------------------------------------------------------------------------
 

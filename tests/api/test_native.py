@@ -41,6 +41,54 @@ def test_twenty_concurrent_duplicates_make_one_task(gateway: Gateway, db: Any) -
     assert theirs.status_code == 201 and theirs.json()["id"] != responses[0].json()["id"]
 
 
+def test_the_submit_answer_is_the_task_as_read_back(gateway: Gateway, db: Any) -> None:
+    """The 201 is built from what the submit wrote (no read-back): it must say exactly what a GET reads, with and
+    without a webhook (whose options take the other path), and the options, event and wake-up rows exist."""
+    from autogpt_workers.store.gateway import TaskOptions
+    from autogpt_workers.store.models import Outbox, Step, TaskEvent
+
+    t = gateway.tenant("answer")
+    bodies: list[dict[str, Any]] = [
+        {"goal": "Wait for approval [[steps:1]]", "approval": "always", "priority": 2},
+        {
+            "goal": "Everything set [[steps:1]]",
+            "approval": "always",
+            "priority": 3,
+            "budget": {"max_steps": 4},
+            "allowed_commands": ["finish"],
+            "profile": "execution",
+            "metadata": {"b": [1, 2.5, None], "a": {"nested": True}},
+            "deadline": "2099-01-01T00:00:00Z",
+        },
+        {"goal": "Webhook [[steps:1]]", "approval": "always", "webhook_url": "http://127.0.0.1:9/h"},
+    ]
+    with gateway.client(t) as c:
+        for body in bodies:
+            created = c.post("/v1/tasks", json=body)
+            assert created.status_code == 201, created.text
+            answer = created.json()
+            assert created.headers["location"] == f"/v1/tasks/{answer['id']}"
+            assert answer["status"] == "queued" and answer["waiting_for_slot"] is False
+            read = c.get(f"/v1/tasks/{answer['id']}").json()
+            if read["status"] != "queued":  # a worker took it meanwhile: only what it changes may differ
+                read.update({k: answer[k] for k in ("status", "started_at", "usage", "steps_completed")})
+            assert answer == read
+            task_id = uuid.UUID(answer["id"])
+            with db.session() as s:
+                options = s.get(TaskOptions, task_id)
+                assert options is not None and options.source == "native"
+                assert options.base_priority == body.get("priority", 5) and options.webhook_url == body.get(
+                    "webhook_url"
+                )
+                assert s.scalars(select(Step.step_index).where(Step.task_id == task_id)).all() == [0]
+                kinds = s.scalars(
+                    select(TaskEvent.kind).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+                ).all()
+                assert kinds[0] == "task.queued"
+                phases = s.execute(select(Outbox.step_index, Outbox.phase).where(Outbox.task_id == task_id)).all()
+                assert (0, "think") in phases
+
+
 def test_native_fields_are_stored_and_shown(gateway: Gateway) -> None:
     t = gateway.tenant("fields")
     with gateway.client(t) as c:

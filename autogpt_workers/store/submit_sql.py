@@ -1,0 +1,105 @@
+"""The submit's one statement: the task row, its first step, its ``task.queued`` event, its first wake-up (outbox)
+and, when given, its options, inserted by one PostgreSQL statement (data-modifying CTEs), built once.
+
+Building the ORM inserts of a submit (and their cache keys) cost more CPU than PostgreSQL spent running them, and
+each was a round trip; this statement is compiled once, then only bound (see ``hot_sql`` for the same pattern on
+the worker side). It also returns what the API answers with (the row's ``created_at``) and the tenant's own cap
+(``tenants.max_running``), so a submit under no cap needs no further query.
+
+The foreign keys of the step, event, outbox and options rows are checked at the end of the statement, when the
+task row exists. The webhook trigger on ``task_events`` may not see the options row written by the same statement,
+so this variant with options is only used when the task has no webhook (``Ledger.create_task``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from sqlalchemy import TextClause, bindparam, text
+
+from autogpt_workers.store.gateway import TaskOptions
+from autogpt_workers.store.models import Outbox, Task, TaskEvent
+
+if TYPE_CHECKING:
+    from autogpt_workers.store.ledger import Wakeup
+
+# the columns a submit may set, with the value an absent key stands for (the model's own defaults)
+TASK_DEFAULTS: dict[str, Any] = {
+    "tenant_id": "default",
+    "goal": None,
+    "priority": 5,
+    "budget": {},
+    "allowed_commands": None,
+    "metadata_": {},
+    "idempotency_key": None,
+    "request_hash": None,
+    "model": None,
+    "approval": "never",
+    "deadline": None,
+    "traceparent": None,
+}
+OPTION_COLUMNS = ("source", "base_priority", "profile", "webhook_url", "webhook_events", "additional_input")
+
+_task = Task.__table__.c
+_options = TaskOptions.__table__.c
+
+
+def _task_params() -> list[Any]:
+    params = [bindparam("p_id", type_=_task.id.type)]
+    for key in TASK_DEFAULTS:
+        column = _task.metadata if key == "metadata_" else _task[key]
+        params.append(bindparam(f"p_{key}", type_=column.type))
+    params.append(bindparam("p_event_data", type_=TaskEvent.__table__.c.data.type))
+    return params
+
+
+def _statement(with_options: bool) -> TextClause:
+    options = ""
+    params = _task_params()
+    if with_options:
+        options = (
+            ", opt AS (INSERT INTO task_options (task_id, source, base_priority, profile, webhook_url, "
+            "webhook_events, additional_input) SELECT id, :p_source, :p_base_priority, :p_profile, :p_webhook_url, "
+            ":p_webhook_events, :p_additional_input FROM t)"
+        )
+        params += [bindparam(f"p_{name}", type_=_options[name].type) for name in OPTION_COLUMNS]
+    outbox = Outbox.__tablename__
+    sql = (
+        "WITH t AS ("
+        "INSERT INTO tasks (id, tenant_id, goal, priority, budget, allowed_commands, metadata, idempotency_key, "
+        "request_hash, model, approval, deadline, traceparent) VALUES (:p_id, :p_tenant_id, :p_goal, :p_priority, "
+        ":p_budget, :p_allowed_commands, :p_metadata_, :p_idempotency_key, :p_request_hash, :p_model, :p_approval, "
+        ":p_deadline, :p_traceparent) "
+        # a NULL key never conflicts: without a key this clause changes nothing
+        "ON CONFLICT ON CONSTRAINT uq_tasks_tenant_idempotency_key DO NOTHING "
+        "RETURNING id, created_at), "
+        "s AS (INSERT INTO steps (task_id, step_index) SELECT id, 0 FROM t), "
+        "e AS (INSERT INTO task_events (task_id, kind, step_index, data) "
+        "SELECT id, 'task.queued', NULL, :p_event_data FROM t), "
+        f"o AS (INSERT INTO {outbox} (task_id, step_index, phase, priority) SELECT id, 0, 'think', :p_priority FROM t "
+        "ON CONFLICT ON CONSTRAINT uq_outbox_task_step_phase DO UPDATE SET published_at = NULL, created_at = now() "
+        f"RETURNING id){options} "
+        "SELECT t.id, t.created_at, o.id, (SELECT max_running FROM tenants WHERE tenants.id = :p_tenant_id) "
+        "FROM t, o"
+    )
+    return text(sql).bindparams(*params)
+
+
+CREATE_TASK = _statement(with_options=False)
+CREATE_TASK_WITH_OPTIONS = _statement(with_options=True)
+
+EXISTING_TASK = text(
+    "SELECT id, request_hash FROM tasks WHERE tenant_id = :p_tenant_id AND idempotency_key = :p_idempotency_key"
+)
+
+
+class CreatedTask(NamedTuple):
+    """What ``Ledger.create_task`` made: ``[0]`` the task id, ``[1]`` its first wake-up (as before), the row's
+    ``created_at`` and the tenant's own running-task cap (``None``: none set, or not read)."""
+
+    task_id: uuid.UUID
+    wakeup: Wakeup
+    created_at: datetime | None
+    tenant_cap: int | None
