@@ -78,7 +78,7 @@ class HistoryRow:
 
 @dataclasses.dataclass(frozen=True)
 class RunTask:
-    """A task as a claimed phase sees it (the columns of ``hot_sql.RUN_TASK``, in order)."""
+    """A task as a claimed phase sees it (``hot_sql.RUN_TASK_COLUMNS``, in order)."""
 
     id: uuid.UUID
     goal: str
@@ -89,8 +89,8 @@ class RunTask:
     cost_usd: float
     started_at: datetime | None
     created_at: datetime
-    allowed_commands: list[str] | None
-    approval: dict[str, Any] | None
+    allowed_commands: list[Any] | None
+    approval: Any  # the approval policy as stored (JSONB: "never", "always" or a list of side-effect classes)
     priority: int
 
 
