@@ -87,32 +87,22 @@ def submit_task(
         "deadline": deadline,
         "traceparent": tracing.current_traceparent(),  # the steps' spans join the submitter's trace (0005)
     }
+    options: dict[str, Any] = {
+        "source": source,
+        "base_priority": submission.priority,
+        "profile": submission.profile,
+        "webhook_url": submission.webhook_url,
+        "webhook_events": submission.webhook_events,
+        "additional_input": additional_input,
+    }
     # the options go into the task's own statement, except a webhook's: its trigger must see the options row
-    options = None
-    if submission.webhook_url is None:
-        options = {
-            "source": source,
-            "base_priority": submission.priority,
-            "profile": submission.profile,
-            "webhook_url": None,
-            "webhook_events": submission.webhook_events,
-            "additional_input": additional_input,
-        }
+    in_statement = submission.webhook_url is None
     held = None
     with db.transaction() as s:
-        created = ledger.create_task(s, values, options=options)
+        created = ledger.create_task(s, values, options=options if in_statement else None)
         if created is not None:
-            if options is None:
-                record_options(
-                    s,
-                    created.task_id,
-                    source=source,
-                    base_priority=submission.priority,
-                    profile=submission.profile,
-                    webhook_url=submission.webhook_url,
-                    webhook_events=submission.webhook_events,
-                    additional_input=additional_input,
-                )
+            if not in_statement:
+                record_options(s, created.task_id, **options)
             if policy is not None and _may_be_capped(created.tenant_cap, policy):
                 held = hold_if_capped(s, created.task_id, tenant_id, policy)
         else:
