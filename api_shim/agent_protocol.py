@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ from api_shim.auth import tenant_of
 from api_shim.routes import db_of, json_size, unstorable
 from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
+from autogpt_workers.artifacts import ArtifactNotFound, ArtifactStoreError, artifact_store
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import TaskSubmission
 from autogpt_workers.store import queries
@@ -193,6 +194,7 @@ def _steps(db: Database, task: Task, steps: list[Step]) -> list[ap.Step]:
 def make_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/ap/v1/agent")
     max_page = settings.api_max_page_size
+    store = artifact_store(settings)  # the workers' store (local directory or S3): uploads and downloads go there
 
     @router.post("/tasks", response_model=ap.Task, tags=TAGS, responses=UNPROCESSABLE)
     async def create_agent_task(request: Request, body: ap.TaskRequestBody) -> ap.Task:
@@ -372,13 +374,15 @@ def make_router(settings: Settings) -> APIRouter:
             raise HTTPException(422, str(exc)) from exc
         with db.session() as s:
             task = _task(s, task_id, tenant_of(request))
-        root = uploads.workspace(settings.workspace_root, task.id)
         try:
-            size, digest = uploads.store(root, path, file.file, settings.api_max_upload_bytes)
+            size, digest = uploads.save(store, task.id, path, file.file, settings.api_max_upload_bytes)
         except uploads.TooLarge as exc:
             raise HTTPException(413, str(exc)) from exc
         except uploads.BadPath as exc:
             raise HTTPException(422, str(exc)) from exc
+        except ArtifactStoreError as exc:
+            raise HTTPException(503, f"the artifact store is unavailable; retry shortly ({exc})",
+                                headers={"Retry-After": "2"}) from exc
         with db.transaction() as s:
             artifact_id = s.execute(
                 insert(Artifact)
@@ -396,7 +400,7 @@ def make_router(settings: Settings) -> APIRouter:
     @router.get(
         "/tasks/{task_id}/artifacts/{artifact_id}",
         tags=TAGS,
-        response_class=FileResponse,
+        response_class=StreamingResponse,
         responses={
             200: {
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
@@ -405,7 +409,7 @@ def make_router(settings: Settings) -> APIRouter:
             **NOT_FOUND,
         },
     )
-    def download_agent_task_artifact(task_id: str, artifact_id: str, request: Request) -> FileResponse:
+    def download_agent_task_artifact(task_id: str, artifact_id: str, request: Request) -> StreamingResponse:
         """Download a specified artifact."""
         with db_of(request).session() as s:
             task = _task(s, task_id, tenant_of(request))
@@ -413,14 +417,18 @@ def make_router(settings: Settings) -> APIRouter:
             if artifact is None or artifact.task_id != task.id:
                 raise HTTPException(404, f"artifact {artifact_id!r} not found")
         try:
-            path = uploads.confined(uploads.workspace(settings.workspace_root, task.id), artifact.relative_path)
-        except uploads.BadPath:
-            path = None
-        if path is None or not path.is_file():
-            raise HTTPException(404, f"the content of artifact {artifact_id!r} is no longer available")
+            body = store.open(str(task.id), artifact.relative_path)  # the workers' store: local or S3
+        except ArtifactNotFound as exc:
+            raise HTTPException(404, f"the content of artifact {artifact_id!r} is no longer available") from exc
+        except ArtifactStoreError as exc:
+            raise HTTPException(503, f"the artifact store is unavailable; retry shortly ({exc})",
+                                headers={"Retry-After": "2"}) from exc
         name = artifact.relative_path.rsplit("/", 1)[-1]
         ascii_name = name.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
-        disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
-        return FileResponse(path, media_type="application/octet-stream", headers={"Content-Disposition": disposition})
+        headers = {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"}
+        size = uploads.size_of(body)
+        if size is not None:
+            headers["Content-Length"] = str(size)
+        return StreamingResponse(uploads.chunks(body), media_type="application/octet-stream", headers=headers)
 
     return router

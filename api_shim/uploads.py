@@ -1,9 +1,10 @@
-"""Artifact files in a task's workspace: path checks, upload storage, download lookup.
+"""Artifact files of a task, in the configured artifact store: path checks, uploads, downloads.
 
 Paths from a client are refused (422), never quietly rewritten, when they are absolute (``/x``, ``C:/x``), contain
 ``..``, NUL or other control characters, backslashes, or are too long. A file name keeps only its last
-component (browsers send ``C:\\fakepath\\name``). The final path is resolved and must lie inside the workspace, so a
-symlink planted in it cannot lead a write or a read outside.
+component (browsers send ``C:\\fakepath\\name``). Files go to and come from ``autogpt_workers.artifacts``'s store
+(the workers' own, local or S3), which follows no symlink, so one planted in a workspace cannot lead a write or a read
+outside.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import uuid
-from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Iterator
+from typing import IO, BinaryIO
 
+from autogpt_workers.artifacts import ArtifactStore, InvalidArtifactPath
 from autogpt_workers.errors import UsageError
 
 MAX_PATH_CHARS = 1024
@@ -71,42 +72,37 @@ def artifact_path(directory: str, file_name: str) -> str:
     return f"{directory}/{file_name}" if directory else file_name
 
 
-def confined(root: Path, relative: str) -> Path:
-    base = root.resolve()
-    target = (base / relative).resolve()
-    if target == base or not target.is_relative_to(base):
-        raise BadPath(f"path {relative!r} leads outside the task's workspace")
-    return target
-
-
-def store(root: Path, relative: str, source: BinaryIO, max_bytes: int) -> tuple[int, str]:
-    """Copy ``source`` to ``root/relative`` atomically; returns (size, sha256). Raises ``TooLarge`` past
-    ``max_bytes`` (nothing is left behind)."""
-    root.mkdir(parents=True, exist_ok=True)
-    target = confined(root, relative)
-    if target.is_dir():
-        raise BadPath(f"{relative!r} is a directory in the task's workspace")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file where a directory of the path should be
-        raise BadPath(f"cannot store {relative!r}: {exc.strerror} (a file of the workspace is in the way)") from exc
+def save(store: ArtifactStore, task_id: uuid.UUID, relative: str, source: BinaryIO, max_bytes: int) -> tuple[int, str]:
+    """Store an upload (already spooled by the server, so it is read twice: once to check its size and hash it, then
+    by the store); returns (size, sha256). ``TooLarge`` past ``max_bytes``, ``BadPath`` where the workspace has a
+    directory (or a file in the way of one); nothing is stored then."""
     digest = hashlib.sha256()
     size = 0
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
+    while chunk := source.read(CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLarge(f"the file is larger than the upload limit of {max_bytes} bytes")
+        digest.update(chunk)
+    source.seek(0)
     try:
-        with os.fdopen(fd, "wb") as out:
-            while chunk := source.read(CHUNK):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise TooLarge(f"the file is larger than the upload limit of {max_bytes} bytes")
-                digest.update(chunk)
-                out.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        store.save(str(task_id), relative, source)
+    except InvalidArtifactPath as exc:
+        raise BadPath(f"cannot store {relative!r}: {exc}") from exc
     return size, digest.hexdigest()
 
 
-def workspace(root: Path, task_id: uuid.UUID) -> Path:
-    return root / str(task_id)
+def chunks(body: IO[bytes]) -> Iterator[bytes]:
+    """A stored file's content for a streaming response; closes it at the end (or when the client goes away)."""
+    try:
+        while block := body.read(CHUNK):
+            yield block
+    finally:
+        body.close()
+
+
+def size_of(body: IO[bytes]) -> int | None:
+    """The size of an opened local file (for Content-Length); None for a stream (S3)."""
+    try:
+        return os.fstat(body.fileno()).st_size
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return None

@@ -7,7 +7,9 @@ Implementations: ``local`` (one host; the store *is* the workspace directory) an
 storage, many hosts).
 
 Paths are workspace-relative POSIX paths; ``check_relative`` refuses anything that could leave the task's area.
-Symlinks are never stored or followed: a workspace symlink may point anywhere on the host.
+Symlinks are never stored or followed: a workspace symlink may point anywhere on the host. Copying stores read and
+write local files through ``confined`` (no symlink followed at any level), and after ``materialise`` a directory
+holds exactly the stored files: whatever else a previous step left there (symlinks included) is removed.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def materialise(self, task_id: str, dest_dir: Path) -> Path:
-        """Make ``dest_dir`` hold the task's stored files (creating it); return it."""
+        """Make ``dest_dir`` hold the task's stored files and nothing else (creating it); return it."""
 
     @abstractmethod
     def sync_back(self, task_id: str, src_dir: Path, changed_paths: Iterable[str]) -> None:

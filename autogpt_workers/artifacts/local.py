@@ -2,21 +2,22 @@
 
 The store's directory *is* the task's workspace, so ``materialise`` and ``sync_back`` have nothing to copy when
 the worker works in place (``workspace_dir``); given another directory they mirror it (copy what differs, remove
-what the store no longer has), which tests and tools use.
+everything else: files the store no longer has, symlinks, stray directories), which tests and tools use. Every copy
+goes through ``confined``: no symlink in either directory is ever followed.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from autogpt_workers.artifacts import confined
 from autogpt_workers.artifacts.base import (
     ArtifactNotFound,
     ArtifactStore,
+    ArtifactStoreError,
     InvalidArtifactPath,
     check_relative,
     snapshot,
@@ -39,51 +40,41 @@ class LocalArtifactStore(ArtifactStore):
         if _same(source, dest_dir):
             return dest_dir
         stored = snapshot(source) if source.is_dir() else {}
-        local = snapshot(dest_dir)
+        local = confined.prune(dest_dir, stored.keys())
         for relative, stamp in stored.items():
             if local.get(relative) != stamp:
-                _copy(source / relative, dest_dir / relative)
-        for relative in local.keys() - stored.keys():
-            (dest_dir / relative).unlink(missing_ok=True)
+                try:
+                    _copy(source, dest_dir, relative)  # False if deleted from the store meanwhile
+                except InvalidArtifactPath as exc:  # a symlink appeared since the prune: refuse, never follow
+                    raise ArtifactStoreError(f"cannot materialise {relative!r} of task {task_id}: {exc}") from exc
         return dest_dir
 
     def sync_back(self, task_id: str, src_dir: Path, changed_paths: Iterable[str]) -> None:
         target = self.task_dir(task_id)
         if _same(src_dir, target):
             return
-        for relative in map(check_relative, changed_paths):
-            source = src_dir / relative
-            if source.is_file() and not source.is_symlink():
-                _copy(source, target / relative)
-            else:
-                (target / relative).unlink(missing_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
+        paths = sorted(set(map(check_relative, changed_paths)))
+        present = [p for p in paths if confined.is_file(src_dir, p)]  # a symlink is never a file here
+        for relative in sorted(set(paths) - set(present)):  # deletions first: a file may replace a directory
+            confined.remove_file(target, relative)
+        for relative in present:
+            try:
+                _copy(src_dir, target, relative)
+            except InvalidArtifactPath as exc:
+                raise ArtifactStoreError(f"cannot store {relative!r} of task {task_id}: {exc}") from exc
 
     def open(self, task_id: str, relative_path: str) -> IO[bytes]:
-        base = self.task_dir(task_id).resolve()
-        path = (base / check_relative(relative_path)).resolve()
-        if not path.is_relative_to(base) or not path.is_file():  # a symlink out of the task resolves outside
-            raise ArtifactNotFound(f"task {task_id} has no artifact {relative_path!r}")
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
         try:
-            return os.fdopen(os.open(path, flags), "rb")
-        except OSError as exc:
+            return confined.open_file(self.task_dir(task_id), check_relative(relative_path))
+        except ArtifactNotFound as exc:  # a symlink anywhere on the way counts as missing
             raise ArtifactNotFound(f"task {task_id} has no artifact {relative_path!r}") from exc
 
     def save(self, task_id: str, relative_path: str, data: IO[bytes]) -> int:
         base = self.task_dir(task_id)
-        target = base / check_relative(relative_path)
-        if not target.resolve().is_relative_to(base.resolve()):  # a symlinked directory on the way out
-            raise InvalidArtifactPath(f"invalid artifact path {relative_path!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                size = _copy_stream(data, f)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return size
+        relative = check_relative(relative_path)
+        base.mkdir(parents=True, exist_ok=True)
+        return confined.write_file(base, relative, lambda f: _copy_stream(data, f))
 
     def list(self, task_id: str) -> list[str]:
         directory = self.task_dir(task_id)
@@ -102,8 +93,16 @@ def _same(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _copy(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink():
-        target.unlink()
-    shutil.copy2(source, target, follow_symlinks=False)  # keeps the mtime: unchanged files compare equal
+def _copy(source_root: Path, target_root: Path, relative: str) -> bool:
+    """Copy one file between the two directories with its mode and mtime (so an unchanged copy compares equal);
+    False if the source is not there. ``InvalidArtifactPath`` if the target cannot be written without a symlink."""
+    try:
+        source = confined.open_file(source_root, relative)
+    except ArtifactNotFound:
+        return False
+    with source:
+        st = os.fstat(source.fileno())
+        confined.write_file(
+            target_root, relative, lambda f: _copy_stream(source, f), mtime_ns=st.st_mtime_ns, mode=st.st_mode
+        )
+    return True

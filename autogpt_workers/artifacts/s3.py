@@ -2,8 +2,13 @@
 
 Layout: ``s3://<bucket>/<prefix><task_id>/<relative path>``. Files are written with one ``PutObject`` each, so an
 object's ETag is the MD5 of its content (true for unencrypted and SSE-S3 buckets): ``materialise`` downloads only
-what differs from the worker's local copy and removes local files the store no longer has. With SSE-KMS the ETag
-is not an MD5 and every file is downloaded each time (correct, only slower).
+what differs from the worker's local copy and removes everything else there (files the store no longer has,
+symlinks, stray directories), so the workspace holds exactly the store's view. With SSE-KMS the ETag is not an MD5
+and every file is downloaded each time (correct, only slower). Local files are read and written through
+``confined``: a symlink the previous step left in the workspace is never followed.
+
+S3 has no directories, so ``a`` and ``a/b`` could both be keys; ``save`` refuses the second (as a file system
+would) and ``materialise`` skips a file shadowed by a directory.
 
 botocore's errors are translated here and nowhere else: a missing object is ``ArtifactNotFound``, anything else
 ``ArtifactStoreError``.
@@ -12,8 +17,6 @@ botocore's errors are translated here and nowhere else: a missing object is ``Ar
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -22,13 +25,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from autogpt_workers.artifacts import confined
 from autogpt_workers.artifacts.base import (
     ArtifactNotFound,
     ArtifactStore,
     ArtifactStoreError,
     InvalidArtifactPath,
     check_relative,
-    snapshot,
 )
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -63,27 +66,32 @@ class S3ArtifactStore(ArtifactStore):
     def materialise(self, task_id: str, dest_dir: Path) -> Path:
         dest_dir.mkdir(parents=True, exist_ok=True)
         remote = dict(self._objects(task_id))
-        local = snapshot(dest_dir)
+        shadowed = confined.directories_of(remote.keys())  # a key that is also a "directory": not materialised
+        local = confined.prune(dest_dir, remote.keys() - shadowed)
         for relative, (etag, size) in remote.items():
-            path = dest_dir / relative
-            if relative in local and local[relative][0] == size and _md5(path) == etag:
+            if relative in shadowed or (relative in local and local[relative][0] == size
+                                        and _md5(dest_dir, relative) == etag):
                 continue
-            self._download(self._task_prefix(task_id) + relative, path)
-        for relative in local.keys() - remote.keys():
-            (dest_dir / relative).unlink(missing_ok=True)
+            try:
+                self._download(self._task_prefix(task_id) + relative, dest_dir, relative)
+            except ArtifactNotFound:
+                continue  # deleted meanwhile
+            except InvalidArtifactPath as exc:  # a symlink appeared since the prune: refuse, never follow
+                raise ArtifactStoreError(f"cannot materialise {relative!r} of task {task_id}: {exc}") from exc
         return dest_dir
 
     def sync_back(self, task_id: str, src_dir: Path, changed_paths: Iterable[str]) -> None:
         base = self._task_prefix(task_id)
-        for relative in map(check_relative, changed_paths):
-            path = src_dir / relative
+        for relative in sorted(set(map(check_relative, changed_paths))):
             key = base + relative
-            with _translated(key):
-                if path.is_file() and not path.is_symlink():
-                    with open(path, "rb") as body:
-                        self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
-                else:
+            try:
+                body = confined.open_file(src_dir, relative)  # never through a symlink
+            except ArtifactNotFound:  # gone, or not a regular file: deleted
+                with _translated(key):
                     self.client.delete_object(Bucket=self.bucket, Key=key)
+                continue
+            with body, _translated(key):
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def open(self, task_id: str, relative_path: str) -> IO[bytes]:
         key = self._task_prefix(task_id) + check_relative(relative_path)
@@ -92,7 +100,9 @@ class S3ArtifactStore(ArtifactStore):
             return body
 
     def save(self, task_id: str, relative_path: str, data: IO[bytes]) -> int:
-        key = self._task_prefix(task_id) + check_relative(relative_path)
+        relative = check_relative(relative_path)
+        key = self._task_prefix(task_id) + relative
+        self._refuse_conflicts(task_id, relative)
         counted = _Counting(data)
         with _translated(key):
             self.client.upload_fileobj(counted, self.bucket, key)
@@ -114,18 +124,28 @@ class S3ArtifactStore(ArtifactStore):
                         continue  # not written by us: never let a key steer a write outside the workspace
                     yield relative, (str(item.get("ETag", "")).strip('"'), int(item.get("Size", 0)))
 
-    def _download(self, key: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink() or path.is_dir():
-            raise ArtifactStoreError(f"cannot materialise {key}: {path} is a symlink or a directory")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f, _translated(key):
+    def _refuse_conflicts(self, task_id: str, relative: str) -> None:
+        """``InvalidArtifactPath`` if ``relative`` is a "directory" of stored files, or one of its directories is a
+        stored file: the workspace could not hold both."""
+        base = self._task_prefix(task_id)
+        with _translated(base + relative):
+            below = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{base}{relative}/", MaxKeys=1)
+            if below.get("KeyCount", 0):
+                raise InvalidArtifactPath(f"{relative!r} is a directory in the task's workspace")
+        for directory in sorted(confined.directories_of([relative])):
+            try:
+                with _translated(base + directory):
+                    self.client.head_object(Bucket=self.bucket, Key=base + directory)
+            except ArtifactNotFound:
+                continue
+            raise InvalidArtifactPath(f"cannot store {relative!r}: the file {directory!r} is in its way")
+
+    def _download(self, key: str, dest_dir: Path, relative: str) -> None:
+        def fill(f: IO[bytes]) -> None:
+            with _translated(key):
                 self.client.download_fileobj(self.bucket, key, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        confined.write_file(dest_dir, relative, fill)
 
 
 class _Counting:
@@ -160,9 +180,9 @@ class _translated:
             raise ArtifactStoreError(f"S3 error for {self.key}: {exc}") from exc
 
 
-def _md5(path: Path) -> str:
+def _md5(root: Path, relative: str) -> str:
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
+    with confined.open_file(root, relative) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

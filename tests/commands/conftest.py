@@ -1,4 +1,5 @@
-"""Fixtures for the command tests: a sandbox with short limits, a workspace, a local HTTP server, moto's S3 server."""
+"""Fixtures for the command tests: a sandbox with short limits, a workspace, a local HTTP server (moto's S3 server is
+in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -109,37 +110,3 @@ def http_server() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[str]:
-    """moto's S3-compatible server (PyPI ``moto[server]``) as a local process on a free port; its endpoint URL."""
-    import subprocess
-    import sys
-
-    import httpx
-
-    from tests.conftest import free_port
-
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url, timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("moto's S3 server did not start")
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -17,10 +17,12 @@ from pydantic import SecretStr
 from autogpt_workers.artifacts import (
     ArtifactNotFound,
     ArtifactStore,
+    InvalidArtifactPath,
     LocalArtifactStore,
     artifact_store,
     changed_paths,
     check_relative,
+    confined,
     snapshot,
 )
 from autogpt_workers.artifacts.s3 import S3ArtifactStore
@@ -174,3 +176,136 @@ def test_an_upload_is_saved_and_read_back(store: ArtifactStore) -> None:
         assert f.read() == b"\x00\x01" * 1000
     with pytest.raises(ArtifactNotFound):
         store.save(task, "../escape.bin", io.BytesIO(b"x"))
+
+
+def tree(root: Path) -> set[str]:
+    """Every entry under ``root`` (files, directories, symlinks; nothing followed), as relative paths."""
+    entries = set()
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            entries.add(Path(directory, name).relative_to(root).as_posix())
+    return entries
+
+
+def test_materialise_never_writes_through_a_planted_directory_symlink(store: ArtifactStore, tmp_path: Path) -> None:
+    """The audit's proof of concept: a symlink left in host A's copy steers host B's file outside on A."""
+    task = str(uuid.uuid4())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("original host file")
+    host_a, host_b = tmp_path / "a" / task, tmp_path / "b" / task
+    # step 1 on host A: sandboxed code plants a directory symlink (never stored)
+    store.materialise(task, host_a)
+    before = snapshot(host_a)
+    os.symlink(outside, host_a / "d")
+    sync(store, task, host_a, before)
+    assert store.list(task) == []
+    # step 2 on host B writes a real file d/victim.txt
+    store.materialise(task, host_b)
+    before = snapshot(host_b)
+    write(host_b, "d/victim.txt", "OVERWRITTEN via store")
+    sync(store, task, host_b, before)
+    assert store.list(task) == ["d/victim.txt"]
+    # step 3 back on host A: the symlink is gone, the store's file is in a real directory, outside is untouched
+    store.materialise(task, host_a)
+    assert (outside / "victim.txt").read_text() == "original host file"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    assert not (host_a / "d").is_symlink() and (host_a / "d" / "victim.txt").read_text() == "OVERWRITTEN via store"
+    assert tree(host_a) == {"d", "d/victim.txt"}
+
+
+def test_after_materialise_the_workspace_is_the_stores_view(store: ArtifactStore, tmp_path: Path) -> None:
+    task = str(uuid.uuid4())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("host file")
+    origin = tmp_path / "origin" / task
+    store.materialise(task, origin)
+    write(origin, "keep.txt", "kept")
+    write(origin, "linked.txt", "from the store")
+    write(origin, "deep/er/file.txt", "deep")
+    store.sync_back(task, origin, ["keep.txt", "linked.txt", "deep/er/file.txt"])
+    host = tmp_path / "host" / task
+    host.mkdir(parents=True)
+    os.symlink(outside / "victim.txt", host / "linked.txt")  # a stored path, planted as a symlink to a host file
+    os.symlink(outside, host / "deep")  # a stored directory, planted as a symlink
+    os.symlink(outside, host / "elsewhere")  # not stored at all
+    os.mkfifo(host / "pipe")
+    write(host, "stale.txt", "not in the store")
+    (host / "empty" / "dir").mkdir(parents=True)
+    store.materialise(task, host)
+    assert tree(host) == {"keep.txt", "linked.txt", "deep", "deep/er", "deep/er/file.txt"}
+    assert (host / "linked.txt").read_text() == "from the store" and not (host / "linked.txt").is_symlink()
+    assert (outside / "victim.txt").read_text() == "host file"
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    assert sorted(snapshot(host)) == store.list(task)
+
+
+def test_sync_back_never_reads_through_a_symlinked_directory(store: ArtifactStore, tmp_path: Path) -> None:
+    task = str(uuid.uuid4())
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("host secret")
+    host = tmp_path / "h" / task
+    store.materialise(task, host)
+    os.symlink(outside, host / "d")
+    store.sync_back(task, host, ["d/secret.txt"])  # as if a program had reported it
+    assert store.list(task) == []
+
+
+def test_a_directory_replaced_by_a_file_moves_between_hosts(store: ArtifactStore, tmp_path: Path) -> None:
+    task = str(uuid.uuid4())
+    host_a, host_b = tmp_path / "a" / task, tmp_path / "b" / task
+    store.materialise(task, host_a)
+    before = snapshot(host_a)
+    write(host_a, "x/inner.txt", "inner")
+    sync(store, task, host_a, before)
+    before = snapshot(host_a)
+    (host_a / "x" / "inner.txt").unlink()
+    (host_a / "x").rmdir()
+    write(host_a, "x", "now a file")
+    sync(store, task, host_a, before)
+    assert store.list(task) == ["x"]
+    store.materialise(task, host_b)
+    assert (host_b / "x").read_text() == "now a file"
+
+
+def test_a_file_and_a_directory_of_one_name_are_refused(store: ArtifactStore) -> None:
+    import io
+
+    task = str(uuid.uuid4())
+    store.save(task, "a", io.BytesIO(b"file"))
+    with pytest.raises(InvalidArtifactPath):
+        store.save(task, "a/b", io.BytesIO(b"below a file"))
+    store.save(task, "c/d", io.BytesIO(b"file"))
+    with pytest.raises(InvalidArtifactPath):
+        store.save(task, "c", io.BytesIO(b"over a directory"))
+    assert store.list(task) == ["a", "c/d"]
+
+
+def test_s3_materialise_skips_a_file_shadowed_by_a_directory(s3_store: S3ArtifactStore, tmp_path: Path) -> None:
+    task = str(uuid.uuid4())
+    for key, body in (("x", b"file"), ("x/y", b"below")):  # written by something other than this store
+        s3_store.client.put_object(Bucket=s3_store.bucket, Key=f"tasks/{task}/{key}", Body=body)
+    host = tmp_path / task
+    s3_store.materialise(task, host)
+    assert tree(host) == {"x", "x/y"} and (host / "x" / "y").read_bytes() == b"below"
+
+
+def test_confined_files_refuse_a_symlink_on_the_way(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "real").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "f.txt").write_text("outside")
+    os.symlink(outside, root / "real" / "link")
+    with pytest.raises(InvalidArtifactPath):
+        confined.write_file(root, "real/link/new.txt", lambda f: f.write(b"x"))
+    with pytest.raises(InvalidArtifactPath):
+        confined.write_file(root, "real/link/f.txt", lambda f: f.write(b"x"))
+    with pytest.raises(ArtifactNotFound):
+        confined.open_file(root, "real/link/f.txt")
+    confined.remove_file(root, "real/link/f.txt")
+    assert sorted(p.name for p in outside.iterdir()) == ["f.txt"] and (outside / "f.txt").read_text() == "outside"
+    assert confined.write_file(root, "real/ok.txt", lambda f: f.write(b"12345")) == 5
+    assert (root / "real" / "ok.txt").read_bytes() == b"12345"
+    assert sorted(os.listdir(root / "real")) == ["link", "ok.txt"]  # no temporary file left behind
