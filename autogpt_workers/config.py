@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from autogpt_workers.credentials import broker_url_problems, database_url_problems, flower_auth_problems
 from autogpt_workers.errors import ConfigError
 
 # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min by default).
@@ -237,16 +238,13 @@ class Settings(BaseSettings):
         if self.env == "production":
             if self.chaos_crash_at:
                 problems.append("production refuses AUTOGPT_CHAOS_CRASH_AT (test-only fault injection)")
-            if "guest:guest@" in self.broker_url:
-                problems.append("production refuses the RabbitMQ guest account in AUTOGPT_BROKER_URL")
-            if self.flower_basic_auth.get_secret_value() in ("admin:admin", ""):
-                problems.append("production refuses the default Flower credentials (AUTOGPT_FLOWER_BASIC_AUTH)")
+            problems += broker_url_problems(self.broker_url)
+            problems += flower_auth_problems(self.flower_basic_auth.get_secret_value())
             if self.api_auth == "disabled":
                 problems.append("production refuses AUTOGPT_API_AUTH=disabled (every request needs an API key)")
             if self.openai_api_key is None:
                 problems.append("production needs OPENAI_API_KEY")
-            if "postgres@" in self.database_url and ":" not in self.database_url.split("//", 1)[1].split("@")[0]:
-                problems.append("production refuses a PostgreSQL URL without a password")
+            problems += database_url_problems(self.database_url)
         if problems:
             raise ConfigError("unsafe or inconsistent settings: " + "; ".join(problems))
         return self

@@ -26,9 +26,19 @@ def test_development_defaults_are_accepted() -> None:
     ("overrides", "needle"),
     [
         ({"broker_url": "amqp://guest:guest@rabbit:5672//"}, "guest account"),
+        ({"broker_url": "amqp://guest@rabbit//"}, "guest account"),
+        ({"broker_url": "amqp://rabbit//"}, "without a user: the client would fall back to RabbitMQ's guest"),
+        ({"broker_url": "amqp://app@rabbit//"}, r"AUTOGPT_BROKER_URL \(host rabbit\) without a password"),
+        ({"broker_url": "amqp://app:pw@rabbit1//;amqp://guest:guest@rabbit2//"}, r"guest account.*host rabbit2"),
         ({"flower_basic_auth": "admin:admin"}, "Flower credentials"),
+        ({"flower_basic_auth": "admin:"}, "FLOWER_BASIC_AUTH without a user and a password"),
+        ({"flower_basic_auth": ""}, "FLOWER_BASIC_AUTH without a user and a password"),
+        ({"flower_basic_auth": "admin:change-me"}, "default Flower credentials for user 'admin'"),
         ({"openai_api_key": None}, "OPENAI_API_KEY"),
         ({"database_url": "postgresql+psycopg2://postgres@db/autogpt"}, "without a password"),
+        ({"database_url": "postgresql://app@db/x"}, r"without a password \(AUTOGPT_DATABASE_URL, host db\)"),
+        ({"database_url": "postgresql+psycopg2://app:@db.example.com/x"}, "without a password"),
+        ({"database_url": "not a url"}, "AUTOGPT_DATABASE_URL cannot be parsed"),
     ],
 )
 def test_production_refuses_unsafe_values(overrides: dict[str, Any], needle: str) -> None:
@@ -43,6 +53,27 @@ def test_production_refuses_unsafe_values(overrides: dict[str, Any], needle: str
     make(**safe)  # the safe set passes
     with pytest.raises(ConfigError, match=needle):
         make(**{**safe, **overrides})
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"broker_url": "amqps://app:p%40ss@rabbit-1:5671/prod;amqps://app:p%40ss@rabbit-2:5671/prod"},
+        {"database_url": "postgresql+psycopg2://app@/autogpt?host=/var/run/postgresql"},  # unix socket, peer auth
+        {"database_url": "postgresql+psycopg2://app@127.0.0.1/autogpt"},
+        {"flower_basic_auth": "ops:long-secret,auditor:another-secret"},
+    ],
+)
+def test_production_accepts_safe_variants(overrides: dict[str, Any]) -> None:
+    safe = {
+        "env": "production",
+        "broker_url": "amqp://app:s3cret@rabbit:5672//",
+        "flower_basic_auth": "ops:long-secret",
+        "openai_api_key": "sk-x",
+        "database_url": "postgresql+psycopg2://app:pw@db/autogpt",
+        "api_auth": "required",
+    }
+    assert make(**{**safe, **overrides}).env == "production"
 
 
 def test_time_limits_must_stay_below_the_rabbitmq_consumer_timeout() -> None:
