@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(default=60.0, gt=0)
     llm_max_attempts: int = Field(default=5, ge=1, le=20)
     llm_backoff_max_s: float = Field(default=20.0, gt=0)
+    # a Retry-After longer than llm_backoff_max_s hands the step back to run after it, waiting at most this long
+    # (and under redrive_after_s, so the reaper does not re-drive the delayed wake-up early)
+    llm_retry_after_max_s: float = Field(default=300.0, gt=0)
     llm_max_connections: int = Field(default=500, ge=1)
     # USD per 1k tokens: {"model": [prompt, completion]}; unknown models cost the default pair
     llm_prices_per_1k: dict[str, tuple[float, float]] = Field(
@@ -214,6 +217,9 @@ class Settings(BaseSettings):
             problems.append(f"act_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
         if self.think_time_limit_s + 30 >= limit:
             problems.append(f"think_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
+        if self.llm_retry_after_max_s + 30 >= limit:
+            problems.append(f"llm_retry_after_max_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s): "
+                            "a delayed wake-up is held unacked by a worker until it is due")
         if self.sandbox_wall_seconds + 10 >= self.act_time_limit_s:
             problems.append("sandbox_wall_seconds must stay well below act_time_limit_s (the run is killed first)")
         if self.artifact_store == "s3" and not self.artifact_s3_bucket:

@@ -81,6 +81,8 @@ def test_time_limits_must_stay_below_the_rabbitmq_consumer_timeout() -> None:
         make(act_time_limit_s=1800)
     with pytest.raises(ConfigError, match="think_time_limit_s"):
         make(llm_timeout_s=200, llm_max_attempts=5, think_time_limit_s=600)
+    with pytest.raises(ConfigError, match="llm_retry_after_max_s"):
+        make(llm_retry_after_max_s=1790)
 
 
 def test_a_lease_must_survive_a_missed_heartbeat() -> None:
