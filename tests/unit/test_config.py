@@ -6,8 +6,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.concurrency.thread import TaskPool as ThreadPool
 
-from autogpt_workers.celery_app import check_worker_settings, make_celery
+from autogpt_workers.celery_app import check_worker_options, check_worker_settings, make_celery
 from autogpt_workers.config import Settings
 from autogpt_workers.errors import ConfigError
 
@@ -107,3 +109,19 @@ def test_the_worker_check_names_every_unsafe_setting() -> None:
     problems = " ".join(check_worker_settings(conf, s))
     for needle in ("task_acks_late", "reject_on_worker_lost", "prefetch", "confirm_publish", "time_limit"):
         assert needle in problems
+
+
+def test_the_worker_check_reads_the_command_line_options() -> None:
+    """A raw ``celery worker`` command line overrides the configuration: its options (as ``celeryd_init`` gets
+    them) are checked too."""
+    s = make()
+    ours = {"prefetch_multiplier": 1, "concurrency": 2, "pool": PreforkPool, "queues": ["autogpt.act"]}
+    assert check_worker_options(ours, s) == []
+    assert check_worker_options({**ours, "pool": ThreadPool, "queues": ["autogpt.think"]}, s) == []
+    problems = " ".join(check_worker_options(
+        {"prefetch_multiplier": 4, "time_limit": 3600.0, "soft_time_limit": 1800.0, "pool": ThreadPool,
+         "queues": None}, s))
+    for needle in ("--prefetch-multiplier must be 1, not 4", "--time-limit (3600s)", "--soft-time-limit (1800s)",
+                   "act queue (autogpt.act) needs the prefork pool (-P prefork), not thread"):
+        assert needle in problems, problems
+    assert check_worker_options({}, s) == []
