@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import pytest
 from kombu import Connection
 from sqlalchemy import select
@@ -31,8 +29,8 @@ from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
 from autogpt_workers.runner import StepRunner
 from autogpt_workers.store.ledger import ClaimOutcome, Ledger
 from autogpt_workers.store.models import Outbox, Step
+from tests.integration.conftest import private_vhost
 
-MGMT = "http://127.0.0.1:15672"
 PROPOSAL = {
     "assistant_message": {"role": "assistant", "content": "write it"},
     "command": "write_file",
@@ -45,18 +43,8 @@ PROPOSAL = {
 
 @pytest.fixture(scope="module")
 def broker_url(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    parsed = urllib.parse.urlparse(settings.broker_url)
-    base = urllib.parse.unquote(parsed.path[1:]) if parsed.path not in ("", "/") else "root"
-    quoted = urllib.parse.quote(f"{base.strip('/') or 'root'}_rd", safe="")
-    auth = (parsed.username or "guest", parsed.password or "guest")
-    httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)  # a clean slate
-    httpx.put(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=10).raise_for_status()
-    httpx.put(f"{MGMT}/api/permissions/{quoted}/{auth[0]}", json={"configure": ".*", "write": ".*", "read": ".*"},
-              auth=auth, timeout=10).raise_for_status()
-    try:
-        yield f"{parsed.scheme}://{parsed.netloc}/{quoted}"
-    finally:
-        httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)
+    with private_vhost(settings.broker_url, "rd") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
