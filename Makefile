@@ -37,11 +37,23 @@ ops-tools: ## Install prometheus/promtool and chromium for tests/ops if missing 
 		fi; \
 	fi
 
-api-tools: ## Install newman (npm) into .tools/ for the Agent Protocol Postman suite (idempotent)
+api-tools: ## Install newman (npm) into .tools/ for the Agent Protocol Postman suite; npm from Debian if missing (idempotent)
 	@if [ ! -x .tools/node_modules/.bin/newman ]; then \
-		command -v npm >/dev/null 2>&1 || { echo "npm is missing: apt-get install -y npm"; exit 1; }; \
-		echo "npm install --prefix .tools newman@6"; \
-		npm install --prefix .tools --no-audit --no-fund --silent newman@6; \
+		if ! command -v npm >/dev/null 2>&1; then \
+			if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+				echo "apt-get install -y npm"; \
+				(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm) \
+					>/dev/null 2>&1 || echo "warning: could not install npm"; \
+			else \
+				echo "warning: npm not installed (apt-get install -y npm)"; \
+			fi; \
+		fi; \
+		if command -v npm >/dev/null 2>&1; then \
+			echo "npm install --prefix .tools newman@6"; \
+			npm install --prefix .tools --no-audit --no-fund --silent newman@6 \
+				|| echo "warning: could not install newman"; \
+		fi; \
+		[ -x .tools/node_modules/.bin/newman ] || echo "warning: no newman: the Postman suite test skips (fails under AUTOGPT_REQUIRE_TOOLS=1, as in make test)"; \
 	fi
 
 run: services venv ## Run the whole stack locally (autogpt-workers run)

@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery, signals
@@ -119,8 +120,34 @@ def check_worker_settings(conf: Any, settings: Settings) -> list[str]:
     return problems
 
 
-def ensure_worker_settings(conf: Any, settings: Settings) -> None:
-    problems = check_worker_settings(conf, settings)
+def check_worker_options(options: Mapping[str, Any], settings: Settings) -> list[str]:
+    """Problems in a worker's command-line options (``celery worker ...``, as handed to ``celeryd_init``), which
+    override the configuration: ``--prefetch-multiplier``, ``--time-limit``/``--soft-time-limit``, and the pool of
+    a worker that consumes the act queue (``-Q``; none given means every queue). ``--concurrency`` is not checked:
+    with prefetch 1 it only sets how many steps run at once, not whether they are redelivered safely."""
+    problems = []
+    prefetch = options.get("prefetch_multiplier")
+    if prefetch is not None and prefetch != 1:
+        problems.append(f"--prefetch-multiplier must be 1, not {prefetch} (prefetched steps wait unacked)")
+    limit = settings.rabbitmq_consumer_timeout_s
+    for name in ("time_limit", "soft_time_limit"):
+        value = options.get(name)
+        if value is not None and value >= limit:
+            flag = "--" + name.replace("_", "-")
+            problems.append(f"{flag} ({value:g}s) must be below RabbitMQ consumer_timeout ({limit:.0f}s)")
+    queues = options.get("queues")
+    pool = options.get("pool_cls") or options.get("pool")
+    pool_name = str(pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
+    if pool is not None and (not queues or ACT_QUEUE in queues) and pool_name != "prefork":
+        problems.append(
+            f"the act queue ({ACT_QUEUE}) needs the prefork pool (-P prefork), not {pool_name}: only prefork "
+            "enforces the hard time limit on a running command"
+        )
+    return problems
+
+
+def ensure_worker_settings(conf: Any, settings: Settings, options: Mapping[str, Any] | None = None) -> None:
+    problems = check_worker_settings(conf, settings) + check_worker_options(options or {}, settings)
     if problems:
         raise ConfigError("refusing to start a worker with unsafe settings: " + "; ".join(problems))
 
@@ -137,11 +164,12 @@ app = make_celery(get_settings())
 
 
 @signals.celeryd_init.connect
-def _refuse_unsafe_worker(sender: Any = None, conf: Any = None, **_: Any) -> None:
-    """Runs before a worker consumes anything: unsafe settings stop it with a clear message."""
+def _refuse_unsafe_worker(sender: Any = None, conf: Any = None, options: Any = None, **_: Any) -> None:
+    """Runs before a worker consumes anything (``autogpt-workers worker`` or a raw ``celery worker``): unsafe
+    settings or command-line options (``options``: the worker's keyword arguments) stop it with a clear message."""
     settings = get_settings()
     try:
-        ensure_worker_settings(conf if conf is not None else app.conf, settings)
+        ensure_worker_settings(conf if conf is not None else app.conf, settings, options)
     except ConfigError as exc:
         print(f"autogpt-workers: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

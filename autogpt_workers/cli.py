@@ -490,11 +490,24 @@ def run(
     goal: Annotated[str, typer.Option(help="The demo task's goal.")] = (
         "Write a short plan for a weekend hiking trip into plan.md, keep notes, then finish."
     ),
+    llm_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port of the scripted demo model (when no OPENAI_API_KEY is set).")
+    ] = 8765,
+    metrics_port: Annotated[
+        int, typer.Option(min=1, max=65532, help="/metrics of think, act, reaper, dispatcher: this port and the "
+                          "next three.")
+    ] = 9101,
+    prometheus_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="The local Prometheus (if installed); 0: do not start it.")
+    ] = 9090,
 ) -> None:
-    """Start the whole stack locally (migrations, API, think and act workers, reaper, Flower) and run a demo task."""
-    from autogpt_workers.stack import run_stack
+    """Start the whole stack locally (migrations, API, think and act workers, reaper, Flower) and run a demo task.
 
-    raise typer.Exit(run_stack(_settings(), goal=goal, exit_after_demo=exit_after_demo, console=console))
+    The API and Flower listen on AUTOGPT_API_PORT (8000) and AUTOGPT_FLOWER_PORT (5555)."""
+    from autogpt_workers.stack import RunPorts, run_stack
+
+    ports = RunPorts(llm=llm_port, metrics_base=metrics_port, prometheus=prometheus_port)
+    raise typer.Exit(run_stack(_settings(), goal=goal, exit_after_demo=exit_after_demo, console=console, ports=ports))
 
 
 @app.command()

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from autogpt_workers.credentials import broker_url_problems, database_url_problems, flower_auth_problems
 from autogpt_workers.errors import ConfigError
 
 # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min by default).
@@ -42,6 +43,9 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(default=60.0, gt=0)
     llm_max_attempts: int = Field(default=5, ge=1, le=20)
     llm_backoff_max_s: float = Field(default=20.0, gt=0)
+    # a Retry-After longer than llm_backoff_max_s hands the step back to run after it, waiting at most this long
+    # (and under redrive_after_s, so the reaper does not re-drive the delayed wake-up early)
+    llm_retry_after_max_s: float = Field(default=300.0, gt=0)
     llm_max_connections: int = Field(default=500, ge=1)
     # USD per 1k tokens: {"model": [prompt, completion]}; unknown models cost the default pair
     llm_prices_per_1k: dict[str, tuple[float, float]] = Field(
@@ -213,6 +217,9 @@ class Settings(BaseSettings):
             problems.append(f"act_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
         if self.think_time_limit_s + 30 >= limit:
             problems.append(f"think_time_limit_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s)")
+        if self.llm_retry_after_max_s + 30 >= limit:
+            problems.append(f"llm_retry_after_max_s must stay well below RabbitMQ's consumer_timeout ({limit:.0f}s): "
+                            "a delayed wake-up is held unacked by a worker until it is due")
         if self.sandbox_wall_seconds + 10 >= self.act_time_limit_s:
             problems.append("sandbox_wall_seconds must stay well below act_time_limit_s (the run is killed first)")
         if self.artifact_store == "s3" and not self.artifact_s3_bucket:
@@ -237,16 +244,13 @@ class Settings(BaseSettings):
         if self.env == "production":
             if self.chaos_crash_at:
                 problems.append("production refuses AUTOGPT_CHAOS_CRASH_AT (test-only fault injection)")
-            if "guest:guest@" in self.broker_url:
-                problems.append("production refuses the RabbitMQ guest account in AUTOGPT_BROKER_URL")
-            if self.flower_basic_auth.get_secret_value() in ("admin:admin", ""):
-                problems.append("production refuses the default Flower credentials (AUTOGPT_FLOWER_BASIC_AUTH)")
+            problems += broker_url_problems(self.broker_url)
+            problems += flower_auth_problems(self.flower_basic_auth.get_secret_value())
             if self.api_auth == "disabled":
                 problems.append("production refuses AUTOGPT_API_AUTH=disabled (every request needs an API key)")
             if self.openai_api_key is None:
                 problems.append("production needs OPENAI_API_KEY")
-            if "postgres@" in self.database_url and ":" not in self.database_url.split("//", 1)[1].split("@")[0]:
-                problems.append("production refuses a PostgreSQL URL without a password")
+            problems += database_url_problems(self.database_url)
         if problems:
             raise ConfigError("unsafe or inconsistent settings: " + "; ".join(problems))
         return self

@@ -11,6 +11,7 @@
         ├── BudgetExceeded          -- the task used up a budget (steps, tokens, cost, wall time)
         ├── LLMError
         │   ├── LLMTransientError   -- 429 / 5xx / timeout / connection: worth retrying later
+        │   │   └── LLMRateLimited  -- the server's Retry-After is longer than we wait in-process: hand back
         │   └── LLMPermanentError   -- 4xx other than 429, refused auth, no such model
         ├── CommandError            -- a command failed; its message is an observation for the model
         │   └── WorkspaceEscape     -- a path tried to leave the task's workspace
@@ -74,6 +75,11 @@ class LLMTransientError(LLMError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class LLMRateLimited(LLMTransientError):
+    """The server asked us to wait (``Retry-After``) longer than the in-process backoff cap: the step is handed
+    back to run again after ``retry_after`` instead of holding a worker thread that long."""
 
 
 class LLMPermanentError(LLMError):

@@ -52,7 +52,14 @@ from autogpt_workers.commands.workspace import Workspace
 from autogpt_workers.config import Settings
 from autogpt_workers.crashpoints import CrashPoints
 from autogpt_workers.daemon_threads import DaemonThreads
-from autogpt_workers.errors import BudgetExceeded, LLMPermanentError, LLMTransientError, StepPoisoned, UsageError
+from autogpt_workers.errors import (
+    BudgetExceeded,
+    LLMPermanentError,
+    LLMRateLimited,
+    LLMTransientError,
+    StepPoisoned,
+    UsageError,
+)
 from autogpt_workers.lease import Hold, LeaseKeeper
 from autogpt_workers.lifecycle import approval_required
 from autogpt_workers.observe import RunObserver
@@ -220,6 +227,11 @@ class StepRunner:
                 return self._fail(task, step_index, token, f"the LLM refused the request: {exc}", "think", started)
             except UsageError as exc:  # e.g. an allow-list naming a command this platform does not have
                 return self._fail(task, step_index, token, f"the task cannot run: {exc}", "think", started)
+            except LLMRateLimited as exc:  # the server's Retry-After is longer than we wait in a worker thread
+                self.observer.phase_finished("think", time.monotonic() - started, "retry")
+                return self._hand_back(task_id, step_index, token, "think", claim.deliveries, exc,
+                                       countdown=self._retry_after(exc.retry_after) + random.uniform(0, 1),
+                                       refund=True)
             except LLMTransientError as exc:
                 self.observer.phase_finished("think", time.monotonic() - started, "retry")
                 return self._hand_back(task_id, step_index, token, "think", claim.deliveries, exc)
@@ -546,10 +558,11 @@ class StepRunner:
         deliveries: int,
         exc: Exception,
         countdown: float | None = None,
+        refund: bool = False,
     ) -> str:
-        wakeup = self.ledger.release(task_id, step_index, token, error=str(exc))
+        wakeup = self.ledger.release(task_id, step_index, token, error=str(exc), refund=refund)
         if countdown is None:
-            retry_after = getattr(exc, "retry_after", None) or 0.0
+            retry_after = self._retry_after(getattr(exc, "retry_after", None) or 0.0)
             countdown = max(retry_after, min(60.0, 2.0**deliveries)) + random.uniform(0, 1)
         if wakeup is not None:
             try:
@@ -566,6 +579,12 @@ class StepRunner:
             retry_in=round(countdown, 1),
         )
         return f"retry in {countdown:.1f}s: {exc}"
+
+    def _retry_after(self, seconds: float | None) -> float:
+        """A server's Retry-After as a hand-back delay: honoured, but at most ``llm_retry_after_max_s`` and below
+        the reaper's re-drive age (a delayed wake-up must not look lost)."""
+        bound = min(self.settings.llm_retry_after_max_s, 0.9 * self.settings.redrive_after_s)
+        return min(max(seconds or 0.0, 0.0), bound)
 
     def _persist(self, write: Callable[[], T]) -> T:
         """Run a ledger write that holds paid-for work (a proposal, a command's outcome), retrying while PostgreSQL

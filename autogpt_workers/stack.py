@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -57,16 +59,18 @@ class Stack:
         return [name for name, p in self.procs.items() if p.poll() is not None]
 
     def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM to each process group (a group whose leader already exited may still hold children), then
+        SIGKILL to what is left after ``grace_s``."""
         for p in self.procs.values():
-            if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for p in self.procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+            p.wait()
 
 
 def _wait_http(url: str, timeout_s: float) -> bool:
@@ -81,15 +85,16 @@ def _wait_http(url: str, timeout_s: float) -> bool:
     return False
 
 
-def _start_prometheus(stack: Stack, settings: Settings, metrics: dict[str, int]) -> str | None:
+def _start_prometheus(stack: Stack, settings: Settings, ports: RunPorts) -> str | None:
     """A local Prometheus (deploy/prometheus rules, scrape every 5 s) when the binary is installed."""
     import shutil
 
     from autogpt_workers.metrics_prometheus import local_config
 
-    if shutil.which("prometheus") is None:
+    if shutil.which("prometheus") is None or not ports.prometheus:
         return None
     host = "127.0.0.1"
+    metrics = ports.metrics
     targets = {
         "autogpt-api": f"{host}:{settings.api_port}",
         "autogpt-worker-think": f"{host}:{metrics['think']}",
@@ -102,13 +107,41 @@ def _start_prometheus(stack: Stack, settings: Settings, metrics: dict[str, int])
     out = REPO_ROOT / "var" / "prometheus"
     config = local_config(targets, out, (user, password))
     stack.start("prometheus", ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={out / 'data'}",
-                               "--web.listen-address=127.0.0.1:9090", "--log.level=warn"])
-    return "http://127.0.0.1:9090"
+                               f"--web.listen-address=127.0.0.1:{ports.prometheus}", "--log.level=warn"])
+    return f"http://127.0.0.1:{ports.prometheus}"
 
 
-def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Console) -> int:
+@dataclasses.dataclass(frozen=True)
+class RunPorts:
+    """The local ports ``run`` uses besides the API's and Flower's (``AUTOGPT_API_PORT``, ``AUTOGPT_FLOWER_PORT``)."""
+
+    llm: int = FAKE_LLM_PORT  # the scripted demo model, when no OPENAI_API_KEY is set
+    metrics_base: int = 9101  # /metrics of think, act, reaper, dispatcher: this port and the next three
+    prometheus: int = 9090  # 0: no local Prometheus
+
+    @property
+    def metrics(self) -> dict[str, int]:
+        return {name: self.metrics_base + i for i, name in enumerate(("think", "act", "reaper", "dispatcher"))}
+
+
+class _Stop(Exception):
+    """SIGTERM: stop the stack as Ctrl-C does."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Stop
+
+
+def run_stack(
+    settings: Settings, goal: str, exit_after_demo: bool, console: Console, ports: RunPorts | None = None
+) -> int:
+    """Start everything, run the demo task, keep running until Ctrl-C (or SIGTERM), then stop all it started.
+
+    Every process is started inside the ``try``: Ctrl-C, SIGTERM or an error at any point of the start-up (the demo
+    model, the migration, the demo key, a process that does not come up) stops whatever was already started."""
     from autogpt_workers.watch import follow, summary
 
+    ports = ports or RunPorts()
     problems = _service_problems(settings)
     if problems:
         for p in problems:
@@ -120,42 +153,44 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
     env = dict(os.environ)
     me = [sys.executable, "-m", "autogpt_workers.cli"]
     stack = Stack(log_dir, env, console)
-
-    if settings.openai_api_key is None:
-        if not (REPO_ROOT / "tests" / "fake_llm").is_dir():
-            console.print("[red]No OPENAI_API_KEY is set and the scripted demo model (tests/fake_llm) is missing.[/]")
-            return 1
-        base = f"http://127.0.0.1:{FAKE_LLM_PORT}/v1"
-        console.print(
-            "[yellow]No OPENAI_API_KEY is set: using the project's scripted demo model "
-            f"(tests/fake_llm, OpenAI-compatible, at {base}). It replays a fixed plan; set OPENAI_API_KEY "
-            "(and OPENAI_BASE_URL for a non-OpenAI endpoint) to run a real model.[/]"
-        )
-        env.update(OPENAI_BASE_URL=base, OPENAI_API_KEY="scripted-demo", AUTOGPT_LLM_MODEL="scripted-demo")
-        stack.start("fake-llm", [sys.executable, "-m", "tests.fake_llm", "--port", str(FAKE_LLM_PORT)])
-    else:
-        console.print(f"Using the model [bold]{settings.llm_model}[/] at {settings.openai_base_url or 'OpenAI'}.")
-
-    console.print("migrating the database and declaring queues …")
-    migrated = subprocess.run([*me, "migrate"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
-    if migrated.returncode != 0:
-        console.print(f"[red]migration failed:[/]\n{migrated.stdout}{migrated.stderr}")
-        stack.stop()
-        return 1
-
-    demo_key, demo_key_id = _demo_key(settings)
-    stack.start("api", [*me, "api"])
-    metrics = {"think": 9101, "act": 9102, "reaper": 9103, "dispatcher": 9104}  # /metrics of each process group
-    # admission under running-task caps, priority refresh, webhooks
-    stack.start("dispatcher", [*me, "dispatcher", "--metrics-port", str(metrics["dispatcher"])])
-    stack.start("worker-think", [*me, "worker", "--queue", "think", "--metrics-port", str(metrics["think"])])
-    stack.start("worker-act", [*me, "worker", "--queue", "act", "--metrics-port", str(metrics["act"])])
-    stack.start("reaper", [*me, "reaper", "--metrics-port", str(metrics["reaper"])])
-    stack.start("flower", [*me, "flower"])
-    api_url = f"http://{settings.api_host}:{settings.api_port}"
-    flower_url = f"http://127.0.0.1:{settings.flower_port}"
+    demo_key_id: str | None = None
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        prometheus_url = _start_prometheus(stack, settings, metrics)  # in the try: a failure stops the stack
+        if settings.openai_api_key is None:
+            if not (REPO_ROOT / "tests" / "fake_llm").is_dir():
+                console.print(
+                    "[red]No OPENAI_API_KEY is set and the scripted demo model (tests/fake_llm) is missing.[/]"
+                )
+                return 1
+            base = f"http://127.0.0.1:{ports.llm}/v1"
+            console.print(
+                "[yellow]No OPENAI_API_KEY is set: using the project's scripted demo model "
+                f"(tests/fake_llm, OpenAI-compatible, at {base}). It replays a fixed plan; set OPENAI_API_KEY "
+                "(and OPENAI_BASE_URL for a non-OpenAI endpoint) to run a real model.[/]"
+            )
+            env.update(OPENAI_BASE_URL=base, OPENAI_API_KEY="scripted-demo", AUTOGPT_LLM_MODEL="scripted-demo")
+            stack.start("fake-llm", [sys.executable, "-m", "tests.fake_llm", "--port", str(ports.llm)])
+        else:
+            console.print(f"Using the model [bold]{settings.llm_model}[/] at {settings.openai_base_url or 'OpenAI'}.")
+
+        console.print("migrating the database and declaring queues …")
+        migrated = subprocess.run([*me, "migrate"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
+        if migrated.returncode != 0:
+            console.print(f"[red]migration failed:[/]\n{migrated.stdout}{migrated.stderr}")
+            return 1
+
+        demo_key, demo_key_id = _demo_key(settings)
+        stack.start("api", [*me, "api"])
+        metrics = ports.metrics  # /metrics of each process group
+        # admission under running-task caps, priority refresh, webhooks
+        stack.start("dispatcher", [*me, "dispatcher", "--metrics-port", str(metrics["dispatcher"])])
+        stack.start("worker-think", [*me, "worker", "--queue", "think", "--metrics-port", str(metrics["think"])])
+        stack.start("worker-act", [*me, "worker", "--queue", "act", "--metrics-port", str(metrics["act"])])
+        stack.start("reaper", [*me, "reaper", "--metrics-port", str(metrics["reaper"])])
+        stack.start("flower", [*me, "flower"])
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        flower_url = f"http://127.0.0.1:{settings.flower_port}"
+        prometheus_url = _start_prometheus(stack, settings, ports)
         if not _wait_http(f"{api_url}/healthz", 30):
             console.print(f"[red]the API did not come up; see {log_dir / 'api.log'}[/]")
             return 1
@@ -184,12 +219,18 @@ def run_stack(settings: Settings, goal: str, exit_after_demo: bool, console: Con
                 console.print(f"[red]{', '.join(dead)} stopped; see {log_dir}/. Stopping the stack.[/]")
                 return 1
             time.sleep(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         console.print("\nstopping …")
         return 0
     finally:
-        stack.stop()
-        _revoke(settings, demo_key_id)
+        try:
+            stack.stop()
+        except (KeyboardInterrupt, _Stop):  # a second Ctrl-C or SIGTERM: no more grace
+            stack.stop(grace_s=0)
+        finally:
+            signal.signal(signal.SIGTERM, previous_sigterm)
+        if demo_key_id is not None:
+            _revoke(settings, demo_key_id)
         console.print("stack stopped")
 
 

@@ -9,9 +9,10 @@ The only module that imports ``openai``. It keeps two things apart, as pydantic-
 
 Retries: exponential backoff with full jitter capped at ``backoff_max_s``, at most ``max_attempts`` attempts,
 on 408/409/429/5xx, timeouts, connection errors and replies that are not a readable chat completion. A
-``Retry-After`` / ``retry-after-ms`` header sets the minimum wait (still capped). When attempts run out:
-``LLMTransientError(message, retry_after)``; a refused request (400/401/403/404/422, exhausted quota):
-``LLMPermanentError`` at once.
+``Retry-After`` / ``retry-after-ms`` header sets the minimum wait; one longer than ``backoff_max_s`` is not waited
+out in-process: ``LLMRateLimited(message, retry_after)`` at once (the runner hands the step back to run after that
+wait). When attempts run out: ``LLMTransientError(message, retry_after)``; a refused request
+(400/401/403/404/422, exhausted quota): ``LLMPermanentError`` at once.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import tenacity
 from openai.types.chat import ChatCompletion
 
 from autogpt_workers.agent.types import LLMResponse, Message, ToolCall, ToolSchema, Usage
-from autogpt_workers.errors import LLMPermanentError, LLMTransientError
+from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
 
 if TYPE_CHECKING:
     from autogpt_workers.config import Settings
@@ -153,7 +154,7 @@ class OpenAIChatModel:
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.max_attempts),
             wait=self._wait,
-            retry=tenacity.retry_if_exception_type(_Retryable),
+            retry=tenacity.retry_if_exception(self._waits_in_process),
             before_sleep=self._before_sleep,
             sleep=self._sleep,
             reraise=True,
@@ -161,6 +162,12 @@ class OpenAIChatModel:
         try:
             return retrying(self._attempt, messages, tools)
         except _Retryable as exc:
+            if exc.retry_after is not None and exc.retry_after > self.backoff_max_s:
+                raise LLMRateLimited(
+                    f"{exc.message} (the server asked to wait {exc.retry_after:.1f}s, longer than the in-process "
+                    f"backoff cap of {self.backoff_max_s:g}s: handed back)",
+                    exc.retry_after,
+                ) from exc
             attempts = f"{self.max_attempts} attempt{'s' if self.max_attempts > 1 else ''}"
             raise LLMTransientError(f"{exc.message} (gave up after {attempts})", exc.retry_after) from exc
 
@@ -192,6 +199,12 @@ class OpenAIChatModel:
 
     def _where(self) -> str:
         return str(self.provider.base_url)
+
+    def _waits_in_process(self, exc: BaseException) -> bool:
+        """Retry here: a retryable failure whose server-requested wait (if any) fits under the backoff cap."""
+        if not isinstance(exc, _Retryable):
+            return False
+        return exc.retry_after is None or exc.retry_after <= self.backoff_max_s
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         wait = self._backoff(state)

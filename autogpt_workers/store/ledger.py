@@ -594,9 +594,12 @@ class Ledger:
                 return False
             return cancel_now(s, task_id, task.error or "cancelled on request")
 
-    def release(self, task_id: uuid.UUID, step_index: int, token: uuid.UUID, error: str | None) -> Wakeup | None:
+    def release(
+        self, task_id: uuid.UUID, step_index: int, token: uuid.UUID, error: str | None, *, refund: bool = False
+    ) -> Wakeup | None:
         """Hand a step back (transient failure, shutdown) and re-arm its wake-up; ``None`` if not ours, or if no
-        wake-up is due (the task is paused, or was cancelling and is now cancelled)."""
+        wake-up is due (the task is paused, or was cancelling and is now cancelled). ``refund``: this delivery
+        does not count towards ``max_deliveries`` (the server told us to come back later; nothing failed)."""
         with self.db.transaction() as s:
             task = lock_task(s, task_id)
             row = s.connection().execute(
@@ -608,6 +611,7 @@ class Ledger:
                     lease_token=None,
                     lease_expires_at=None,
                     error=error,
+                    deliveries=func.greatest(Step.deliveries - 1, 0) if refund else Step.deliveries,
                 )
                 .returning(Step.status)
             ).scalar_one_or_none()

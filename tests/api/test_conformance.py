@@ -46,7 +46,7 @@ def _with_key(collection: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.timeout(600)
 def test_the_official_postman_suite_passes(gateway: Gateway, tmp_path: Path) -> None:
-    _require(NEWMAN, "run `make tools` (npm install --prefix .tools newman)")
+    _require(NEWMAN, "run `make api-tools` (npm install --prefix .tools newman)")
     if not SUITE.exists():
         pytest.fail(f"the Agent Protocol suite is missing at {SUITE}")
     tenant = gateway.tenant("postman")

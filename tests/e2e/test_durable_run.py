@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from autogpt_workers.store.models import Step, Task, TaskEvent
+from autogpt_workers.store.models import Outbox, Step, Task, TaskEvent
 
 
 def submit(stack, goal: str, **fields: Any) -> str:  # type: ignore[no-untyped-def]
@@ -107,20 +107,75 @@ def test_sigkill_of_the_think_worker_during_the_llm_call(stack, llm, db) -> None
     assert calls[2] <= 2 and all(calls[t] == 1 for t in (0, 1, 3, 4)), calls
 
 
-def test_sigkill_of_the_act_worker_at_random_moments(stack, llm, db) -> None:  # type: ignore[no-untyped-def]
+def act_deliveries(step: Step) -> int:
+    """How many deliveries the step's act phase had (the think phase's count is recorded in the proposal)."""
+    think = int((step.proposal or {}).get("think_deliveries") or 0)
+    return step.deliveries - think
+
+
+def wait_acting(db, task_id: str, step_index: int, timeout_s: float = 60) -> None:  # type: ignore[no-untyped-def]
+    """Until the act worker holds the step's act phase (status ``acting``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with db.session() as s:
+            status = s.scalar(select(Step.status).where(Step.task_id == uuid.UUID(task_id),
+                                                       Step.step_index == step_index))
+        if status == "acting":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step_index} of {task_id} never reached the act worker")
+
+
+@pytest.fixture
+def think_without_inline_act(stack):  # type: ignore[no-untyped-def]
+    """The stack's think worker swapped for one with inline act off: every command goes to the act queue."""
+    from tests.conftest import Proc
+
+    stack["think"].stop()
+    think = Proc("worker-think-no-inline", stack["think"].args, {**stack.env, "AUTOGPT_INLINE_ACT": "false"}).start()
+    try:
+        yield think
+    finally:
+        think.stop()
+        stack["think"].start()
+
+
+def test_sigkill_of_the_act_worker_at_random_moments(stack, llm, db, settings, think_without_inline_act) -> None:  # type: ignore[no-untyped-def]
+    # one task whose act phase is slow (a sandboxed program sleeping), so one kill lands mid-command for sure
+    slow = {"tool": "execute_python", "content": "I will run a slow program.",
+            "arguments": {"code": "import time\ntime.sleep(3)\nopen('slow.txt', 'w').write('done')\nprint('ok')"}}
+    llm.register_script("killact", [write("a.txt", "1"), slow, write("c.txt", "3"), FINISH])
+    slow_id = submit(stack, "Survive an act crash [[script:killact]]")
     task_ids = [submit(stack, f"Many steps [[steps:10]] run {i}") for i in range(4)]
-    for _ in range(3):
+    wait_acting(db, slow_id, 1)
+    time.sleep(0.5)  # the program is running in the act worker's sandbox
+    stack["act"].kill(9)  # SIGKILL, mid-command
+    stack["act"].start()
+    for _ in range(3):  # and at random moments while the other tasks' commands flow through the act queue
         time.sleep(0.7)
         stack["act"].kill(9)
         stack["act"].start()
-    for task_id in task_ids:
+    for task_id, n in [(slow_id, 4)] + [(t, 10) for t in task_ids]:
         task = wait_terminal(stack, task_id, timeout_s=150)
         assert task["status"] == "completed", task
         steps = ledger_steps(db, task_id)
-        assert [s.step_index for s in steps] == list(range(10))
+        assert [s.step_index for s in steps] == list(range(n))
         assert all(s.status == "completed" for s in steps)
+        # every step committed exactly once, though some act phases ran twice
+        assert event_kinds(db, task_id)["step.completed"] == n
+        assert task["steps_completed"] == n
         # a proposal is persisted before acting: a crash in act never buys the completion again
-        assert all(n == 1 for n in ok_calls_per_turn(llm, task_id).values())
+        assert all(c == 1 for c in ok_calls_per_turn(llm, task_id).values())
+        # the commands went through the act queue (inline act off): each step has an act wake-up in the outbox
+        with db.session() as s:
+            acts = set(s.scalars(select(Outbox.step_index).where(Outbox.task_id == uuid.UUID(task_id),
+                                                                  Outbox.phase == "act")))
+        assert acts == set(range(n)), acts
+    slow_steps = ledger_steps(db, slow_id)
+    # the killed act phase was delivered again and its command re-run to completion by the new worker
+    assert act_deliveries(slow_steps[1]) >= 2, slow_steps[1].deliveries
+    assert slow_steps[1].command == "execute_python" and not slow_steps[1].is_error, slow_steps[1].output
+    assert (settings.workspace_root / slow_id / "slow.txt").read_text() == "done"
 
 
 def test_an_llm_answering_429_twice_then_succeeding(stack, llm, db) -> None:  # type: ignore[no-untyped-def]

@@ -26,6 +26,18 @@ def test_a_worker_refuses_to_start_with_unsafe_settings() -> None:
     assert "consumer_timeout" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_a_raw_celery_worker_with_unsafe_command_line_options_refuses_to_start() -> None:
+    """``celery -A autogpt_workers.celery_app worker ...``, not our CLI: the options are checked at celeryd_init."""
+    out = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "autogpt_workers.celery_app", "worker", "-Q", "autogpt.act",
+         "-P", "threads", "--prefetch-multiplier", "8", "--time-limit", "7200"],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=dict(os.environ), timeout=60,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    for needle in ("--prefetch-multiplier must be 1, not 8", "--time-limit (7200s)", "needs the prefork pool"):
+        assert needle in out.stderr, out.stderr
+
+
 def test_an_unknown_queue_is_a_usage_error() -> None:
     out = cli("worker", "--queue", "nope")
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -150,6 +150,60 @@ def test_compose_app_env_points_at_compose_services(compose: dict[str, Any]) -> 
         assert env["AUTOGPT_REDIS_URL"].startswith("redis://redis:6379/"), name
 
 
+def _substitute(value: str, shell: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` / ``${VAR}`` interpolation, from ``shell``."""
+    return re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", lambda m: shell.get(m.group(1), m.group(2) or ""), value)
+
+
+def _production_settings(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("AUTOGPT_", "OPENAI_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_compose_env_passes_production_settings_once_its_secrets_are_set(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autogpt_workers.errors import ConfigError
+
+    shell = {"AUTOGPT_ENV": "production", "POSTGRES_PASSWORD": "pg-7f3a9", "RABBITMQ_PASSWORD": "mq-2b8c1",
+             "AUTOGPT_FLOWER_BASIC_AUTH": "ops:fl-9d4e2"}
+    for name in APP_SERVICES:
+        raw = compose["services"][name]["environment"]
+        env = {k: _substitute(str(v), shell) for k, v in raw.items() if v is not None}
+        env["OPENAI_API_KEY"] = "sk-test"
+        assert _production_settings(env, monkeypatch).env == "production", name
+    # the development defaults (Flower's admin:change-me) are refused if AUTOGPT_ENV=production is all one sets
+    raw = compose["services"]["api"]["environment"]
+    env = {k: _substitute(str(v), {"AUTOGPT_ENV": "production"}) for k, v in raw.items() if v is not None}
+    with pytest.raises(ConfigError, match="default Flower credentials"):
+        _production_settings({**env, "OPENAI_API_KEY": "sk-test"}, monkeypatch)
+
+
+def test_k8s_secret_example_passes_production_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Secret the ConfigMap's comment tells operators to create, with real passwords, passes the production
+    checks together with the ConfigMap; with its PASSWORD placeholders left in, it is refused."""
+    from autogpt_workers.errors import ConfigError
+
+    text = (K8S_DIR / "01-configmap.yaml").read_text()
+    literals = dict(re.findall(r"--from-literal=([\w-]+)='([^']*)'", text))
+    assert {"database-url", "broker-url", "flower-basic-auth", "openai-api-key"} <= set(literals)
+    config = next(doc for _, doc in k8s_docs() if doc.get("kind") == "ConfigMap")["data"]
+    names = {"database-url": "AUTOGPT_DATABASE_URL", "broker-url": "AUTOGPT_BROKER_URL",
+             "redis-url": "AUTOGPT_REDIS_URL", "openai-api-key": "OPENAI_API_KEY",
+             "flower-basic-auth": "AUTOGPT_FLOWER_BASIC_AUTH"}
+    secret = {names[k]: v.replace("PASSWORD", "Xy7-q2w9") for k, v in literals.items()}
+    assert _production_settings({**config, **secret}, monkeypatch).env == "production"
+    placeholders = {names[k]: v for k, v in literals.items()}
+    with pytest.raises(ConfigError, match="default Flower credentials"):
+        _production_settings({**config, **placeholders}, monkeypatch)
+
+
 def test_compose_observability_services(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in OBSERVABILITY_SERVICES:

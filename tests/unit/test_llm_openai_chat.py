@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from autogpt_workers.agent.types import LLMResponse, ToolCall, Usage
-from autogpt_workers.errors import LLMPermanentError, LLMTransientError
+from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, RetryEvent, make_client, parse_retry_after
 
 MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Task id: t1\nGoal: hi"}]
@@ -162,12 +162,27 @@ def test_429_twice_honours_retry_after_then_succeeds(stub: StubLLM) -> None:
     )
 
 
-def test_retry_after_is_capped_at_backoff_max(stub: StubLLM) -> None:
+def test_retry_after_beyond_the_backoff_cap_is_handed_back_not_waited(stub: StubLLM) -> None:
+    """A wait the server asks for that is longer than we wait in-process is not shortened (an early retry would
+    only be refused again): no retry here, ``LLMRateLimited`` with the server's wait for the runner to honour."""
     stub.replies = [Reply(429, error_body("slow down"), {"Retry-After": "30"}), Reply(body=completion())]
     waits: list[float] = []
-    model = _model(stub.base_url, backoff_max_s=0.2, sleep=waits.append)
-    assert model.complete(MESSAGES, TOOLS).content == "ok"
-    assert waits == [0.2]
+    events: list[RetryEvent] = []
+    model = _model(stub.base_url, backoff_max_s=0.2, sleep=waits.append, on_retry=events.append)
+    with pytest.raises(LLMRateLimited) as info:
+        model.complete(MESSAGES, TOOLS)
+    assert len(stub.requests) == 1 and waits == [] and events == []
+    assert isinstance(info.value, LLMTransientError) and info.value.retry_after == pytest.approx(30)
+    assert "HTTP 429" in str(info.value) and "asked to wait 30.0s" in str(info.value)
+    copy = pickle.loads(pickle.dumps(info.value))  # Celery ships it between processes
+    assert type(copy) is LLMRateLimited and copy.retry_after == info.value.retry_after
+
+
+def test_retry_after_within_the_cap_is_waited_in_process(stub: StubLLM) -> None:
+    stub.replies = [Reply(503, error_body("busy"), {"Retry-After": "0.2"}), Reply(body=completion())]
+    waits: list[float] = []
+    assert _model(stub.base_url, backoff_max_s=0.2, sleep=waits.append).complete(MESSAGES, TOOLS).content == "ok"
+    assert waits == [pytest.approx(0.2)]
 
 
 def test_500_then_success(stub: StubLLM) -> None:

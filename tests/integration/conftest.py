@@ -1,0 +1,38 @@
+"""Helpers of the integration tests: a RabbitMQ vhost of a test module's own."""
+
+from __future__ import annotations
+
+import contextlib
+import urllib.parse
+from collections.abc import Iterator
+
+import httpx
+
+MGMT = "http://127.0.0.1:15672"
+
+
+def management_auth(broker_url: str) -> tuple[str, str]:
+    parsed = urllib.parse.urlparse(broker_url)
+    return parsed.username or "guest", parsed.password or "guest"
+
+
+def vhost_of(broker_url: str) -> str:
+    path = urllib.parse.urlparse(broker_url).path
+    return urllib.parse.unquote(path[1:]) if path not in ("", "/") else "/"
+
+
+@contextlib.contextmanager
+def private_vhost(broker_url: str, suffix: str) -> Iterator[str]:
+    """``<the broker URL's vhost>_<suffix>``, created empty through the management API, deleted at the end; yields
+    its broker URL. No worker of the session consumes there, so messages stay on its queues to be read back."""
+    parsed = urllib.parse.urlparse(broker_url)
+    quoted = urllib.parse.quote(f"{vhost_of(broker_url).strip('/') or 'root'}_{suffix}", safe="")
+    auth = management_auth(broker_url)
+    httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)  # a clean slate
+    httpx.put(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=10).raise_for_status()
+    httpx.put(f"{MGMT}/api/permissions/{quoted}/{auth[0]}", json={"configure": ".*", "write": ".*", "read": ".*"},
+              auth=auth, timeout=10).raise_for_status()
+    try:
+        yield f"{parsed.scheme}://{parsed.netloc}/{quoted}"
+    finally:
+        httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)
