@@ -87,10 +87,10 @@ def test_redis_down_costs_the_cache_not_the_embedding(embedder: OpenAIEmbedder) 
 
 
 
-def _openai_settings(fake_llm: str, **fields: object) -> Any:
+def _openai_settings(fake_llm: str, **fields: Any) -> Any:
     from autogpt_workers.config import Settings
 
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         memory_embedder="openai", memory_embeddings_base_url=f"{fake_llm}/v1", memory_embedding_model=FAKE_MODEL,
         **fields,
     )  # fmt: skip
