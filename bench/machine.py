@@ -63,7 +63,7 @@ def describe(env: BenchEnv, db: Sql | None) -> dict[str, Any]:
                                           "torch")},
     }  # fmt: skip
     if db is None:
-        return info
+        return {**info, "postgresql": "-", "rabbitmq": "-"}
     try:
         info["postgresql"] = str(db.scalar("SHOW server_version"))
     except Exception as exc:  # the description must not fail the run
