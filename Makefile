@@ -75,7 +75,7 @@ format: venv ## ruff format (rewrites files)
 typecheck: venv ## mypy on the packages listed in pyproject.toml
 	$(VENV)/bin/mypy
 
-bench: services venv ## Benchmark vs floor, limit and LangGraph peer (BENCH_ARGS=--quick); writes bench/results.*
+bench: services venv ## Benchmark vs floor, limit, LangGraph peer; memory recall and top-k (BENCH_ARGS=--quick); writes bench/results.*
 	@if [ -f bench/__main__.py ]; then \
 		if [ ! -f $(VENV)/.installed-bench ] || [ pyproject.toml -nt $(VENV)/.installed-bench ]; then \
 			echo "pip install -e '.[dev,bench]'"; \

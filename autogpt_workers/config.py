@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     memory_path: Path = Path("var/memory/memory.sqlite3")  # the embedded store: one file shared by the host
     memory_embedder: Literal["local", "openai"] = "local"  # local: all-MiniLM-L6-v2 (the local-embeddings extra)
     memory_embedding_model: str = "text-embedding-3-small"  # for memory_embedder=openai
-    memory_embedding_dims: int | None = Field(default=None, ge=1)  # openai: None asks the endpoint once
+    memory_embedding_dims: int | None = Field(default=None, ge=1)  # openai: checked at start; None: the model's
     memory_embeddings_base_url: str | None = None  # openai: default OPENAI_BASE_URL
     memory_embeddings_api_key: SecretStr | None = None  # openai: default OPENAI_API_KEY
     memory_embedding_batch_size: int = Field(default=64, ge=1, le=2048)

@@ -3,7 +3,7 @@
     python -m bench                 # the issue's sizes (about 6-8 minutes on 2 cores)
     python -m bench --quick         # tiny sizes: checks the harness, the numbers mean nothing
     python -m bench --only latency,throughput --think-concurrency 500
-    python -m bench --memory        # also the long-term memory figures of bench.memory_bench, if present
+    python -m bench --only longterm # the long-term memory figures alone (bench.memory_bench), no platform
 
 The bench uses its own database and vhost (AUTOGPT_BENCH_DATABASE_URL / AUTOGPT_BENCH_BROKER_URL, default
 ``autogpt_bench``): it empties their tables and queues between figures.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import importlib.util
 import os
 import shutil
@@ -33,14 +32,15 @@ from bench.figure import Figure, Unavailable
 from bench.params import FULL, QUICK, Params
 
 T = TypeVar("T")
-FIGURES = ("latency", "throughput", "cpu", "submit", "memory", "peer")
+FIGURES = ("latency", "throughput", "cpu", "submit", "memory", "peer", "longterm")
+PLATFORM_FIGURES = set(FIGURES) - {"longterm"}  # "longterm" needs no platform: it runs after the stack stops
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (the smoke test): checks the harness only")
     p.add_argument("--only", default=",".join(FIGURES), help=f"comma-separated subset of: {', '.join(FIGURES)}")
-    p.add_argument("--memory", action="store_true", help="also run bench.memory_bench (long-term memory), if present")
+    p.add_argument("--memory", action="store_true", help="no-op for old command lines: longterm is in every run")
     p.add_argument("--think-concurrency", type=int, help="think worker threads (default: the platform's setting)")
     p.add_argument("--act-concurrency", type=int, help="act worker processes (default: the platform's setting)")
     p.add_argument("--ks", help="comma-separated K values for the throughput figure (default 50,200,500)")
@@ -278,28 +278,21 @@ class BenchRun:
             )
 
 
-def _memory_bench(quick: bool, run: BenchRun) -> list[Figure]:
-    """The long-term memory figures of ``bench.memory_bench`` (another module's): its ``run(quick=...)`` may
-    return figures (``Figure`` or dicts with the same fields); else its ``main(argv)`` prints its own table
-    (``--quick``: latency at 10k memories only, 50 searches)."""
-    if importlib.util.find_spec("bench.memory_bench") is None:
-        run.say("--memory: bench/memory_bench.py is not there; skipped")
-        return []
-    module = importlib.import_module("bench.memory_bench")
-    if hasattr(module, "run"):
-        result = run.step("memory_bench", lambda: module.run(quick=quick))
-        figures = []
-        for item in result or []:
-            if isinstance(item, Figure):
-                figures.append(item)
-            elif isinstance(item, dict):
-                fields = {f.name for f in dataclasses.fields(Figure)}
-                figures.append(Figure(**{k: v for k, v in item.items() if k in fields}))
+def _longterm(quick: bool, run: BenchRun) -> list[Figure]:
+    """The long-term memory figures (``bench.memory_bench``): recall of the local model on the labelled set beside
+    a lexical baseline, top-5 latency of the embedded store beside a numpy scan. Run after the platform stopped,
+    so its processes do not share the cores."""
+    from bench import memory_bench
+
+    figures = run.step("long-term memory", lambda: memory_bench.run(quick=quick))
+    if figures is not None:
         return figures
-    if hasattr(module, "main"):
-        argv = ["--sizes", "10000", "--queries", "50", "--skip-recall"] if quick else []
-        run.step("memory_bench", lambda: module.main(argv))
-    return []
+    sizes = memory_bench.QUICK_SIZES if quick else memory_bench.FULL_SIZES
+    why = run.why("long-term memory")
+    return [
+        Figure.unavailable(memory_bench.RECALL_KEY, "memory recall@5, local model", why),
+        *(Figure.unavailable(memory_bench.topk_key(s), f"embedded store top-5, {s:,} memories", why) for s in sizes),
+    ]
 
 
 def _stop_on_signal(signum: int, _frame: object) -> None:
@@ -328,9 +321,14 @@ def main(argv: list[str] | None = None) -> int:
 
     run = BenchRun(env, params, set(args.only.split(",")))
     started_at = datetime.now(UTC)
-    figures = run.run()
-    if args.memory:
-        figures += _memory_bench(params.quick, run)
+    if run.only & PLATFORM_FIGURES:
+        figures = run.run()
+    else:  # nothing that needs the stack
+        from bench.machine import describe
+
+        figures, run.machine = [], describe(env, None)
+    if "longterm" in run.only:
+        figures += _longterm(params.quick, run)
     duration = time.monotonic() - run.started
     run.machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
 

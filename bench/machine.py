@@ -48,7 +48,8 @@ def _pkg(name: str) -> str:
         return "-"
 
 
-def describe(env: BenchEnv, db: Sql) -> dict[str, Any]:
+def describe(env: BenchEnv, db: Sql | None) -> dict[str, Any]:
+    """The host and the services' versions (``db`` None: a run that started no platform, services not asked)."""
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
@@ -58,8 +59,11 @@ def describe(env: BenchEnv, db: Sql) -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "packages": {p: _pkg(p) for p in ("celery", "kombu", "sqlalchemy", "psycopg2-binary", "fastapi", "uvicorn",
-                                          "openai", "langgraph", "langgraph-checkpoint-postgres")},
+                                          "openai", "langgraph", "langgraph-checkpoint-postgres", "sqlite-vec", "numpy",
+                                          "torch")},
     }  # fmt: skip
+    if db is None:
+        return {**info, "postgresql": "-", "rabbitmq": "-"}
     try:
         info["postgresql"] = str(db.scalar("SHOW server_version"))
     except Exception as exc:  # the description must not fail the run

@@ -1,22 +1,24 @@
 """The embedded default store: SQLite with the ``sqlite-vec`` extension, one file per host, no server.
 
-Why this one, measured on this project's 2-core machine (384-dim vectors, top-5, one tenant holding all N plus a
-small tenant; candidates sqlite-vec 0.1.9 with apsw, LanceDB 0.40, qdrant-client 1.20 local mode):
+Why this one, measured on this project's 2-core machine by ``python -m bench.memory_candidates`` (384-dim vectors,
+top-5, one tenant holding all N beside a tenant of 1,000; sqlite-vec 0.1.9 with apsw, LanceDB 0.40, qdrant-client
+1.20 local mode; figures in the README's Memory section):
 
-- sqlite-vec: two writer processes at once both fine (WAL + busy wait); top-5 at 100k p50 80 ms, p99 91 ms;
-  a small tenant beside them 0.6 ms (partition key); about 15,000 inserts/s in batches of 1,000;
-- LanceDB: one of two writer processes failed (table creation race); p50 88 ms, p99 267 ms; small tenant 44 ms
-  (prefilter scan); about 32,000 inserts/s;
-- qdrant-client local mode: a second process is refused ("already accessed by another instance"); already 150 ms
-  p50 at 10k; about 560 inserts/s.
+- sqlite-vec: two writer processes on one fresh file both fine (WAL + busy wait); top-5 at 100k p50 77 ms, p99
+  102 ms; the small tenant beside them 0.7 ms (partition key); 9,000-15,000 inserts/s in batches of 1,000;
+- LanceDB: two writers fine when the table is created with ``exist_ok`` (an earlier session, without it, saw one
+  fail on the creation race); p50 107 ms, p99 176 ms at 100k; the small tenant 53 ms (a filtered scan); about
+  30,000 inserts/s;
+- qdrant-client local mode: a second process is refused ("already accessed by another instance"); 128 ms p50
+  at 10k already; about 770 inserts/s (it warns past 20k points, so 100k was not measured).
 
 SQLite in WAL mode lets every worker process on the host read while one writes, and a busy timeout queues
 writers, so the think pool's threads and the act pool's processes share one file safely; qdrant-client's local
-mode refuses a second process outright (and warns past 20k points), and LanceDB raced on table creation and turns
-every small write into a new table version. ``vec0`` partitions vectors by tenant (a search scans only that
-tenant's rows: isolation is structural, and small tenants stay fast whatever the file holds) and filters on task,
-kind and importance inside the KNN scan. The scan is exact (no ANN index): a single tenant past ~100k memories is
-where Weaviate's HNSW is the better home.
+mode refuses a second process outright (and warns past 20k points), and LanceDB turns every small write into a
+new table version and makes a small tenant pay for the whole table. ``vec0`` partitions vectors by tenant (a search
+scans only that tenant's rows: isolation is structural, and small tenants stay fast whatever the file holds) and
+filters on task, kind and importance inside the KNN scan. The scan is exact (no ANN index): a single tenant past
+~100k memories is where Weaviate's HNSW is the better home.
 
 Python's own ``sqlite3`` here cannot load extensions, so the connection is ``apsw``'s.
 

@@ -1,8 +1,10 @@
 """Embeddings: the ``Embedder`` interface, an OpenAI-compatible ``/v1/embeddings`` client, and a Redis cache.
 
 ``OpenAIEmbedder`` speaks to any OpenAI-compatible endpoint (OpenAI, Azure, vLLM, Ollama, ...) in batches of
-``batch_size`` inputs per request. ``CachedEmbedder`` puts Redis in front of any embedder: one key per
-``(model, sha256(text))`` holding the float32 vector, read with one ``MGET`` per batch; a Redis failure only
+``batch_size`` inputs per request; ``check_dims`` asks it for one vector at start, so a model whose vectors do not
+have the configured dimensions is a ``MemoryConfigError`` there, and a vector of the wrong length later (the model
+changed behind the endpoint) a ``MemoryRequestError``. ``CachedEmbedder`` puts Redis in front of any embedder: one
+key per ``(model, sha256(text))`` holding the float32 vector, read with one ``MGET`` per batch; a Redis failure only
 costs the cache, never the embedding. The offline local model is ``memory.local_embeddings.LocalEmbedder``.
 
 openai's exceptions are translated here into ``memory.errors``.
@@ -17,7 +19,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from autogpt_workers.memory.errors import MemoryRequestError, MemoryUnavailable
+from autogpt_workers.memory.errors import MemoryConfigError, MemoryRequestError, MemoryUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +81,22 @@ class OpenAIEmbedder:
             self._dims = len(self.embed(["dimension probe"])[0])
         return self._dims
 
+    def check_dims(self) -> int:
+        """Embed one text and compare its length with the configured ``dims`` (None: adopt it). A mismatch is a
+        ``MemoryConfigError``; an endpoint that is down raises ``MemoryUnavailable`` as any request does."""
+        configured, self._dims = self._dims, None  # the probe must not be refused by the run-time check
+        try:
+            actual = len(self._request(["dimension probe"])[0])
+        finally:
+            self._dims = configured
+        if configured is not None and actual != configured:
+            raise MemoryConfigError(
+                f"the embedding model {self.model!r} returns {actual}-dim vectors but AUTOGPT_MEMORY_EMBEDDING_DIMS "
+                f"is {configured}: set it to {actual}, or leave it unset to take the model's"
+            )
+        self._dims = actual
+        return actual
+
     def embed(self, texts: Sequence[str]) -> list[Vector]:
         vectors: list[Vector] = []
         for start in range(0, len(texts), self.batch_size):
@@ -102,7 +120,13 @@ class OpenAIEmbedder:
         data = sorted(response.data, key=lambda item: item.index)
         if len(data) != len(batch):
             raise MemoryRequestError(f"embeddings endpoint returned {len(data)} vectors for {len(batch)} inputs")
-        return [list(map(float, item.embedding)) for item in data]
+        vectors = [list(map(float, item.embedding)) for item in data]
+        wrong = next((len(v) for v in vectors if self._dims is not None and len(v) != self._dims), None)
+        if wrong is not None:
+            raise MemoryRequestError(
+                f"embeddings endpoint returned {wrong}-dim vectors for {self.model!r}; {self._dims} expected"
+            )
+        return vectors
 
 
 class CachedEmbedder:

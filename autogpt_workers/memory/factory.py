@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import structlog
+
 from autogpt_workers.memory.base import VectorStore
 from autogpt_workers.memory.embeddings import CachedEmbedder, Embedder, OpenAIEmbedder
-from autogpt_workers.memory.errors import MemoryConfigError
+from autogpt_workers.memory.errors import MemoryConfigError, MemoryUnavailable
 from autogpt_workers.memory.longterm import LongTermMemory
 from autogpt_workers.memory.service import MemoryService
 from autogpt_workers.memory.shortterm import ShortTermMemory
@@ -19,13 +21,20 @@ from autogpt_workers.memory.shortterm import ShortTermMemory
 if TYPE_CHECKING:
     from autogpt_workers.config import Settings
 
+log = structlog.get_logger(__name__)
+
 
 def build_embedder(settings: Settings, redis: object | None = None) -> Embedder:
-    """The configured embedder, behind the Redis cache when ``redis`` is given and the TTL is not 0."""
+    """The configured embedder, behind the Redis cache when ``redis`` is given and the TTL is not 0.
+
+    An OpenAI-compatible endpoint is asked for one vector here (not through the cache): its length must match
+    ``AUTOGPT_MEMORY_EMBEDDING_DIMS`` when set (else ``MemoryConfigError``), or becomes the dimensions when not.
+    With the dimensions set, an endpoint that is down at start is only logged: the check is redone on every
+    answer (``OpenAIEmbedder``), and memory is an aid, not a reason to stay down."""
     embedder: Embedder
     if settings.memory_embedder == "openai":
         key = settings.memory_embeddings_api_key or settings.openai_api_key
-        embedder = OpenAIEmbedder.connect(
+        remote = OpenAIEmbedder.connect(
             settings.memory_embeddings_base_url or settings.openai_base_url,
             key.get_secret_value() if key else None,
             settings.memory_embedding_model,
@@ -33,6 +42,13 @@ def build_embedder(settings: Settings, redis: object | None = None) -> Embedder:
             batch_size=settings.memory_embedding_batch_size,
             timeout_s=settings.llm_timeout_s,
         )
+        try:
+            remote.check_dims()
+        except MemoryUnavailable as exc:
+            if settings.memory_embedding_dims is None:
+                raise  # nothing to build the store with
+            log.warning("embedding_dims_unchecked", model=remote.model, error=str(exc))
+        embedder = remote
     else:
         from autogpt_workers.memory.local_embeddings import LocalEmbedder
 

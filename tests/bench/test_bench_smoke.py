@@ -1,6 +1,7 @@
 """Smoke test of the bench harness: ``python -m bench --quick`` runs every figure end to end on the real stack
-(its own database and vhost, derived from the test ones) and writes them all. Timings are never asserted: the
-quick sizes make the numbers meaningless; this checks that the harness can produce them."""
+(its own database and vhost, derived from the test ones) and writes them all, the long-term memory figures
+included (the labelled recall set in full, top-5 latency at 10k memories). Timings are never asserted: the quick
+sizes make the numbers meaningless; this checks that the harness can produce them."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
+
+from autogpt_workers.memory.local_embeddings import LocalEmbedder
 from tests.conftest import REPO_ROOT
 
-MEASURED_ALWAYS = {"latency", "throughput_k4", "cpu", "costs", "submit_api", "worker_memory"}
+MEASURED_ALWAYS = {"latency", "throughput_k4", "cpu", "costs", "submit_api", "worker_memory", "memory_topk_10k"}
 
 
 def _bench_urls() -> dict[str, str]:
@@ -28,6 +32,7 @@ def _bench_urls() -> dict[str, str]:
     }
 
 
+@pytest.mark.timeout(400)
 def test_quick_bench_writes_every_figure(services: None, tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     env = {**os.environ, **_bench_urls()}
@@ -38,13 +43,13 @@ def test_quick_bench_writes_every_figure(services: None, tmp_path: Path) -> None
         env=env,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=360,
     )
     assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
 
     results = json.loads((out / "results.json").read_text())
     figures = {f["key"]: f for f in results["figures"]}
-    assert set(figures) == {*MEASURED_ALWAYS, "peer"}
+    assert set(figures) == {*MEASURED_ALWAYS, "peer", "memory_recall"}
     assert results["errors"] == {}
     for key in MEASURED_ALWAYS:
         assert figures[key]["measured"] != "n/a", figures[key]
@@ -53,6 +58,20 @@ def test_quick_bench_writes_every_figure(services: None, tmp_path: Path) -> None
     assert figures["cpu"]["values"]["window_steps"] > 0
     assert figures["worker_memory"]["values"]["in_flight"] > 0
     assert figures["submit_api"]["values"]["accepted"] > 0
+
+    topk = figures["memory_topk_10k"]["values"]
+    assert topk["size"] == 10_000 and topk["queries"] == 50
+    assert topk["same_top5_as_numpy"] == 50  # the store's scan is exact: the same top 5 as the numpy reference
+    recall = figures["memory_recall"]
+    if LocalEmbedder.available():
+        local, lexical = recall["values"]["local"], recall["values"]["lexical"]
+        assert local["queries"] == lexical["queries"] > 0
+        assert 0 <= local["recall_at_1"] <= local["recall"] <= 1 and 0 <= local["mrr"] <= 1
+        assert "lexical baseline" in recall["reference"]
+    else:
+        if os.environ.get("AUTOGPT_REQUIRE_TOOLS") == "1":
+            pytest.fail("the local-embeddings extra is missing (make venv installs it); the recall figure is n/a")
+        assert recall["verdict"] == "n/a" and "local-embeddings" in recall["note"], recall
 
     peer = figures["peer"]
     if importlib.util.find_spec("langgraph") is not None:

@@ -127,6 +127,16 @@ def test_compose_app_services_start_in_order(compose: dict[str, Any]) -> None:
     assert services["migrate"].get("restart", "no") == "no"
 
 
+def test_compose_workers_wait_for_weaviate(compose: dict[str, Any]) -> None:
+    """The workers build long-term memory at start (the compose default is Weaviate): they wait until it is ready."""
+    services = compose["services"]
+    assert services["worker-think"]["environment"]["AUTOGPT_MEMORY_BACKEND"].endswith(":-weaviate}")
+    for name in ("worker-think", "worker-act"):
+        deps = services[name]["depends_on"]
+        assert deps["weaviate"] == {"condition": "service_healthy"}, f"{name} must wait for a healthy weaviate"
+        assert {"migrate", "postgres", "rabbitmq", "redis"} <= set(deps), f"{name} lost its other dependencies"
+
+
 def test_compose_serving_services_have_healthchecks(compose: dict[str, Any]) -> None:
     assert "/healthz" in str(compose["services"]["api"]["healthcheck"]["test"])
     assert "/healthcheck" in str(compose["services"]["flower"]["healthcheck"]["test"])

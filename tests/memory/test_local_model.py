@@ -7,10 +7,7 @@ import math
 import pytest
 
 from autogpt_workers.memory.local_embeddings import DIMS, LocalEmbedder
-
-pytestmark = pytest.mark.skipif(
-    not LocalEmbedder.available(), reason="the local-embeddings extra is not installed (make venv installs it)"
-)
+from tests.memory.conftest import LOCAL_MODEL_MISSING, require_local_model
 
 
 def _cos(a: list[float], b: list[float]) -> float:
@@ -19,6 +16,7 @@ def _cos(a: list[float], b: list[float]) -> float:
 
 @pytest.fixture(scope="module")
 def model() -> LocalEmbedder:
+    require_local_model()  # skips without the extra; fails instead under AUTOGPT_REQUIRE_TOOLS=1
     return LocalEmbedder(num_threads=1)
 
 
@@ -39,3 +37,14 @@ def test_paraphrases_are_closer_than_texts_that_share_words(model: LocalEmbedder
         ]
     )
     assert _cos(query, paraphrase) > _cos(query, same_words)
+
+
+def test_a_missing_model_fails_under_require_tools_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LocalEmbedder, "available", staticmethod(lambda: False))
+    monkeypatch.setenv("AUTOGPT_REQUIRE_TOOLS", "1")
+    with pytest.raises(pytest.fail.Exception, match="AUTOGPT_REQUIRE_TOOLS=1 makes that a failure"):
+        require_local_model()
+    monkeypatch.delenv("AUTOGPT_REQUIRE_TOOLS")
+    with pytest.raises(pytest.skip.Exception, match="local-embeddings extra"):
+        require_local_model()
+    assert "local-embeddings" in LOCAL_MODEL_MISSING
