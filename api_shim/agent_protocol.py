@@ -120,7 +120,7 @@ def _step_view(
     status: Literal["created", "running", "completed"] = "running"
     if committed:
         status = "completed"
-    elif step.status == "pending" or waits:
+    elif request is None and (step.status == "pending" or waits):  # with a request it is under way (preapproval)
         status = "created"
     thought = ((step.proposal or {}).get("assistant_message") or {}).get("content")
     if committed:
@@ -311,7 +311,10 @@ def make_router(settings: Settings) -> APIRouter:
                 if index is None:
                     raise HTTPException(409, "the task ended before its first step")
                 step = s.execute(select(Step).where(Step.task_id == tid, Step.step_index == index)).scalar_one()
-            return _steps(db, task, [step])[0]
+            view = _steps(db, task, [step])[0]
+            if view.status != "completed":  # this request set it going: past the bound it is still running
+                view.status = "running"
+            return view
 
         return await run_in_threadpool(answer)
 
