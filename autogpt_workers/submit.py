@@ -233,6 +233,8 @@ def _new_task_view(
         webhook_url=submission.webhook_url,
         webhook_events=submission.webhook_events or [],
         waiting_for_slot=waiting,
+        deadline=submission.deadline,
+        approval=submission.approval,
     )
 
 
