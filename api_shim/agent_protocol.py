@@ -39,6 +39,9 @@ from autogpt_workers.submit import submit_task
 STEP_NAMESPACE = uuid.UUID("5b0d7d0e-8f5e-4a43-9f2a-0e6c2f1b7a11")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ap.NotFound, "description": "Unknown id."}}
 UNPROCESSABLE: dict[int | str, dict[str, Any]] = {422: {"description": "Invalid request."}}
+ENDED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ap.NotFound, "description": "The task ended (cancelled) before its first step: no step to run."}
+}
 TAGS: list[str | Any] = ["agent"]
 Row = TypeVar("Row")
 
@@ -280,7 +283,9 @@ def make_router(settings: Settings) -> APIRouter:
             steps=_steps(db, task, steps), pagination=_pagination(total, current_page, page_size)
         )
 
-    @router.post("/tasks/{task_id}/steps", response_model=ap.Step, tags=TAGS, responses={**NOT_FOUND, **UNPROCESSABLE})
+    @router.post(
+        "/tasks/{task_id}/steps", response_model=ap.Step, tags=TAGS, responses={**NOT_FOUND, **UNPROCESSABLE, **ENDED}
+    )
     async def execute_agent_task_step(
         task_id: str, request: Request, body: ap.StepRequestBody | None = None
     ) -> ap.Step:
