@@ -40,6 +40,9 @@ from autogpt_workers.submit import submit_task
 STEP_NAMESPACE = uuid.UUID("5b0d7d0e-8f5e-4a43-9f2a-0e6c2f1b7a11")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ap.NotFound, "description": "Unknown id."}}
 UNPROCESSABLE: dict[int | str, dict[str, Any]] = {422: {"description": "Invalid request."}}
+ENDED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ap.NotFound, "description": "The task ended (cancelled) before its first step: no step to run."}
+}
 TAGS: list[str | Any] = ["agent"]
 Row = TypeVar("Row")
 
@@ -121,7 +124,7 @@ def _step_view(
     status: Literal["created", "running", "completed"] = "running"
     if committed:
         status = "completed"
-    elif step.status == "pending" or waits:
+    elif request is None and (step.status == "pending" or waits):  # with a request it is under way (preapproval)
         status = "created"
     thought = ((step.proposal or {}).get("assistant_message") or {}).get("content")
     if committed:
@@ -282,7 +285,9 @@ def make_router(settings: Settings) -> APIRouter:
             steps=_steps(db, task, steps), pagination=_pagination(total, current_page, page_size)
         )
 
-    @router.post("/tasks/{task_id}/steps", response_model=ap.Step, tags=TAGS, responses={**NOT_FOUND, **UNPROCESSABLE})
+    @router.post(
+        "/tasks/{task_id}/steps", response_model=ap.Step, tags=TAGS, responses={**NOT_FOUND, **UNPROCESSABLE, **ENDED}
+    )
     async def execute_agent_task_step(
         task_id: str, request: Request, body: ap.StepRequestBody | None = None
     ) -> ap.Step:
@@ -313,7 +318,10 @@ def make_router(settings: Settings) -> APIRouter:
                 if index is None:
                     raise HTTPException(409, "the task ended before its first step")
                 step = s.execute(select(Step).where(Step.task_id == tid, Step.step_index == index)).scalar_one()
-            return _steps(db, task, [step])[0]
+            view = _steps(db, task, [step])[0]
+            if view.status != "completed":  # this request set it going: past the bound it is still running
+                view.status = "running"
+            return view
 
         return await run_in_threadpool(answer)
 

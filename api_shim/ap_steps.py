@@ -4,7 +4,9 @@ A task created through the protocol runs step by step (approval "always"): the w
 ``POST .../steps`` releases the proposal waiting (an empty input or ``y`` approves it; any other input is feedback
 to the agent, which then proposes again, as AutoGPT does) and waits up to ``ap_step_wait_s`` for that step to be
 committed, then answers it; past the bound it answers the step as ``running``. The first request's input is
-ignored when it repeats the task's input (the protocol's clients send the task input again to start).
+ignored when it repeats the task's input (the protocol's clients send the task input again to start). If the bound
+runs out before the step's proposal exists, the request is recorded and applied when the proposal lands
+(``autogpt_workers.preapproval``): the client need not POST again.
 
 A repeated POST while a step is in flight answers that step and releases nothing: the step a request answers is
 fixed when it first sees the task (the one waiting for approval, which it releases, else the one in flight), and
@@ -28,6 +30,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from autogpt_workers import preapproval
 from autogpt_workers.broker import Publisher
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import StepRequest, TaskOptions
@@ -100,7 +103,12 @@ async def execute_step(
     while True:
         snap = await run_in_threadpool(_snapshot, db, task_id)
         if target is None:
-            if snap.awaiting is not None:
+            recorded = [k for k in snap.requested if snap.steps.get(k) not in COMMITTED]
+            if snap.awaiting is not None and snap.awaiting in snap.requested:
+                # an earlier request, recorded before this proposal existed, answers it (if the worker did not yet)
+                target = snap.awaiting
+                await run_in_threadpool(preapproval.honour, db, publisher, task_id, target)
+            elif snap.awaiting is not None:
                 target = snap.awaiting
                 await run_in_threadpool(_release, db, publisher, task_id, tenant_id, snap, text, extra)
             elif snap.status in TERMINAL_TASK:
@@ -109,6 +117,8 @@ async def execute_step(
                 in_flight = [k for k, st in snap.steps.items() if st in ("proposed", "acting")]
                 if in_flight:  # released by an earlier request: answer it, start nothing
                     target = in_flight[0]
+                elif recorded:  # an earlier request waits for this step's proposal: answer it, record nothing
+                    target = min(recorded)
                 elif await run_in_threadpool(_continuous, db, task_id):
                     open_ = [k for k, st in snap.steps.items() if st not in COMMITTED]
                     target = min(open_) if open_ else None
@@ -118,8 +128,20 @@ async def execute_step(
             if target is not None:
                 return target
             open_steps = [k for k, st in snap.steps.items() if st not in COMMITTED]
-            return min(open_steps) if open_steps else (max(snap.steps) if snap.steps else None)
+            if not open_steps:
+                return max(snap.steps) if snap.steps else None
+            await run_in_threadpool(_record_for_proposal, db, publisher, task_id, min(open_steps), text, extra)
+            return min(open_steps)
         await asyncio.sleep(POLL_S)
+
+
+def _record_for_proposal(
+    db: Database, publisher: Publisher, task_id: uuid.UUID, step_index: int, text: str | None, extra: dict[str, Any]
+) -> None:
+    """The bound ran out before the step's proposal existed: record the request, so the proposal is approved (or
+    answered) when it lands without another POST; if it landed meanwhile, apply the request now."""
+    preapproval.record(db, task_id, step_index, text, extra)
+    preapproval.honour(db, publisher, task_id, step_index)
 
 
 def _continuous(db: Database, task_id: uuid.UUID) -> bool:

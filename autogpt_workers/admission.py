@@ -5,13 +5,20 @@ tenants together at most ``scheduler_max_running``; ``None`` means no cap. A tas
 same: it stays ``queued`` with no wake-up, in ``admission_queue``, and the dispatcher admits it when a slot frees.
 "Running" means accepted, admitted and not finished (a paused task or one waiting for approval holds its slot).
 
+Backlog (on by default, see ``autogpt_workers.backlog``). Without any cap, a task also waits in the admission queue
+while the workers are all busy (``scheduler_max_ready`` think wake-ups ready in RabbitMQ) or admissible tasks
+already wait; the dispatcher then admits only as many as keep that many ready. So under load the order of new
+tasks is decided here, not by RabbitMQ's first in, first out within a priority level.
+
 Order. Waiting tasks are admitted by effective priority first; within a priority level, the tenant with the fewest
 running tasks goes first (fair share: one tenant's burst cannot starve another's tasks); then submission order.
 
 Urgency (the seed's urgency factor, on the 0-9 scale). A task with a deadline gains up to ``deadline_max_boost``
 levels as the deadline nears: nothing until ``deadline_horizon_s`` before it, then linearly more, the full boost
 once the deadline has passed. The effective priority is written to ``tasks.priority``, which the ledger gives to
-every wake-up it publishes, so a running task's later steps jump the queue too (``refresh_priorities``).
+every wake-up it publishes, so a running task's later steps jump the queue too; a wake-up already published and not
+yet taken is published again at the raised priority (``refresh_priorities``; the copy left behind is settled by the
+ledger's claim as a duplicate).
 
 Submissions and admission rounds decide under one PostgreSQL advisory lock, so two API processes cannot both
 take the last slot.
@@ -22,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,12 +38,13 @@ from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from autogpt_workers.backlog import BacklogFlag, backlog_signal
 from autogpt_workers.broker import Publisher
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import MAX_PRIORITY
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import AdmissionQueue, TaskOptions, Tenant
-from autogpt_workers.store.ledger import TERMINAL_TASK, Ledger, Wakeup, emit
+from autogpt_workers.store.ledger import TERMINAL_TASK, Ledger, Wakeup, emit, reprioritise_wakeups
 from autogpt_workers.store.models import Outbox, Task
 
 log = structlog.get_logger(__name__)
@@ -49,15 +58,24 @@ class Policy:
     max_running: int | None = None
     horizon_s: float = 3600.0
     max_boost: int = 4
+    max_ready: int | None = None  # the backlog gate (None: off)
+    # why new tasks should wait for the backlog now (the dispatcher's flag), or None
+    backlog: Callable[[], str | None] | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
+        max_ready = settings.scheduler_max_ready or None
         return cls(
             settings.tenant_max_running,
             settings.scheduler_max_running,
             settings.deadline_horizon_s,
             settings.deadline_max_boost,
+            max_ready,
+            backlog_signal(settings.redis_url, settings.database_url).reason if max_ready is not None else None,
         )
+
+    def backlogged(self) -> str | None:
+        return self.backlog() if self.backlog is not None else None
 
 
 def urgency_boost(deadline: datetime | None, now: datetime, policy: Policy) -> int:
@@ -85,11 +103,16 @@ def _running(tenant_id: str | None = None) -> Any:
     return stmt if tenant_id is None else stmt.where(Task.tenant_id == tenant_id)
 
 
-def hold_if_capped(s: Session, task_id: uuid.UUID, tenant_id: str, policy: Policy) -> str | None:
+def hold_if_capped(
+    s: Session, task_id: uuid.UUID, tenant_id: str, policy: Policy, backlog: str | None = None
+) -> str | None:
     """In the submitting transaction, after the task and its first wake-up were inserted: if a cap is reached (or
-    earlier tasks already wait), take the wake-up back and queue the task. Returns why it waits, or None."""
+    earlier tasks already wait, or ``backlog`` says why the workers cannot take it now), take the wake-up back and
+    queue the task. Returns why it waits, or None."""
     tenant_cap = s.execute(select(Tenant.max_running).where(Tenant.id == tenant_id)).scalar_one_or_none()
     tenant_cap = tenant_cap if tenant_cap is not None else policy.tenant_max_running
+    if backlog is not None:  # no slot is taken: no need to decide under the lock
+        return _hold(s, task_id, tenant_id, backlog)
     if tenant_cap is None and policy.max_running is None:
         return None
     s.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
@@ -108,6 +131,10 @@ def hold_if_capped(s: Session, task_id: uuid.UUID, tenant_id: str, policy: Polic
         reason = f"the platform's cap of {policy.max_running} running tasks is reached"
     if reason is None:
         return None
+    return _hold(s, task_id, tenant_id, reason)
+
+
+def _hold(s: Session, task_id: uuid.UUID, tenant_id: str, reason: str) -> str:
     s.execute(delete(Outbox).where(Outbox.task_id == task_id))
     s.execute(insert(AdmissionQueue).values(task_id=task_id, tenant_id=tenant_id))
     emit(s, task_id, "task.waiting", reason=reason)
@@ -130,19 +157,43 @@ class Admitter:
     """The dispatcher's half of admission: admits waiting tasks as slots free, and raises priorities as
     deadlines near."""
 
-    def __init__(self, db: Database, publisher: Publisher, policy: Policy, batch: int = 500) -> None:
+    def __init__(
+        self,
+        db: Database,
+        publisher: Publisher,
+        policy: Policy,
+        batch: int = 500,
+        ready: Callable[[], int | None] | None = None,
+        flag: BacklogFlag | None = None,
+    ) -> None:
+        """``ready`` counts the think wake-ups ready in RabbitMQ now (None: unknown); with ``policy.max_ready``
+        it bounds each round's admissions, and ``flag`` tells the API processes to hold new tasks meanwhile."""
         self.db = db
         self.ledger = Ledger(db)
         self.publisher = publisher
         self.policy = policy
         self.batch = batch
+        self.ready = ready
+        self.flag = flag
 
     def admit_round(self) -> int:
-        """Admit what the caps allow now; publish their first wake-ups. Returns how many were admitted."""
+        """Admit what the caps and the backlog allow now; publish their first wake-ups. Returns how many."""
+        room = None
+        ready = None
+        if self.policy.max_ready is not None:
+            ready = self.ready() if self.ready is not None else None
+            room = max(0, self.policy.max_ready - (ready or 0))
         with self.db.transaction() as s:
             if not s.execute(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK))).scalar_one():
                 return 0  # another dispatcher is at it
-            wakeups = self._admit(s)
+            wakeups, left = self._admit(s, room)
+        if self.flag is not None and self.policy.max_ready is not None:
+            if ready is not None and ready >= self.policy.max_ready:
+                self.flag.set(f"the workers are busy: {ready} wake-ups wait in the think queue")
+            elif left:
+                self.flag.set("earlier tasks are waiting for free workers")
+            else:
+                self.flag.set(None)
         published: list[int] = []
         try:
             for w in wakeups:
@@ -156,7 +207,9 @@ class Admitter:
             log.info("tasks_admitted", count=len(wakeups))
         return len(wakeups)
 
-    def _admit(self, s: Session) -> list[Wakeup]:
+    def _admit(self, s: Session, room: int | None = None) -> tuple[list[Wakeup], bool]:
+        """Admit up to ``room`` (None: no backlog bound) of the waiting tasks the caps allow. Returns their wake-ups
+        and whether admissible tasks (below their tenant's cap) are left waiting."""
         # tasks cancelled while they waited leave the queue
         s.execute(
             delete(AdmissionQueue).where(
@@ -179,7 +232,7 @@ class Admitter:
             .limit(self.batch * 10)
         ).all()
         if not rows:
-            return []
+            return [], False
         waiting = [
             _Waiting(tid, tenant, at, effective_priority(base, deadline, self.policy, now))
             for tid, tenant, at, base, deadline in rows
@@ -202,7 +255,7 @@ class Admitter:
         total = s.execute(_running()).scalar_one() if self.policy.max_running is not None else 0
 
         admitted: list[_Waiting] = []
-        while len(admitted) < self.batch:
+        while len(admitted) < (self.batch if room is None else min(room, self.batch)):
             if self.policy.max_running is not None and total >= self.policy.max_running:
                 break
             open_ = [w for w in waiting if _below(running[w.tenant_id], caps[w.tenant_id])]
@@ -213,7 +266,8 @@ class Admitter:
             admitted.append(best)
             running[best.tenant_id] += 1
             total += 1
-        return [self._admit_one(s, w) for w in admitted]
+        left = any(_below(running[w.tenant_id], caps[w.tenant_id]) for w in waiting)
+        return [self._admit_one(s, w) for w in admitted], left
 
     @staticmethod
     def _admit_one(s: Session, w: _Waiting) -> Wakeup:
@@ -231,9 +285,12 @@ class Admitter:
         return Wakeup(outbox_id, w.task_id, 0, "think", w.priority)
 
     def refresh_priorities(self) -> int:
-        """Raise ``tasks.priority`` of unfinished tasks whose deadline draws nearer. Returns how many changed."""
+        """Raise ``tasks.priority`` of unfinished tasks whose deadline draws nearer, and publish again, at the new
+        priority, their wake-ups already published but not yet taken (RabbitMQ cannot reorder a message in place;
+        the copy left behind is a duplicate the ledger settles). Returns how many tasks changed."""
         now = datetime.now(UTC)
         changed = 0
+        wakeups: list[Wakeup] = []
         with self.db.transaction() as s:
             rows = s.execute(
                 select(Task.id, Task.priority, TaskOptions.base_priority, Task.deadline)
@@ -245,4 +302,17 @@ class Admitter:
                 if wanted != current:
                     s.execute(update(Task).where(Task.id == task_id).values(priority=wanted))
                     changed += 1
+                    if wanted > current:
+                        wakeups += reprioritise_wakeups(s, task_id, wanted)
+        published: list[int] = []
+        try:
+            for w in wakeups:
+                self.publisher.wake(w.task_id, w.step_index, w.phase, w.priority)
+                published.append(w.outbox_id)
+        except Exception as exc:  # the reaper publishes the rest after the outbox grace period
+            log.warning("reprioritised_publish_deferred", error=str(exc))
+        finally:
+            self.ledger.mark_published(published)
+        if wakeups:
+            log.info("wakeups_reprioritised", count=len(wakeups))
         return changed

@@ -454,7 +454,18 @@ def dispatcher(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     db = Database.from_url(s.database_url, pool_size=4, max_overflow=s.webhook_concurrency)
-    admitter = Admitter(db, Publisher(celery_app), Policy.from_settings(s))
+    from autogpt_workers.backlog import BacklogFlag
+    from autogpt_workers.contracts import THINK_QUEUE
+    from autogpt_workers.queues import ReadyCounter
+
+    counter = ReadyCounter(s.broker_url)
+    admitter = Admitter(
+        db,
+        Publisher(celery_app),
+        Policy.from_settings(s),
+        ready=lambda: counter([THINK_QUEUE]).get(THINK_QUEUE),
+        flag=BacklogFlag.from_url(s.redis_url, s.database_url, ttl_s=max(2.0, 5 * s.dispatcher_interval_s)),
+    )
     from autogpt_workers.metrics import count_dispatcher_round, touch_dispatcher_series
 
     touch_dispatcher_series()

@@ -139,6 +139,9 @@ class Settings(BaseSettings):
     # scheduling: running-task caps (None = no cap) and deadline urgency
     tenant_max_running: int | None = Field(default=None, ge=1)  # default cap per tenant (tenants may override)
     scheduler_max_running: int | None = Field(default=None, ge=1)  # all tenants together
+    # the backlog gate (autogpt_workers/backlog.py): while this many think wake-ups wait in RabbitMQ (every worker
+    # busy), new tasks wait in the admission queue (fair share, urgency); needs a dispatcher. 0: never
+    scheduler_max_ready: int = Field(default=8, ge=0)
     deadline_horizon_s: float = Field(default=3600.0, gt=0)  # priority starts rising this long before a deadline
     deadline_max_boost: int = Field(default=4, ge=0, le=9)
     # webhooks (the dispatcher process)

@@ -149,7 +149,11 @@ class TaskView(BaseModel):
     webhook_url: str | None = None
     webhook_events: list[str] = Field(default_factory=list)
     effective_priority: int | None = Field(default=None, description="Priority after deadline urgency.")
-    waiting_for_slot: bool = Field(default=False, description="Held back by a running-task cap.")
+    waiting_for_slot: bool = Field(
+        default=False, description="Waiting in the admission queue (a running-task cap, or every worker busy)."
+    )
+    deadline: datetime | None = Field(default=None, description="Past it the task ends failed (reason deadline).")
+    approval: ApprovalPolicy = Field(default="never", description="Which proposed commands wait for an approval.")
 
 
 class TaskPage(BaseModel):

@@ -44,6 +44,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from autogpt_workers import preapproval
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.agent.types import Budget, Observation, Proposal, Spent, StepRecord, TaskContext
 from autogpt_workers.artifacts import ArtifactStore, LocalArtifactStore, changed_paths, snapshot
@@ -266,6 +267,8 @@ class StepRunner:
             self.observer.phase_finished("think", time.monotonic() - started, think_result)
             if result.outcome is ProposeOutcome.cancelled:
                 self.observer.task_ended("cancelled", _age(task))
+            if result.outcome is ProposeOutcome.awaiting_approval:
+                self._apply_recorded_request(task_id, step_index)
             bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
                        tokens=proposal.usage.total_tokens)
             if acting:  # the act phase goes on here, under the same lease
@@ -276,6 +279,14 @@ class StepRunner:
         if result.outcome is ProposeOutcome.proposed:
             return f"proposed {proposal.command or 'nothing (model error)'}"
         return f"{result.outcome.value}: {proposal.command or 'nothing (model error)'}"
+
+    def _apply_recorded_request(self, task_id: uuid.UUID, step_index: int) -> None:
+        """An Agent Protocol request for this step recorded before the proposal existed approves (or answers) it
+        now (``preapproval``); if this fails, the API applies it when the client asks again."""
+        try:
+            preapproval.honour(self.ledger.db, self.publisher, task_id, step_index)
+        except Exception as exc:
+            log.warning("recorded_step_request_not_applied", task_id=str(task_id), step=step_index, error=str(exc))
 
     def act(self, task_id: uuid.UUID, step_index: int) -> str:
         if self.leases.draining:

@@ -98,13 +98,14 @@ def submit_task(
     # the options go into the task's own statement, except a webhook's: its trigger must see the options row
     in_statement = submission.webhook_url is None
     held = None
+    backlog = policy.backlogged() if policy is not None else None  # the workers are all busy: wait for admission
     with db.transaction() as s:
         created = ledger.create_task(s, values, options=options if in_statement else None)
         if created is not None:
             if not in_statement:
                 record_options(s, created.task_id, **options)
-            if policy is not None and _may_be_capped(created.tenant_cap, policy):
-                held = hold_if_capped(s, created.task_id, tenant_id, policy)
+            if policy is not None and (backlog is not None or _may_be_capped(created.tenant_cap, policy)):
+                held = hold_if_capped(s, created.task_id, tenant_id, policy, backlog)
         else:
             existing_id, existing_hash = (
                 s.connection()
@@ -232,6 +233,8 @@ def _new_task_view(
         webhook_url=submission.webhook_url,
         webhook_events=submission.webhook_events or [],
         waiting_for_slot=waiting,
+        deadline=submission.deadline,
+        approval=submission.approval,
     )
 
 

@@ -161,6 +161,41 @@ def add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: str
     return Wakeup(outbox_id, task_id, step_index, phase, priority)
 
 
+def _unclaimed() -> Any:
+    """An outbox row (joined to its step) whose wake-up no worker took since it was written."""
+    return or_(
+        and_(
+            Outbox.phase == "think",
+            Step.status == "pending",
+            or_(Step.think_started_at.is_(None), Step.think_started_at < Outbox.created_at),
+        ),
+        and_(
+            Outbox.phase == "act",
+            Step.status == "proposed",
+            or_(Step.act_started_at.is_(None), Step.act_started_at < Outbox.created_at),
+        ),
+    )
+
+
+def reprioritise_wakeups(session: Session, task_id: uuid.UUID, priority: int) -> list[Wakeup]:
+    """In the caller's transaction: give the task's wake-ups not yet taken by a worker the new ``priority``, and
+    re-arm those already published, which the caller publishes again (the first copy, when it is delivered, finds
+    its step taken or done and is settled as a duplicate by ``Ledger.claim``)."""
+    ids = (
+        select(Outbox.id)
+        .join(Step, and_(Step.task_id == Outbox.task_id, Step.step_index == Outbox.step_index))
+        .where(Outbox.task_id == task_id, _unclaimed())
+        .scalar_subquery()
+    )
+    rows = session.connection().execute(
+        update(Outbox)
+        .where(Outbox.id.in_(ids))
+        .values(priority=priority, published_at=None, created_at=func.now())
+        .returning(Outbox.id, Outbox.task_id, Outbox.step_index, Outbox.phase, Outbox.priority)
+    ).all()
+    return [Wakeup(*r) for r in rows]
+
+
 def emit(session: Session, task_id: uuid.UUID, kind: str, step_index: int | None = None, **data: Any) -> None:
     """Append to the task's event log, in the caller's transaction (so an event exists iff its change does)."""
     session.connection().execute(
@@ -733,18 +768,7 @@ class Ledger:
         by an unexpected error, or lost): re-arm them for publishing. A duplicate is harmless; the threshold keeps
         a long queue backlog from being published twice."""
         cutoff = _now() - timedelta(seconds=older_than_s)
-        unclaimed = or_(
-            and_(
-                Outbox.phase == "think",
-                Step.status == "pending",
-                or_(Step.think_started_at.is_(None), Step.think_started_at < Outbox.created_at),
-            ),
-            and_(
-                Outbox.phase == "act",
-                Step.status == "proposed",
-                or_(Step.act_started_at.is_(None), Step.act_started_at < Outbox.created_at),
-            ),
-        )
+        unclaimed = _unclaimed()
         with self.db.transaction() as s:
             ids = (
                 select(Outbox.id)

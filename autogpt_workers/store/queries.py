@@ -30,6 +30,8 @@ def task_view(task: Task, options: TaskOptions | None = None, waiting: bool = Fa
         allowed_commands=task.allowed_commands,
         effective_priority=task.priority,
         waiting_for_slot=waiting,
+        deadline=task.deadline,
+        approval=task.approval,
         id=task.id,
         status=task.status,  # type: ignore[arg-type]
         goal=task.goal,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -101,15 +102,24 @@ def test_native_fields_are_stored_and_shown(gateway: Gateway) -> None:
             "webhook_url": "http://127.0.0.1:9/hook",
             "webhook_events": ["task.*"],
             "metadata": {"customer": "acme", "ticket": 7},
+            "deadline": "2999-01-02T03:04:05+00:00",
+            "approval": ["external"],
         }
         created = c.post("/v1/tasks", json=body)
         assert created.status_code == 201, created.text
         task = created.json()
-        for field in ("priority", "profile", "allowed_commands", "webhook_url", "webhook_events", "metadata"):
+        fields = ("priority", "profile", "allowed_commands", "webhook_url", "webhook_events", "metadata", "approval")
+        for field in fields:
             assert task[field] == body[field], field
+        assert datetime.fromisoformat(task["deadline"]) == datetime.fromisoformat(body["deadline"])
         assert task["budget"]["max_cost_usd"] == 1.5 and task["effective_priority"] == 7
         done = wait_terminal(c, task["id"])
         assert done["status"] == "completed" and done["profile"] == "execution"
+        for shown in (done, *c.get("/v1/tasks").json()["tasks"][:1]):  # read back: one task, and in the list
+            assert shown["approval"] == ["external"], shown
+            assert datetime.fromisoformat(shown["deadline"]) == datetime.fromisoformat(body["deadline"])
+        plain = c.post("/v1/tasks", json={"goal": "Plain [[steps:1]]"}).json()
+        assert plain["deadline"] is None and plain["approval"] == "never"
 
 
 def test_list_filters_by_status_and_pages_with_a_cursor(gateway: Gateway) -> None:

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from autogpt_workers.store.models import TaskEvent
-from tests.api.conftest import Gateway, Tenant, cancel_unfinished, wait_terminal
+from tests.api.conftest import Gateway, Tenant, cancel_unfinished, wait_for, wait_terminal
 
 SLOW = [{"tool": "write_file", "arguments": {"path": "slow.txt", "content": "z"}, "latency_s": 1.5}]
 
@@ -138,3 +138,72 @@ def test_one_tenants_burst_does_not_starve_another(platform_cap: Gateway, llm: A
     positions = [order.index(t) for t in b_ids]
     # FIFO would start B's tasks 9th and 10th; fair share lets them in while A still has a backlog
     assert max(positions) <= 5, order
+
+
+# The session's think worker runs this many threads (tests/conftest.py ``Stack``): all busy, wake-ups wait in RabbitMQ.
+THINK_THREADS = 20
+
+
+def started_order(db: Any, task_ids: list[str]) -> list[str]:
+    return [t for _, t, kind in events(db, task_ids) if kind == "task.started"]
+
+
+def test_with_default_settings_a_burst_does_not_starve_another_tenant(gateway: Gateway, llm: Any, db: Any) -> None:
+    """No cap configured. Tenant A submits a burst far beyond the workers' threads, then tenant B submits one task
+    of the same priority: once the think queue backs up, new tasks wait in the admission queue (the backlog gate),
+    and B's goes first there (fewest running). RabbitMQ's first in, first out would start it after all of A's."""
+    cancel_unfinished(db)  # free workers: the burst alone backs the queue up
+    llm.register_script(
+        "fair", [{"tool": "write_file", "arguments": {"path": "f.txt", "content": "f"}, "latency_s": 1.0}]
+    )
+    n = 100
+    a, b = gateway.tenant("fair-a"), gateway.tenant("fair-b")
+    with gateway.client(a) as ca, gateway.client(b) as cb:
+        a_ids = [submit(ca, f"A burst [[script:fair]] {i}", priority=3) for i in range(n)]
+        b_id = submit(cb, "B work [[script:fair]]", priority=3)
+        assert cb.get(f"/v1/tasks/{b_id}").json()["waiting_for_slot"] is True  # the gate held it
+        for task_id in [*a_ids, b_id]:
+            assert wait_terminal(ca if task_id != b_id else cb, task_id, 180)["status"] == "completed"
+    log = events(db, [*a_ids, b_id])
+    b_started = next(i for i, t, kind in log if t == b_id and kind == "task.started")
+    a_finished_before = sum(1 for i, t, kind in log if kind == "task.completed" and t != b_id and i < b_started)
+    a_started_before = sum(1 for i, t, kind in log if kind == "task.started" and t != b_id and i < b_started)
+    held = {t for _, t, kind in log if kind == "task.waiting"}
+    assert len(held) > 10, "the burst should have backed the think queue up"
+    # FIFO: B starts after all n of A's started, when n - THINK_THREADS of them have finished
+    assert a_finished_before < n // 2, (a_started_before, a_finished_before)
+    assert a_started_before < n - THINK_THREADS, (a_started_before, a_finished_before)
+
+
+def test_a_queued_wake_up_gains_urgency_as_its_deadline_nears(gateway: Gateway, llm: Any, db: Any) -> None:
+    """No cap configured. Every think thread is busy for ~10 s; five same-priority tasks wait in RabbitMQ, the last
+    one with a deadline three days away. Time passes (its deadline moved five minutes away, in the database, as days
+    passing would): the dispatcher raises its priority and publishes its wake-up again at the new priority, so it
+    starts first when a thread frees (before: it kept its place, last, in RabbitMQ)."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from autogpt_workers.store.models import Task
+
+    cancel_unfinished(db)
+    for i in range(THINK_THREADS):  # three slow steps of priority 5 each (the LLM timeout in tests is 10 s)
+        slow = [{"tool": "write_file", "arguments": {"path": "h.txt", "content": "h"}, "latency_s": 4.0}] * 2
+        last = {"tool": "write_file", "arguments": {"path": "h.txt", "content": "h"}, "latency_s": 2 + 0.3 * i}
+        llm.register_script(f"hold{i}", [*slow, last])
+    t = gateway.tenant("urgency")
+    with gateway.client(t) as c:
+        blockers = [submit(c, f"Blocker [[script:hold{i}]]") for i in range(THINK_THREADS)]
+        wait_for(lambda: len(started_order(db, blockers)) == THINK_THREADS, 30, "every think thread busy")
+        early = [submit(c, f"Early [[steps:1]] {i}", priority=4) for i in range(4)]
+        in_3_days = (datetime.now(UTC) + timedelta(days=3)).isoformat()
+        late = submit(c, "Due later [[steps:1]]", priority=4, deadline=in_3_days)
+        assert c.get(f"/v1/tasks/{late}").json()["effective_priority"] == 4
+        with db.transaction() as s:
+            soon = datetime.now(UTC) + timedelta(minutes=5)
+            s.execute(update(Task).where(Task.id == uuid.UUID(late)).values(deadline=soon))
+        wait_for(lambda: c.get(f"/v1/tasks/{late}").json()["effective_priority"] > 4, 15, "priority raised")
+        for task_id in [*blockers, *early, late]:
+            assert wait_terminal(c, task_id, 120)["status"] == "completed"
+    assert not {t for _, t, kind in events(db, [*early, late]) if kind == "task.waiting"}, "they waited in RabbitMQ"
+    assert started_order(db, [*early, late])[0] == late
