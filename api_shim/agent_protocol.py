@@ -7,9 +7,11 @@ another tenant all answer 404 ``{"message": ...}``. Lists page by ``current_page
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
@@ -29,6 +31,8 @@ from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import TaskSubmission
+from autogpt_workers.profiles import NAME_PATTERN as PROFILE_NAME
+from autogpt_workers.profiles import ProfileCatalog, UnknownProfile
 from autogpt_workers.store import queries
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import StepRequest, TaskOptions
@@ -83,6 +87,14 @@ def _check_storable(text: str | None, extra: dict[str, Any]) -> None:
         why = unstorable(value)
         if why:
             raise HTTPException(422, f"{name} {why}")
+
+
+@contextlib.contextmanager
+def _unknown_profile_is_422() -> Iterator[None]:
+    try:
+        yield
+    except UnknownProfile as exc:  # nothing was written
+        raise HTTPException(422, f"additional_input.profile: {exc}") from exc
 
 
 def _artifact(a: Artifact) -> ap.Artifact:
@@ -193,6 +205,7 @@ def _steps(db: Database, task: Task, steps: list[Step]) -> list[ap.Step]:
 def make_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/ap/v1/agent")
     max_page = settings.api_max_page_size
+    profiles = ProfileCatalog(settings.profiles_dir)
 
     @router.post("/tasks", response_model=ap.Task, tags=TAGS, responses=UNPROCESSABLE)
     async def create_agent_task(request: Request, body: ap.TaskRequestBody) -> ap.Task:
@@ -207,12 +220,18 @@ def make_router(settings: Settings) -> APIRouter:
         if json_size(extra) > settings.api_max_input_bytes:
             raise HTTPException(422, f"additional_input is larger than {settings.api_max_input_bytes} bytes as JSON")
         fields: dict[str, Any] = {"goal": text}
-        if "approval" in TaskSubmission.model_fields:
-            fields["approval"] = "never" if ap_steps.continuous(extra) else "always"
+        if not ap_steps.continuous(extra):  # step by step: every proposal waits; continuous: the profile's classes
+            fields["approval"] = "always"
+        profile = extra.get("profile")
+        if profile is not None:
+            if not isinstance(profile, str) or not PROFILE_NAME.match(profile):
+                raise HTTPException(422, "additional_input.profile must be a profile's name (a string of letters, "
+                                    "digits, '.', '_' or '-', at most 64)")
+            fields["profile"] = profile
         submission = TaskSubmission(**fields)
         tenant = tenant_of(request)
         db = db_of(request)
-        with tracing.submit_span(tenant):  # its context is stored with the task
+        with tracing.submit_span(tenant), _unknown_profile_is_422():  # its context is stored with the task
             result = await run_in_threadpool(
                 submit_task,
                 db,
@@ -223,6 +242,7 @@ def make_router(settings: Settings) -> APIRouter:
                 source="ap",
                 additional_input=extra,
                 policy=Policy.from_settings(settings),
+                profiles=profiles,
             )
 
         def load() -> ap.Task:

@@ -16,7 +16,8 @@ class TaskRequestBody(BaseModel):
     additional_input: dict[str, Any] | None = Field(
         default=None,
         description='Input parameters for the task. {"mode": "continuous"} runs the task without waiting for '
-        "each step to be executed (the default is step by step, each step approved by POST .../steps).",
+        "each step to be executed (the default is step by step, each step approved by POST .../steps); "
+        '{"profile": "governance"} runs it as that agent profile (its commands, budget and approval classes).',
     )
 
 

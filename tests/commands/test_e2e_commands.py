@@ -143,6 +143,21 @@ def test_a_profile_sets_the_tasks_commands(stack: Any, llm: Any, db: Any) -> Non
     assert first.is_error and "the command 'write_file' is not allowed for this task" in (first.output or "")
 
 
+def test_a_profiles_approval_classes_make_its_external_commands_wait(
+    stack: Any, llm: Any, db: Any, http_server: Any
+) -> None:
+    llm.register_script("cap", [call("list_files"), call("web_fetch", url=f"{http_server}/data.json"), FINISH])
+    task_id = submit(stack, "Research [[script:cap]]", profile="capability")  # approval: [external], from the profile
+    wait_status(stack, task_id, "awaiting_approval")
+    steps = ledger_steps(db, task_id)
+    assert [(s.command, s.status) for s in steps] == [("list_files", "completed"), ("web_fetch", "awaiting_approval")]
+    assert steps[1].lease_token is None and steps[1].output is None  # nothing fetched, no worker held
+    lifecycle.approve(db, Publisher(celery_app), uuid.UUID(task_id))
+    task = wait_terminal(stack, task_id)
+    assert task["status"] == "completed" and task["budget"]["max_wall_seconds"] == 1200
+    assert '{"answer": 42}' in (ledger_steps(db, task_id)[1].output or "")
+
+
 def test_a_workspace_moves_between_hosts_through_s3(stack: Any, llm: Any, db: Any, moto_s3: Any, tmp_path: Any) -> None:
     bucket = f"ws-{uuid.uuid4().hex[:8]}"
     client = boto3.client("s3", endpoint_url=moto_s3, region_name="us-east-1",
