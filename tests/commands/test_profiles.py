@@ -47,6 +47,7 @@ def test_what_the_caller_set_wins_over_the_profile() -> None:
     )
     submitted = apply_profile(submission)
     assert submitted.allowed_commands == ["read_file"] and submitted.budget.max_steps == 3
+    assert submitted.budget.max_wall_seconds == 1800  # limit by limit: the profile's for what the caller left out
 
 
 def test_no_profile_changes_nothing() -> None:
