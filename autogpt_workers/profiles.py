@@ -115,7 +115,7 @@ def apply_profile(submission: TaskSubmission, catalog: ProfileCatalog | None = N
     profile = (catalog or ProfileCatalog()).get(submission.profile)
     given = submission.model_fields_set
     update: dict[str, Any] = {}
-    if "allowed_commands" not in given and profile.allowed_commands is not None:
+    if submission.allowed_commands is None and profile.allowed_commands is not None:  # null: not given
         update["allowed_commands"] = list(profile.allowed_commands)
     if "budget" not in given:
         update["budget"] = profile.budget
