@@ -304,8 +304,9 @@ def make_router(settings: Settings) -> APIRouter:
     async def execute_agent_task_step(
         task_id: str, request: Request, body: ap.StepRequestBody | None = None
     ) -> ap.Step:
-        """Execute a step: approve (empty or "y") or answer (any other input) the proposal waiting, wait for the
-        step to be done (at most ``ap_step_wait_s``; then it answers with status ``running``) and return it."""
+        """Execute a step: approve (empty or "y"), edit (``additional_input``: ``command``, ``arguments``) or answer
+        (any other input) the proposal waiting, wait for the step to be done (at most ``ap_step_wait_s``; then it
+        answers with status ``running``) and return it."""
         db = db_of(request)
         tenant = tenant_of(request)
         text = body.input if body else None
@@ -316,11 +317,19 @@ def make_router(settings: Settings) -> APIRouter:
         if json_size(extra) > settings.api_max_input_bytes:
             raise HTTPException(422, f"additional_input is larger than {settings.api_max_input_bytes} bytes as JSON")
 
-        def find() -> uuid.UUID:
-            with db.session() as s:
-                return _task(s, task_id, tenant).id
+        try:
+            edit = ap_steps.edit_of(extra)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
 
-        tid = await run_in_threadpool(find)
+        def find() -> tuple[uuid.UUID, str]:
+            with db.session() as s:
+                task = _task(s, task_id, tenant)
+                return task.id, task.goal
+
+        tid, goal = await run_in_threadpool(find)
+        if edit is not None and not ap_steps.is_approval(text, goal):
+            raise HTTPException(422, "give either feedback (input) or an edited command (additional_input), not both")
         index = await ap_steps.execute_step(
             db, request.app.state.publisher, tid, tenant, text, extra, settings.ap_step_wait_s
         )

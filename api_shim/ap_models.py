@@ -25,7 +25,11 @@ class StepRequestBody(BaseModel):
     input: str | None = Field(
         default=None, description='Empty or "y" approves the proposed step; any other text is feedback to the agent.'
     )
-    additional_input: dict[str, Any] | None = Field(default=None, description="Input parameters for the step.")
+    additional_input: dict[str, Any] | None = Field(
+        default=None,
+        description='Input parameters for the step. {"command": name, "arguments": {...}} runs that instead of the '
+        "proposed command (either key alone keeps the other as proposed).",
+    )
 
 
 class Artifact(BaseModel):
