@@ -128,6 +128,13 @@ def worker(
         pool, conc = "threads", concurrency or s.think_concurrency
     else:
         pool, conc = "prefork", concurrency or s.act_concurrency
+        from autogpt_workers.runtime import check_sandbox
+
+        try:
+            check_sandbox(s)  # says whether this host can run the code sandbox (AUTOGPT_SANDBOX)
+        except ConfigError as exc:
+            err.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(2) from exc
     from autogpt_workers.tracing_celery import install as install_tracing
 
     install_tracing(s, f"autogpt-worker-{queue.value}", prefork=pool == "prefork")  # no-op without an endpoint
