@@ -124,17 +124,20 @@ def worker(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
+    from autogpt_workers.metrics import record_plugins
+    from autogpt_workers.runtime import check_sandbox, report_plugins
+
     if queue is QueueName.think:
         pool, conc = "threads", concurrency or s.think_concurrency
     else:
         pool, conc = "prefork", concurrency or s.act_concurrency
-        from autogpt_workers.runtime import check_sandbox
-
         try:
             check_sandbox(s)  # says whether this host can run the code sandbox (AUTOGPT_SANDBOX)
         except ConfigError as exc:
             err.print(f"[red]{escape(str(exc))}[/]")
             raise typer.Exit(2) from exc
+    registry = report_plugins(s)  # a broken plugin is skipped, never fatal: the log and /metrics say so
+    record_plugins(len(registry.plugins_loaded), len(registry.plugin_errors))
     from autogpt_workers.tracing_celery import install as install_tracing
 
     install_tracing(s, f"autogpt-worker-{queue.value}", prefork=pool == "prefork")  # no-op without an endpoint

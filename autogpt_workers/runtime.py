@@ -127,6 +127,18 @@ def build_registry(settings: Settings, memory: MemoryAccess | None = None) -> Co
     return registry
 
 
+def report_plugins(settings: Settings) -> CommandRegistry:
+    """A worker's start-up look at its command plugins: loads them once (each failure is logged as it is skipped)
+    and sums them up in one line, a warning naming the skipped ones if any. Returns the registry it built."""
+    registry = build_registry(settings)
+    skipped = [f"{name}: {error}" for name, error in registry.plugin_errors]
+    if skipped:
+        log.warning("command_plugins_skipped", loaded=registry.plugins_loaded, skipped=skipped)
+    else:
+        log.info("command_plugins", loaded=registry.plugins_loaded)
+    return registry
+
+
 def check_sandbox(settings: Settings) -> str | None:
     """An act worker's start-up check of the code sandbox (one trial run); logs what it found and returns why the
     sandbox cannot run here (None: it can, or it is off). Raises ``ConfigError`` under ``AUTOGPT_SANDBOX=required``

@@ -45,6 +45,7 @@ class CommandRegistry:
         self._commands: dict[str, Command[Any]] = {}
         self._disabled: dict[str, str] = {}  # name -> why the platform switched it off
         self.plugin_errors: list[tuple[str, str]] = []
+        self.plugins_loaded: list[str] = []  # entry-point names registered
         for command in commands:
             self.register(command)
 
@@ -104,6 +105,7 @@ class CommandRegistry:
     def load_plugins(self, group: str = ENTRY_POINT_GROUP) -> list[tuple[str, str]]:
         """Register the commands of entry-point ``group``; return the ``(name, error)`` pairs skipped."""
         skipped: list[tuple[str, str]] = []
+        loaded: list[str] = []
         for entry_point in importlib.metadata.entry_points(group=group):
             try:
                 command = _instantiate(entry_point.load())
@@ -114,7 +116,9 @@ class CommandRegistry:
                 skipped.append((entry_point.name, error))
             else:
                 log.info("command plugin loaded", entry_point=entry_point.name, command=command.name)
+                loaded.append(entry_point.name)
         self.plugin_errors.extend(skipped)
+        self.plugins_loaded.extend(loaded)
         return skipped
 
 
