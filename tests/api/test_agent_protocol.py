@@ -102,7 +102,7 @@ def test_step_by_step_with_approval_and_feedback(gateway: Gateway, llm: Any, db:
     assert not (gateway_workspace(tid) / "wrong.txt").exists()
 
 
-def test_a_step_request_may_edit_the_proposed_command(gateway: Gateway, llm: Any, db: Any) -> None:
+def test_a_step_request_may_edit_the_proposed_command(gateway: Gateway, llm: Any, db: Any, settings: Any) -> None:
     llm.register_script("apedit", [write("draft.txt", "proposed"), write("other.txt", "x"), FINISH])
     t = gateway.tenant("apedit")
     with gateway.client(t) as c:
@@ -133,7 +133,7 @@ def test_a_step_request_may_edit_the_proposed_command(gateway: Gateway, llm: Any
         nope = c.post(steps_url, json={"additional_input": {"command": "no_such_command", "arguments": {}}}).json()
         assert nope["status"] == "completed" and "'no_such_command' is not available to this task" in nope["output"]
         assert c.post(steps_url, json={"input": "y"}).json()["is_last"] is True
-    workspace = gateway_workspace(tid)
+    workspace = settings.workspace_root / tid
     assert (workspace / "final.txt").read_text() == "edited by a human"
     assert not (workspace / "draft.txt").exists() and not (workspace / "other.txt").exists()
     with db.session() as s:
