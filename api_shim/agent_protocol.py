@@ -7,9 +7,11 @@ another tenant all answer 404 ``{"message": ...}``. Lists page by ``current_page
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
@@ -30,6 +32,8 @@ from autogpt_workers.admission import Policy
 from autogpt_workers.artifacts import ArtifactNotFound, ArtifactStoreError, artifact_store
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import TaskSubmission
+from autogpt_workers.profiles import NAME_PATTERN as PROFILE_NAME
+from autogpt_workers.profiles import ProfileCatalog, UnknownProfile
 from autogpt_workers.store import queries
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import StepRequest, TaskOptions
@@ -87,6 +91,14 @@ def _check_storable(text: str | None, extra: dict[str, Any]) -> None:
         why = unstorable(value)
         if why:
             raise HTTPException(422, f"{name} {why}")
+
+
+@contextlib.contextmanager
+def _unknown_profile_is_422() -> Iterator[None]:
+    try:
+        yield
+    except UnknownProfile as exc:  # nothing was written
+        raise HTTPException(422, f"additional_input.profile: {exc}") from exc
 
 
 def _artifact(a: Artifact) -> ap.Artifact:
@@ -198,6 +210,7 @@ def make_router(settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/ap/v1/agent")
     max_page = settings.api_max_page_size
     store = artifact_store(settings)  # the workers' store (local directory or S3): uploads and downloads go there
+    profiles = ProfileCatalog(settings.profiles_dir)
 
     @router.post("/tasks", response_model=ap.Task, tags=TAGS, responses=UNPROCESSABLE)
     async def create_agent_task(request: Request, body: ap.TaskRequestBody) -> ap.Task:
@@ -212,12 +225,18 @@ def make_router(settings: Settings) -> APIRouter:
         if json_size(extra) > settings.api_max_input_bytes:
             raise HTTPException(422, f"additional_input is larger than {settings.api_max_input_bytes} bytes as JSON")
         fields: dict[str, Any] = {"goal": text}
-        if "approval" in TaskSubmission.model_fields:
-            fields["approval"] = "never" if ap_steps.continuous(extra) else "always"
+        if not ap_steps.continuous(extra):  # step by step: every proposal waits; continuous: the profile's classes
+            fields["approval"] = "always"
+        profile = extra.get("profile")
+        if profile is not None:
+            if not isinstance(profile, str) or not PROFILE_NAME.match(profile):
+                raise HTTPException(422, "additional_input.profile must be a profile's name (a string of letters, "
+                                    "digits, '.', '_' or '-', at most 64)")
+            fields["profile"] = profile
         submission = TaskSubmission(**fields)
         tenant = tenant_of(request)
         db = db_of(request)
-        with tracing.submit_span(tenant):  # its context is stored with the task
+        with tracing.submit_span(tenant), _unknown_profile_is_422():  # its context is stored with the task
             result = await run_in_threadpool(
                 submit_task,
                 db,
@@ -228,6 +247,7 @@ def make_router(settings: Settings) -> APIRouter:
                 source="ap",
                 additional_input=extra,
                 policy=Policy.from_settings(settings),
+                profiles=profiles,
             )
 
         def load() -> ap.Task:
@@ -291,8 +311,9 @@ def make_router(settings: Settings) -> APIRouter:
     async def execute_agent_task_step(
         task_id: str, request: Request, body: ap.StepRequestBody | None = None
     ) -> ap.Step:
-        """Execute a step: approve (empty or "y") or answer (any other input) the proposal waiting, wait for the
-        step to be done (at most ``ap_step_wait_s``; then it answers with status ``running``) and return it."""
+        """Execute a step: approve (empty or "y"), edit (``additional_input``: ``command``, ``arguments``) or answer
+        (any other input) the proposal waiting, wait for the step to be done (at most ``ap_step_wait_s``; then it
+        answers with status ``running``) and return it."""
         db = db_of(request)
         tenant = tenant_of(request)
         text = body.input if body else None
@@ -303,11 +324,19 @@ def make_router(settings: Settings) -> APIRouter:
         if json_size(extra) > settings.api_max_input_bytes:
             raise HTTPException(422, f"additional_input is larger than {settings.api_max_input_bytes} bytes as JSON")
 
-        def find() -> uuid.UUID:
-            with db.session() as s:
-                return _task(s, task_id, tenant).id
+        try:
+            edit = ap_steps.edit_of(extra)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
 
-        tid = await run_in_threadpool(find)
+        def find() -> tuple[uuid.UUID, str]:
+            with db.session() as s:
+                task = _task(s, task_id, tenant)
+                return task.id, task.goal
+
+        tid, goal = await run_in_threadpool(find)
+        if edit is not None and not ap_steps.is_approval(text, goal):
+            raise HTTPException(422, "give either feedback (input) or an edited command (additional_input), not both")
         index = await ap_steps.execute_step(
             db, request.app.state.publisher, tid, tenant, text, extra, settings.ap_step_wait_s
         )

@@ -16,7 +16,8 @@ class TaskRequestBody(BaseModel):
     additional_input: dict[str, Any] | None = Field(
         default=None,
         description='Input parameters for the task. {"mode": "continuous"} runs the task without waiting for '
-        "each step to be executed (the default is step by step, each step approved by POST .../steps).",
+        "each step to be executed (the default is step by step, each step approved by POST .../steps); "
+        '{"profile": "governance"} runs it as that agent profile (its commands, budget and approval classes).',
     )
 
 
@@ -24,7 +25,11 @@ class StepRequestBody(BaseModel):
     input: str | None = Field(
         default=None, description='Empty or "y" approves the proposed step; any other text is feedback to the agent.'
     )
-    additional_input: dict[str, Any] | None = Field(default=None, description="Input parameters for the step.")
+    additional_input: dict[str, Any] | None = Field(
+        default=None,
+        description='Input parameters for the step. {"command": name, "arguments": {...}} runs that instead of the '
+        "proposed command (either key alone keeps the other as proposed).",
+    )
 
 
 class Artifact(BaseModel):

@@ -12,6 +12,11 @@ A repeated POST while a step is in flight answers that step and releases nothing
 fixed when it first sees the task (the one waiting for approval, which it releases, else the one in flight), and
 the lifecycle's ``approve`` takes a step index, so two requests racing for one proposal release it once.
 
+A request may edit the proposal instead of approving it as proposed: ``additional_input: {"command": name,
+"arguments": {...}}`` (either key alone keeps the other as proposed), as ``POST /v1/tasks/{id}/approve`` does; the
+worker checks the edit against the task's allow-list and the command's schema, and observes a misfit as an error.
+An edit with feedback text (an input other than empty, ``y`` or the task's input) is refused.
+
 In continuous mode (``additional_input: {"mode": "continuous"}``) nothing waits for approval: a POST waits for the
 step in flight and answers it. After the last step a POST answers the last step with ``is_last: true``.
 """
@@ -57,6 +62,32 @@ class Snapshot:
     steps: dict[int, str]  # step index -> ledger status
     awaiting: int | None
     requested: frozenset[int]  # steps some request already released
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    command: str | None  # None: the proposed command
+    arguments: dict[str, Any] | None  # None: the proposed arguments
+
+
+def edit_of(additional_input: dict[str, Any] | None) -> Edit | None:
+    """The edited command a step request carries (``command`` / ``arguments``), or None; ``ValueError`` with a
+    message for the caller if it is malformed."""
+    extra = additional_input or {}
+    command, arguments = extra.get("command"), extra.get("arguments")
+    if command is None and arguments is None:
+        return None
+    if command is not None and (not isinstance(command, str) or not 0 < len(command.strip()) <= 128):
+        raise ValueError("additional_input.command must be a command's name (1 to 128 characters)")
+    if arguments is not None and not isinstance(arguments, dict):
+        raise ValueError("additional_input.arguments must be a JSON object")
+    return Edit(command, arguments)
+
+
+def is_approval(text: str | None, goal: str) -> bool:
+    """Does this input approve (empty, ``y``, or the task's own input repeated) rather than answer with feedback?"""
+    answer = (text or "").strip()
+    return answer.lower() in APPROVALS or answer == goal.strip()
 
 
 def continuous(additional_input: dict[str, Any] | None) -> bool:
@@ -163,10 +194,18 @@ def _release(
     assert snap.awaiting is not None
     answer = (text or "").strip()
     first = not snap.requested and snap.awaiting == 0
-    approve = answer.lower() in APPROVALS or (first and answer == snap.goal.strip())
+    edit = edit_of(extra)  # validated by the route
+    approve = edit is not None or answer.lower() in APPROVALS or (first and answer == snap.goal.strip())
     _remember(db, task_id, snap.awaiting, text, extra)
     # LifecycleConflict: another request released it first; this one answers the same step
     with contextlib.suppress(lifecycle.LifecycleConflict):
         lifecycle.approve(
-            db, publisher, task_id, tenant_id=tenant_id, step_index=snap.awaiting, feedback=None if approve else answer
+            db,
+            publisher,
+            task_id,
+            tenant_id=tenant_id,
+            step_index=snap.awaiting,
+            command=edit.command if edit else None,
+            arguments=edit.arguments if edit else None,
+            feedback=None if approve else answer,
         )

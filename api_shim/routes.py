@@ -16,6 +16,7 @@ from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import ArtifactView, StepView, TaskPage, TaskStatus, TaskSubmission, TaskView
+from autogpt_workers.profiles import ProfileCatalog, UnknownProfile
 from autogpt_workers.store import queries
 from autogpt_workers.store.db import Database
 from autogpt_workers.submit import Submitted, submit_task
@@ -96,6 +97,7 @@ def _check_limits(submission: TaskSubmission, settings: Settings) -> None:
 def make_router(settings: Settings) -> APIRouter:
     router = APIRouter()
     policy = Policy.from_settings(settings)
+    profiles = ProfileCatalog(settings.profiles_dir)
 
     @router.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
@@ -134,12 +136,16 @@ def make_router(settings: Settings) -> APIRouter:
                 model=settings.llm_model,
                 policy=policy,
                 background=background,
+                profiles=profiles,
             )
             # a new task is answered as committed; an earlier one (same idempotency key) as it is now
             return result, result.view or _load_task(db, result.task_id, tenant)
 
         with tracing.submit_span(tenant) as span:  # its context is stored with the task
-            result, view = await to_thread.run_sync(submit, limiter=db_limiter(request))
+            try:
+                result, view = await to_thread.run_sync(submit, limiter=db_limiter(request))
+            except UnknownProfile as exc:  # nothing was written
+                raise unprocessable(("body", "profile"), str(exc)) from exc
             if span is not None:
                 span.set_attributes({"autogpt.task_id": str(result.task_id), "autogpt.created": result.created})
         # answered as FastAPI would from the response model (a TaskView is one already), without its second pass

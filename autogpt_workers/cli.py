@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 if TYPE_CHECKING:
     from autogpt_workers.config import Settings
@@ -123,10 +124,20 @@ def worker(
     except ConfigError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
+    from autogpt_workers.metrics import record_plugins
+    from autogpt_workers.runtime import check_sandbox, report_plugins
+
     if queue is QueueName.think:
         pool, conc = "threads", concurrency or s.think_concurrency
     else:
         pool, conc = "prefork", concurrency or s.act_concurrency
+        try:
+            check_sandbox(s)  # says whether this host can run the code sandbox (AUTOGPT_SANDBOX)
+        except ConfigError as exc:
+            err.print(f"[red]{escape(str(exc))}[/]")
+            raise typer.Exit(2) from exc
+    registry = report_plugins(s)  # a broken plugin is skipped, never fatal: the log and /metrics say so
+    record_plugins(len(registry.plugins_loaded), len(registry.plugin_errors))
     from autogpt_workers.tracing_celery import install as install_tracing
 
     install_tracing(s, f"autogpt-worker-{queue.value}", prefork=pool == "prefork")  # no-op without an endpoint
@@ -315,7 +326,10 @@ def flower(
 def submit(
     goal: Annotated[str, typer.Argument(help="What the agent should achieve.")],
     priority: Annotated[int, typer.Option(min=0, max=9)] = 5,
-    max_steps: Annotated[int, typer.Option(min=1)] = 20,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Default: the profile's, else 20.")] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Agent profile: governance, capability, execution, evolution, or your own.")
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the task live until it ends.")] = False,
     idempotency_key: Annotated[str | None, typer.Option()] = None,
     api_url: Annotated[str | None, typer.Option(help="Defaults to AUTOGPT_API_URL.")] = None,
@@ -326,7 +340,11 @@ def submit(
 
     url = api_url or _settings().api_url
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    body = {"goal": goal, "priority": priority, "budget": {"max_steps": max_steps}}
+    body: dict[str, Any] = {"goal": goal, "priority": priority}
+    if max_steps is not None:
+        body["budget"] = {"max_steps": max_steps}
+    if profile is not None:
+        body["profile"] = profile
     with httpx.Client(base_url=url, timeout=30, headers=_auth(api_key)) as client:
         try:
             resp = client.post("/v1/tasks", json=body, headers=headers)
@@ -334,7 +352,7 @@ def submit(
             err.print(f"[red]cannot reach the API at {url}:[/] {exc}\nStart it with `autogpt-workers run`.")
             raise typer.Exit(1) from exc
         if resp.status_code >= 400:
-            err.print(f"[red]the API refused the task ({resp.status_code}):[/] {resp.text}{_hint(resp)}")
+            err.print(f"[red]the API refused the task ({resp.status_code}):[/] {escape(_refusal(resp))}{_hint(resp)}")
             raise typer.Exit(1)
         task = resp.json()
         console.print(f"submitted task [bold]{task['id']}[/] ({task['status']})")
@@ -486,6 +504,21 @@ def _hint(resp: httpx.Response) -> str:
     if resp.status_code == 401:
         return "\nSet AUTOGPT_API_KEY (or --api-key); create a key with `autogpt-workers keys create --tenant NAME`."
     return ""
+
+
+def _refusal(resp: httpx.Response) -> str:
+    """What the API said was wrong: FastAPI's ``detail`` (a message, or a list of field errors), else the body."""
+    try:
+        detail = resp.json().get("detail")
+    except (ValueError, AttributeError):
+        return resp.text
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', [])[1:]) or 'request'}: {e.get('msg')}"
+            for e in detail
+            if isinstance(e, dict)
+        ) or resp.text
+    return str(detail) if detail else resp.text
 
 
 def _gateway_db() -> Database:

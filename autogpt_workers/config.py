@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     max_observation_chars: int = Field(default=8_000, ge=100)
 
     # commands: the code sandbox (see commands/sandbox.py), web_fetch, profiles, artifacts
+    # "auto": execute_python/execute_shell are offered; an act worker whose host cannot sandbox says so at start and
+    # refuses each run. "required": such an act worker refuses to start. "off" (set it on every worker): the model is
+    # never offered them (a platform without the sandbox's privileges, e.g. act pods that drop all capabilities)
+    sandbox: Literal["auto", "required", "off"] = "auto"
     sandbox_cpu_seconds: int = Field(default=10, ge=1)
     sandbox_wall_seconds: float = Field(default=30.0, gt=0)
     sandbox_memory_mb: int = Field(default=512, ge=32)  # address space per process

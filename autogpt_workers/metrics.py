@@ -22,6 +22,8 @@ reaper_recoveries_total{kind}                       counter     expired_lease | 
 reaper_rounds_total                                 counter     rounds run (a flat line: the reaper is stuck)
 dispatcher_rounds_total{loop,result}                counter     loop = admission | priority_refresh | webhooks;
                                                                 result = ok | error (a flat line: stalled)
+command_plugins{state}                              gauge       a worker's entry-point command plugins at start:
+                                                                state = loaded | skipped (failed; the log says why)
 ==================================================  ==========  ============================================
 
 The platform's gauges (active agents, outbox lag, stuck tasks, queue depth and age) are read at scrape time by
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from autogpt_workers.observe import RunObserver
 
@@ -78,6 +80,16 @@ DISPATCHER_ROUNDS = Counter(
     "dispatcher_rounds", "Dispatcher rounds run, by loop and result.", ["loop", "result"], namespace=NAMESPACE
 )
 DISPATCHER_LOOPS = ("admission", "priority_refresh", "webhooks")
+COMMAND_PLUGINS = Gauge(
+    "command_plugins", "Command plugins (entry points) found at worker start, by state: loaded or skipped.",
+    ["state"], namespace=NAMESPACE, multiprocess_mode="max",
+)
+
+
+def record_plugins(loaded: int, skipped: int) -> None:
+    """What a worker's start-up plugin load found (``runtime.report_plugins``)."""
+    COMMAND_PLUGINS.labels("loaded").set(loaded)
+    COMMAND_PLUGINS.labels("skipped").set(skipped)
 
 
 class _LabelCap:

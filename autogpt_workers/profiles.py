@@ -107,17 +107,21 @@ def _parse(text: str, where: str, name: str) -> Profile:
 def apply_profile(submission: TaskSubmission, catalog: ProfileCatalog | None = None) -> TaskSubmission:
     """``submission`` with its profile's defaults for what the caller left out (allow-list, budget, approval).
 
-    Raises ``UnknownProfile`` for a profile nobody defined (a 4xx for the API). Fields the caller set win.
+    Raises ``UnknownProfile`` for a profile nobody defined (a 4xx for the API). Fields the caller set win; within
+    ``budget``, each limit the caller set wins and the profile's fill the others.
     """
     if submission.profile is None:
         return submission
     profile = (catalog or ProfileCatalog()).get(submission.profile)
     given = submission.model_fields_set
     update: dict[str, Any] = {}
-    if "allowed_commands" not in given and profile.allowed_commands is not None:
+    if submission.allowed_commands is None and profile.allowed_commands is not None:  # null: not given
         update["allowed_commands"] = list(profile.allowed_commands)
     if "budget" not in given:
         update["budget"] = profile.budget
+    else:  # field by field: the limits the caller named, the profile's for the rest
+        own = submission.budget
+        update["budget"] = profile.budget.model_copy(update={f: getattr(own, f) for f in own.model_fields_set})
     if "approval" not in given and profile.approval:
         update["approval"] = list(profile.approval)
     return submission.model_copy(update=update) if update else submission

@@ -512,12 +512,13 @@ class StepRunner:
         return command is not None and command in self.agent.registry and self.agent.registry.get(command).awaits_human
 
     def _check_edit(self, ctx: TaskContext, proposal: Proposal) -> str | None:
-        """A human edited the command: is it one this task may run, with arguments that fit it?"""
+        """A human edited the command: is it one this task may run (the allow-list the agent offered: the task's,
+        else its profile's, plus ``finish``), with arguments that fit it?"""
         if proposal.error is not None or proposal.command is None:
             return None
         try:
-            allowed = {c.name: c for c in self.agent.allowed_commands(ctx)}
-        except UsageError as exc:
+            allowed = {c.name: c for c in self.agent.allowed_commands(ctx, self.agent.profile(ctx))}
+        except UsageError as exc:  # e.g. its profile is gone, or names a command this worker lacks
             return str(exc)
         command = allowed.get(proposal.command)
         if command is None:

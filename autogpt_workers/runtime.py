@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
+import structlog
 from sqlalchemy import select
 
 from autogpt_workers import tracing_celery
@@ -17,8 +18,10 @@ from autogpt_workers.artifacts import artifact_store
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app
 from autogpt_workers.commands import CommandRegistry, Sandbox, SandboxLimits, default_registry
+from autogpt_workers.commands.execute import CODE_EXECUTION
 from autogpt_workers.commands.memory import MemoryAccess, memory_commands
 from autogpt_workers.config import Settings, get_settings
+from autogpt_workers.errors import ConfigError
 from autogpt_workers.lease import LeaseKeeper
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
 from autogpt_workers.llm.traced import traced
@@ -30,6 +33,7 @@ from autogpt_workers.store.gateway import TaskOptions
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.store.models import Task
 
+log = structlog.get_logger("autogpt_workers.worker")
 _lock = threading.Lock()
 _runner: tuple[int, StepRunner] | None = None
 
@@ -116,8 +120,49 @@ def build_registry(settings: Settings, memory: MemoryAccess | None = None) -> Co
     )
     for command in memory_commands(memory) if memory is not None else []:
         registry.register(command)
+    if settings.sandbox == "off":  # before the plugins: none may take the names back
+        for name in CODE_EXECUTION:
+            registry.disable(name, "code execution is off (AUTOGPT_SANDBOX=off: this platform has no code sandbox)")
     registry.load_plugins()
     return registry
+
+
+def report_plugins(settings: Settings) -> CommandRegistry:
+    """A worker's start-up look at its command plugins: loads them once (each failure is logged as it is skipped)
+    and sums them up in one line, a warning naming the skipped ones if any. Returns the registry it built."""
+    registry = build_registry(settings)
+    skipped = [f"{name}: {error}" for name, error in registry.plugin_errors]
+    if skipped:
+        log.warning("command_plugins_skipped", loaded=registry.plugins_loaded, skipped=skipped)
+    else:
+        log.info("command_plugins", loaded=registry.plugins_loaded)
+    return registry
+
+
+def check_sandbox(settings: Settings) -> str | None:
+    """An act worker's start-up check of the code sandbox (one trial run); logs what it found and returns why the
+    sandbox cannot run here (None: it can, or it is off). Raises ``ConfigError`` under ``AUTOGPT_SANDBOX=required``
+    when it cannot."""
+    if settings.sandbox == "off":
+        log.info("sandbox_off", detail="execute_python and execute_shell are not offered (AUTOGPT_SANDBOX=off)")
+        return None
+    reason = build_sandbox(settings).unavailable_reason()
+    if reason is None:
+        log.info("sandbox_ready", mode=settings.sandbox)
+        return None
+    if settings.sandbox == "required":
+        raise ConfigError(
+            f"AUTOGPT_SANDBOX=required, but this act worker cannot run the code sandbox: {reason}. It needs root "
+            "with the capabilities to create namespaces, chroot and switch uid (see README, Sandbox); or set "
+            "AUTOGPT_SANDBOX=off on every worker so the model is never offered code execution"
+        )
+    log.warning(
+        "sandbox_unavailable",
+        reason=reason,
+        detail="execute_python and execute_shell are offered to the model but every run fails on this worker: "
+        "give it the sandbox's privileges (README, Sandbox) or set AUTOGPT_SANDBOX=off on every worker",
+    )
+    return reason
 
 
 def tenant_lookup(db: Database) -> Callable[[str], str]:

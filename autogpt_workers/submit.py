@@ -23,8 +23,10 @@ from autogpt_workers import tracing
 from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
 from autogpt_workers.agent.types import Budget
 from autogpt_workers.broker import Publisher
+from autogpt_workers.config import get_settings
 from autogpt_workers.contracts import TaskStatus, TaskSubmission, TaskView, Usage
 from autogpt_workers.errors import UsageError
+from autogpt_workers.profiles import ProfileCatalog, apply_profile
 from autogpt_workers.publish_marks import PublishMarks
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import record_options
@@ -64,13 +66,18 @@ def submit_task(
     additional_input: dict[str, Any] | None = None,
     policy: Policy | None = None,
     background: BackgroundPublisher | None = None,
+    profiles: ProfileCatalog | None = None,
 ) -> Submitted:
     """Accept a task. ``policy`` (running-task caps, deadline urgency) may hold it back in the admission queue;
     without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request. The
     first wake-up is published before returning, or handed to ``background`` (then ``published`` is False: not
-    yet)."""
+    yet). A task that names a profile gets the profile's allow-list, budget limits and approval classes for what
+    it left out (read from ``profiles``, by default the shipped ones and ``AUTOGPT_PROFILES_DIR``); an unknown
+    profile raises ``UnknownProfile`` before anything is written."""
     ledger = Ledger(db)
-    digest = request_hash(submission)
+    digest = request_hash(submission)  # of the request as given: the same body under the same key is the same task
+    if submission.profile is not None:
+        submission = apply_profile(submission, profiles or default_profiles())
     deadline = submission.deadline
     priority = effective_priority(submission.priority, deadline, policy or Policy())
     values = {
@@ -127,6 +134,11 @@ def submit_task(
         return Submitted(task_id, created=True, published=False, view=view)
     published = _publish(db, publisher, wakeup)
     return Submitted(task_id, created=True, published=published, view=view)
+
+
+def default_profiles() -> ProfileCatalog:
+    """The shipped profiles and the operator's directory (``AUTOGPT_PROFILES_DIR``), as the workers read them."""
+    return ProfileCatalog(get_settings().profiles_dir)
 
 
 def _publish(db: Database, publisher: Publisher, wakeup: Wakeup) -> bool:

@@ -34,6 +34,7 @@ DEFAULT_SHELL_PROGRAMS = (
 SHELL_PUNCTUATION = frozenset("();<>|&")
 NETWORK_ERRORS = ("Network is unreachable", "Temporary failure in name resolution", "Name or service not known")
 MAX_CODE_CHARS = 200_000
+CODE_EXECUTION = ("execute_python", "execute_shell")  # the commands that need the sandbox
 
 
 class ExecutePythonArgs(BaseModel):

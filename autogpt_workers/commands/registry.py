@@ -8,6 +8,9 @@ with no arguments) or a ready ``Command`` instance::
 
 A plugin that fails to load, is not a command, or reuses a taken name is skipped with a warning and recorded
 in ``CommandRegistry.plugin_errors``; it never stops a worker. Plugins cannot shadow built-in commands.
+
+A command the platform switched off (``disable``: code execution without a sandbox) is never offered: allow-lists
+(a task's, a profile's) that name it simply do without it, and looking it up says why it is off.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ class CommandRegistry:
 
     def __init__(self, commands: Sequence[Command[Any]] = ()) -> None:
         self._commands: dict[str, Command[Any]] = {}
+        self._disabled: dict[str, str] = {}  # name -> why the platform switched it off
         self.plugin_errors: list[tuple[str, str]] = []
+        self.plugins_loaded: list[str] = []  # entry-point names registered
         for command in commands:
             self.register(command)
 
@@ -51,10 +56,23 @@ class CommandRegistry:
         _check_declaration(command)
         if command.name in self._commands:
             raise UsageError(f"a command named {command.name!r} is already registered")
+        if command.name in self._disabled:
+            raise UsageError(f"the command name {command.name!r} is switched off on this platform")
         self._commands[command.name] = command
+
+    def disable(self, name: str, reason: str) -> None:
+        """Switch ``name`` off: it is dropped from every allow-list and never offered; ``get`` says ``reason``."""
+        self._commands.pop(name, None)
+        self._disabled[name] = reason
+
+    def disabled(self) -> dict[str, str]:
+        """The commands switched off, with why."""
+        return dict(self._disabled)
 
     def get(self, name: str) -> Command[Any]:
         """The command called ``name``; raises ``UnknownCommand`` listing the known names."""
+        if name in self._disabled:
+            raise UnknownCommand(f"the command {name!r} is switched off on this platform: {self._disabled[name]}")
         try:
             return self._commands[name]
         except KeyError:
@@ -70,14 +88,15 @@ class CommandRegistry:
         return sorted(self._commands)
 
     def select(self, allowed: Sequence[str] | None = None) -> list[Command[Any]]:
-        """The commands a task may use: all of them (``None``), or the allow-list in its order.
+        """The commands a task may use: all of them (``None``), or the allow-list in its order, less the commands
+        the platform switched off.
 
         An allowed name nobody registered raises ``UnknownCommand``: the task asks for something this worker
         cannot do, and that should fail loudly rather than silently shrink the model's toolbox.
         """
         if allowed is None:
             return [self._commands[name] for name in self.names()]
-        return [self.get(name) for name in dict.fromkeys(allowed)]
+        return [self.get(name) for name in dict.fromkeys(allowed) if name not in self._disabled]
 
     def tool_schemas(self, allowed: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """OpenAI ``tools`` entries for the commands a task may use (see ``select``)."""
@@ -86,6 +105,7 @@ class CommandRegistry:
     def load_plugins(self, group: str = ENTRY_POINT_GROUP) -> list[tuple[str, str]]:
         """Register the commands of entry-point ``group``; return the ``(name, error)`` pairs skipped."""
         skipped: list[tuple[str, str]] = []
+        loaded: list[str] = []
         for entry_point in importlib.metadata.entry_points(group=group):
             try:
                 command = _instantiate(entry_point.load())
@@ -96,7 +116,9 @@ class CommandRegistry:
                 skipped.append((entry_point.name, error))
             else:
                 log.info("command plugin loaded", entry_point=entry_point.name, command=command.name)
+                loaded.append(entry_point.name)
         self.plugin_errors.extend(skipped)
+        self.plugins_loaded.extend(loaded)
         return skipped
 
 

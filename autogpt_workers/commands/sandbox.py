@@ -227,6 +227,8 @@ class Sandbox:
                 result = self._run(["true"], Path(tmp), {})
             except CommandError as exc:
                 return str(exc)
+            except OSError as exc:  # e.g. no capability to chown the workspace to a sandbox uid
+                return f"the sandbox could not be set up: {exc}"
         if not result.ok:
             return f"a trial run failed ({result.summary()}): {result.output.strip()[:300]}"
         return None

@@ -108,6 +108,45 @@ def test_step_by_step_with_approval_and_feedback(gateway: Gateway, llm: Any, db:
     assert not (gateway_workspace(tid) / "wrong.txt").exists()
 
 
+def test_a_step_request_may_edit_the_proposed_command(gateway: Gateway, llm: Any, db: Any, settings: Any) -> None:
+    llm.register_script("apedit", [write("draft.txt", "proposed"), write("other.txt", "x"), FINISH])
+    t = gateway.tenant("apedit")
+    with gateway.client(t) as c:
+        tid = c.post("/ap/v1/agent/tasks", json={"input": "Edit me [[script:apedit]]"}).json()["task_id"]
+        wait_for(lambda: ledger(db, tid).get(0) == "awaiting_approval", 120, "step 0 awaiting approval")
+        steps_url = f"/ap/v1/agent/tasks/{tid}/steps"
+        # malformed edits and an edit with feedback are refused, and release nothing
+        bad = c.post(steps_url, json={"additional_input": {"arguments": "not an object"}})
+        assert bad.status_code == 422 and "additional_input.arguments must be a JSON object" in bad.json()["message"]
+        bad = c.post(steps_url, json={"additional_input": {"command": ""}})
+        assert bad.status_code == 422 and "additional_input.command" in bad.json()["message"]
+        both = c.post(steps_url, json={"input": "No!", "additional_input": {"command": "list_files"}})
+        assert both.status_code == 422 and "not both" in both.json()["message"]
+        assert ledger(db, tid) == {0: "awaiting_approval"}
+        # new arguments for the proposed command (the task's input repeated approves, as the clients send it)
+        edited = c.post(steps_url, json={
+            "input": "Edit me [[script:apedit]]",
+            "additional_input": {"arguments": {"path": "final.txt", "content": "edited by a human"}},
+        }).json()
+        assert edited["status"] == "completed" and edited["name"] == "write_file", edited
+        assert [a["file_name"] for a in edited["artifacts"]] == ["final.txt"]
+        # another command altogether
+        wait_for(lambda: ledger(db, tid).get(1) == "awaiting_approval", 120, "step 1 awaiting approval")
+        listed = c.post(steps_url, json={"additional_input": {"command": "list_files", "arguments": {}}}).json()
+        assert listed["name"] == "list_files" and "final.txt" in listed["output"], listed
+        # an edit the task may not run is the step's error, not a 500
+        wait_for(lambda: ledger(db, tid).get(2) == "awaiting_approval", 120, "step 2 awaiting approval")
+        nope = c.post(steps_url, json={"additional_input": {"command": "no_such_command", "arguments": {}}}).json()
+        assert nope["status"] == "completed" and "'no_such_command' is not available to this task" in nope["output"]
+        assert c.post(steps_url, json={"input": "y"}).json()["is_last"] is True
+    workspace = settings.workspace_root / tid
+    assert (workspace / "final.txt").read_text() == "edited by a human"
+    assert not (workspace / "draft.txt").exists() and not (workspace / "other.txt").exists()
+    with db.session() as s:
+        rows = list(s.scalars(select(Step).where(Step.task_id == uuid.UUID(tid)).order_by(Step.step_index)))
+    assert [r.command for r in rows] == ["write_file", "list_files", "no_such_command", "finish"]
+
+
 def gateway_workspace(task_id: str) -> Any:
     from autogpt_workers.config import get_settings
 

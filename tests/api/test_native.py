@@ -171,3 +171,49 @@ def test_limits_are_clear_4xx(gateway: Gateway) -> None:
         assert c.get("/ap/v1/agent/tasks", params={"page_size": 0}).status_code == 422
         assert c.get("/ap/v1/agent/tasks", params={"current_page": 0}).status_code == 422
         assert c.get("/ap/v1/agent/tasks", params={"page_size": 1000}).status_code == 422
+
+
+def test_a_profile_fills_the_tasks_defaults_and_an_unknown_one_is_422(gateway: Gateway, db: Any) -> None:
+    t = gateway.tenant("profile")
+    with gateway.client(t) as c:
+        created = c.post("/v1/tasks", json={"goal": "Plan it [[steps:1]]", "profile": "capability"})
+        assert created.status_code == 201, created.text
+        task = c.get(f"/v1/tasks/{created.json()['id']}").json()  # as read back
+        for field in ("allowed_commands", "budget"):
+            assert created.json()[field] == task[field], field  # the answer says what was stored
+        assert task["profile"] == "capability"
+        assert task["allowed_commands"] == ["list_files", "read_file", "web_fetch", "write_file", "finish"]
+        assert task["budget"] == {"max_steps": 20, "max_tokens": None, "max_cost_usd": None, "max_wall_seconds": 1200}
+        # what the caller names wins, limit by limit; the profile fills the rest
+        own = c.post("/v1/tasks", json={"goal": "Review [[steps:1]]", "profile": "governance",
+                                        "budget": {"max_steps": 3}, "approval": "always"}).json()
+        assert own["budget"]["max_steps"] == 3 and own["budget"]["max_wall_seconds"] == 900
+        assert own["allowed_commands"] == ["list_files", "read_file", "finish"]
+        # through the Agent Protocol: additional_input picks the profile (continuous: the profile's approval)
+        ap_task = c.post("/ap/v1/agent/tasks", json={
+            "input": "Plan it [[steps:1]]", "additional_input": {"mode": "continuous", "profile": "capability"}})
+        assert ap_task.status_code == 200, ap_task.text
+        step_by_step = c.post("/ap/v1/agent/tasks", json={
+            "input": "Evolve [[steps:1]]", "additional_input": {"profile": "evolution"}}).json()
+        with db.session() as s:
+            rows = {str(r.id): r for r in s.scalars(select(Task).where(Task.tenant_id == t.id))}
+        assert rows[task["id"]].approval == ["external"]
+        assert rows[own["id"]].approval == "always"
+        assert rows[ap_task.json()["task_id"]].approval == ["external"]
+        assert rows[ap_task.json()["task_id"]].budget["max_wall_seconds"] == 1200
+        assert rows[step_by_step["task_id"]].approval == "always"  # every step waits for its POST .../steps
+        assert rows[step_by_step["task_id"]].allowed_commands == ["list_files", "read_file", "write_file",
+                                                                  "ask_user", "finish"]
+        # an unknown profile: 422 naming the known ones, and no task
+        before = len(rows)
+        unknown = c.post("/v1/tasks", json={"goal": "x", "profile": "ceo"})
+        assert unknown.status_code == 422
+        assert unknown.json()["detail"][0]["loc"] == ["body", "profile"]
+        assert "unknown profile 'ceo'; known profiles: capability, evolution" in unknown.json()["detail"][0]["msg"]
+        ap_unknown = c.post("/ap/v1/agent/tasks", json={"input": "x", "additional_input": {"profile": "ceo"}})
+        assert ap_unknown.status_code == 422 and "unknown profile 'ceo'" in ap_unknown.json()["message"]
+        ap_bad = c.post("/ap/v1/agent/tasks", json={"input": "x", "additional_input": {"profile": ["x"]}})
+        assert ap_bad.status_code == 422 and "additional_input.profile" in ap_bad.json()["message"]
+        with db.session() as s:
+            assert s.execute(select(func.count()).select_from(Task).where(Task.tenant_id == t.id)).scalar_one() \
+                == before

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import boto3
 import httpx
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from autogpt_workers import lifecycle
 from autogpt_workers.artifacts.s3 import S3ArtifactStore
@@ -141,6 +141,44 @@ def test_a_profile_sets_the_tasks_commands(stack: Any, llm: Any, db: Any) -> Non
     assert wait_terminal(stack, task_id)["status"] == "completed"
     first = ledger_steps(db, task_id)[0]
     assert first.is_error and "the command 'write_file' is not allowed for this task" in (first.output or "")
+
+
+def test_a_profiles_approval_classes_make_its_external_commands_wait(
+    stack: Any, llm: Any, db: Any, http_server: Any
+) -> None:
+    llm.register_script("cap", [call("list_files"), call("web_fetch", url=f"{http_server}/data.json"), FINISH])
+    task_id = submit(stack, "Research [[script:cap]]", profile="capability")  # approval: [external], from the profile
+    wait_status(stack, task_id, "awaiting_approval")
+    steps = ledger_steps(db, task_id)
+    assert [(s.command, s.status) for s in steps] == [("list_files", "completed"), ("web_fetch", "awaiting_approval")]
+    assert steps[1].lease_token is None and steps[1].output is None  # nothing fetched, no worker held
+    lifecycle.approve(db, Publisher(celery_app), uuid.UUID(task_id))
+    task = wait_terminal(stack, task_id)
+    assert task["status"] == "completed" and task["budget"]["max_wall_seconds"] == 1200
+    assert '{"answer": 42}' in (ledger_steps(db, task_id)[1].output or "")
+
+
+def test_an_edited_command_must_be_on_the_profiles_allow_list(stack: Any, llm: Any, db: Any, settings: Any) -> None:
+    llm.register_script("edit", [call("read_file", path="a.txt"), call("read_file", path="b.txt"), FINISH])
+    task_id = submit(stack, "Review, edited [[script:edit]]", profile="governance", approval="always")
+    # a row without an allow-list (as submitted before profiles applied at submit): the profile's list applies
+    with db.transaction() as s:
+        s.execute(update(Task).where(Task.id == uuid.UUID(task_id)).values(allowed_commands=None))
+    wait_status(stack, task_id, "awaiting_approval")
+    publisher = Publisher(celery_app)
+    lifecycle.approve(db, publisher, uuid.UUID(task_id), step_index=0, command="write_file",
+                      arguments={"path": "x.txt", "content": "governance never writes"})
+    wait_status(stack, task_id, "awaiting_approval")
+    lifecycle.approve(db, publisher, uuid.UUID(task_id), step_index=1, command="list_files", arguments={})
+    wait_status(stack, task_id, "awaiting_approval")
+    lifecycle.approve(db, publisher, uuid.UUID(task_id), step_index=2)
+    assert wait_terminal(stack, task_id)["status"] == "completed"
+    steps = ledger_steps(db, task_id)
+    assert steps[0].is_error and steps[0].output == (
+        "Error: the approved command 'write_file' is not available to this task"
+    )
+    assert not steps[1].is_error and steps[1].command == "list_files"  # on the profile's list: it ran
+    assert not (settings.workspace_root / task_id / "x.txt").exists()
 
 
 def test_a_workspace_moves_between_hosts_through_s3(stack: Any, llm: Any, db: Any, moto_s3: Any, tmp_path: Any) -> None:

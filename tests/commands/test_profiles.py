@@ -47,6 +47,12 @@ def test_what_the_caller_set_wins_over_the_profile() -> None:
     )
     submitted = apply_profile(submission)
     assert submitted.allowed_commands == ["read_file"] and submitted.budget.max_steps == 3
+    assert submitted.budget.max_wall_seconds == 1800  # limit by limit: the profile's for what the caller left out
+
+
+def test_a_null_allow_list_is_not_given() -> None:
+    submitted = apply_profile(TaskSubmission(goal="g", profile="governance", allowed_commands=None))
+    assert submitted.allowed_commands == ["list_files", "read_file", "finish"]  # null never widens a profile
 
 
 def test_no_profile_changes_nothing() -> None:

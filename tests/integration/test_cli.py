@@ -59,3 +59,18 @@ def test_submit_wait_and_status_follow_a_task(stack, llm) -> None:  # type: igno
     assert status.returncode == 0 and "completed" in status.stdout
     missing = cli("status", "00000000-0000-0000-0000-000000000000", "--api-url", stack.api_url)
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_submit_with_a_profile_and_an_unknown_profile(stack, llm) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    out = cli("submit", "Review [[steps:1]]", "--profile", "governance", "--api-url", stack.api_url)
+    assert out.returncode == 0, out.stdout + out.stderr
+    task_id = out.stdout.split("submitted task ", 1)[1].split()[0]
+    task = httpx.get(f"{stack.api_url}/v1/tasks/{task_id}", timeout=10).json()
+    assert task["profile"] == "governance" and task["budget"]["max_steps"] == 15  # the profile's, not the CLI's 20
+    unknown = cli("submit", "hello", "--profile", "ceo", "--api-url", stack.api_url)
+    assert unknown.returncode == 1 and "Traceback" not in unknown.stderr
+    assert "the API refused the task (422): profile: unknown profile 'ceo'; known profiles: capability" in " ".join(
+        unknown.stderr.split()
+    )

@@ -416,3 +416,16 @@ def test_worker_dockerfile_warm_shutdown() -> None:
     text = (DOCKER_DIR / "Dockerfile.worker").read_text()
     assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.M)
     assert 'CMD ["autogpt-workers", "worker", "--queue", "think"]' in text
+
+
+def test_an_act_worker_that_cannot_sandbox_is_deployed_with_code_execution_off(compose: dict[str, Any]) -> None:
+    """The shipped act containers run as a non-root uid (the k8s pod also drops every capability): the sandbox
+    cannot run there, so the platform is declared without it and the model is never offered code execution."""
+    config = next(doc for _, doc in k8s_docs() if doc.get("kind") == "ConfigMap")
+    act = by_component("worker-act")["spec"]["template"]["spec"]
+    confined = act["securityContext"].get("runAsNonRoot") or "ALL" in act["containers"][0]["securityContext"].get(
+        "capabilities", {}
+    ).get("drop", [])
+    assert Settings(sandbox=config["data"]["AUTOGPT_SANDBOX"]).sandbox == ("off" if confined else "required")
+    assert compose["services"]["worker-act"]["environment"]["AUTOGPT_SANDBOX"] == "${AUTOGPT_SANDBOX:-off}"
+    assert compose["services"]["worker-think"]["environment"]["AUTOGPT_SANDBOX"] == "${AUTOGPT_SANDBOX:-off}"
