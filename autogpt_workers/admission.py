@@ -175,6 +175,11 @@ class Admitter:
         self.batch = batch
         self.ready = ready
         self.flag = flag
+        # how many one round may admit while the backlog gate is on: ``max_ready`` less what is ready, doubled
+        # (up to ``batch``) each round the think queue is found drained with tasks still waiting, so admissions
+        # keep up with workers that take tasks faster than ``max_ready`` a round; back to ``max_ready`` on a backlog
+        self._room = policy.max_ready or 0
+        self.waiting = 0  # admissible tasks left waiting after the last round
 
     def admit_round(self) -> int:
         """Admit what the caps and the backlog allow now; publish their first wake-ups. Returns how many."""
@@ -182,16 +187,20 @@ class Admitter:
         ready = None
         if self.policy.max_ready is not None:
             ready = self.ready() if self.ready is not None else None
-            room = max(0, self.policy.max_ready - (ready or 0))
+            if ready is None or ready >= self.policy.max_ready:
+                self._room = self.policy.max_ready
+            elif ready == 0 and self.waiting:
+                self._room = min(self.batch, max(self._room, self.policy.max_ready) * 2)
+            room = max(0, self._room - (ready or 0))
         with self.db.transaction() as s:
             if not s.execute(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK))).scalar_one():
                 return 0  # another dispatcher is at it
-            wakeups, left = self._admit(s, room)
+            wakeups, self.waiting = self._admit(s, room)
         if self.flag is not None and self.policy.max_ready is not None:
             if ready is not None and ready >= self.policy.max_ready:
-                self.flag.set(f"the workers are busy: {ready} wake-ups wait in the think queue")
-            elif left:
-                self.flag.set("earlier tasks are waiting for free workers")
+                self.flag.set(f"the workers are busy: {ready} wake-ups wait in the think queue", self.waiting)
+            elif self.waiting:
+                self.flag.set("earlier tasks are waiting for free workers", self.waiting)
             else:
                 self.flag.set(None)
         published: list[int] = []
@@ -207,9 +216,9 @@ class Admitter:
             log.info("tasks_admitted", count=len(wakeups))
         return len(wakeups)
 
-    def _admit(self, s: Session, room: int | None = None) -> tuple[list[Wakeup], bool]:
+    def _admit(self, s: Session, room: int | None = None) -> tuple[list[Wakeup], int]:
         """Admit up to ``room`` (None: no backlog bound) of the waiting tasks the caps allow. Returns their wake-ups
-        and whether admissible tasks (below their tenant's cap) are left waiting."""
+        and how many admissible tasks (below their tenant's cap) are left waiting."""
         # tasks cancelled while they waited leave the queue
         s.execute(
             delete(AdmissionQueue).where(
@@ -232,7 +241,7 @@ class Admitter:
             .limit(self.batch * 10)
         ).all()
         if not rows:
-            return [], False
+            return [], 0
         waiting = [
             _Waiting(tid, tenant, at, effective_priority(base, deadline, self.policy, now))
             for tid, tenant, at, base, deadline in rows
@@ -266,7 +275,7 @@ class Admitter:
             admitted.append(best)
             running[best.tenant_id] += 1
             total += 1
-        left = any(_below(running[w.tenant_id], caps[w.tenant_id]) for w in waiting)
+        left = sum(1 for w in waiting if _below(running[w.tenant_id], caps[w.tenant_id]))
         return [self._admit_one(s, w) for w in admitted], left
 
     @staticmethod

@@ -124,6 +124,7 @@ class Autoscaler:
         clock: Callable[[], float] = time.monotonic,
         min_idle_age_s: float = 5.0,
         ready_counter: Callable[[list[str]], dict[str, int]] | None = None,
+        held_demand: Callable[[], int] | None = None,
     ) -> None:
         self._queues = {name: _QueueState(name, rq, policy) for name, (rq, policy) in queues.items()}
         self.reader = reader
@@ -132,6 +133,9 @@ class Autoscaler:
         self.clock = clock
         self.min_idle_age_s = min_idle_age_s  # a worker this young may not have answered inspect yet
         self.ready_counter = ready_counter
+        # tasks the admission gate holds in the database while the think queue is backed up (``backlog``): they
+        # count as ready think messages, so holding them back does not hide them from scaling
+        self.held_demand = held_demand
         self.events: list[ScaleEvent] = []
         self._lock = threading.Lock()
 
@@ -149,6 +153,12 @@ class Autoscaler:
             if stats is not None and self.ready_counter is not None:
                 fresh = self.ready_counter(names)
                 stats = {n: dataclasses.replace(q, ready=fresh.get(n, q.ready)) for n, q in stats.items()}
+            think = self._queues.get("think")
+            if stats is not None and self.held_demand is not None and think is not None:
+                held = self.held_demand()
+                if held and think.rabbit_queue in stats:
+                    seen = stats[think.rabbit_queue]
+                    stats = {**stats, think.rabbit_queue: dataclasses.replace(seen, ready=seen.ready + held)}
             new: list[ScaleEvent] = []
             for q in self._queues.values():
                 reading = stats.get(q.rabbit_queue) if stats is not None else None

@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 
 
 
+WAITING_SUFFIX = ":waiting"
+
+
 def flag_key(database_url: str) -> str:
     return "autogpt:admission:backlog:" + hashlib.sha256(database_url.encode()).hexdigest()[:16]
 
@@ -44,12 +47,17 @@ class BacklogFlag:
     def from_url(cls, redis_url: str, database_url: str, ttl_s: float) -> BacklogFlag:
         return cls(Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2), flag_key(database_url), ttl_s)
 
-    def set(self, reason: str | None) -> None:
+    def set(self, reason: str | None, waiting: int = 0) -> None:
+        """Raise the flag with ``reason`` (None: lower it); ``waiting`` is how many admissible tasks wait behind
+        it, the demand the autoscaler adds to the think queue's (``BacklogDemand``)."""
         try:
             if reason is not None:
-                self.redis.set(self.key, reason, px=self.ttl_ms)
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.set(self.key, reason, px=self.ttl_ms)
+                pipe.set(self.key + WAITING_SUFFIX, waiting, px=self.ttl_ms)
+                pipe.execute()
             elif self._raised:
-                self.redis.delete(self.key)
+                self.redis.delete(self.key, self.key + WAITING_SUFFIX)
         except RedisError as exc:  # the flag expires on its own; new tasks go straight to the broker meanwhile
             log.warning("backlog_flag_not_written", error=str(exc))
             return
@@ -98,3 +106,28 @@ def backlog_signal(redis_url: str, database_url: str) -> BacklogSignal:
             client = Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1)
             signal = _signals[redis_url + " " + database_url] = BacklogSignal(client, flag_key(database_url))
         return signal
+
+
+class BacklogDemand:
+    """The autoscaler's side: how many admissible tasks the dispatcher holds back (0 when the flag is down, unknown
+    or unreadable). They are think wake-ups that would wait in RabbitMQ without the gate, so the autoscaler counts
+    them as ready messages of the think queue: holding tasks in the database does not hide demand from scaling."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self.redis = redis
+        self.key = key + WAITING_SUFFIX
+
+    @classmethod
+    def from_url(cls, redis_url: str, database_url: str) -> BacklogDemand:
+        return cls(Redis.from_url(redis_url, socket_timeout=1, socket_connect_timeout=1), flag_key(database_url))
+
+    def __call__(self) -> int:
+        try:
+            raw = self.redis.get(self.key)
+        except RedisError as exc:
+            log.warning("backlog_demand_unreadable", error=str(exc))
+            return 0
+        try:
+            return max(0, int(raw)) if raw is not None else 0
+        except (TypeError, ValueError):
+            return 0

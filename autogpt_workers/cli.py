@@ -261,6 +261,7 @@ def autoscale(
         err.print(f"[red]autogpt-workers: --min ({min_workers}) must not exceed --max ({max_workers})[/]")
         raise typer.Exit(2)
     from autogpt_workers import autoscale as scaling
+    from autogpt_workers.backlog import BacklogDemand
     from autogpt_workers.contracts import PHASE_QUEUES
     from autogpt_workers.queues import QueueReader, ReadyCounter
 
@@ -279,6 +280,7 @@ def autoscale(
         scaling.worker_launcher(log_dir),
         scaling.celery_inspector(),
         ready_counter=ReadyCounter(s.broker_url),
+        held_demand=BacklogDemand.from_url(s.redis_url, s.database_url) if s.scheduler_max_ready else None,
     )
     # before the first child starts: the children inherit the metrics directory this process serves
     _start_metrics("autoscale", s, metrics_port, extra=lambda: [scaling.AutoscalerCollector(scaler)])

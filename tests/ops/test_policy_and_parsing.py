@@ -100,3 +100,40 @@ def test_local_prometheus_config_keeps_only_local_jobs(tmp_path: Path) -> None:
     assert "dns_sd_configs" not in jobs["autogpt-reaper"]
     assert Path(jobs["flower"]["basic_auth"]["password_file"]).read_text() == "pw"
     assert Path(config["rule_files"][0]).is_file()
+
+
+class _Reading:
+    """The management API's answer for one round: every think wake-up in flight (500 unacked, nothing ready)."""
+
+    def read(self, names: list[str]) -> dict[str, QueueStats]:
+        return {n: QueueStats(n, 0, 500 if n == "autogpt.think" else 0, 1, None) for n in names}
+
+
+def test_tasks_held_by_the_backlog_gate_count_as_think_demand() -> None:
+    """While the admission gate holds tasks in the database, RabbitMQ shows only what is in flight: the held count
+    (``BacklogDemand``) is added to the think queue's ready messages, so scale-out sees them."""
+    import subprocess
+
+    from autogpt_workers.autoscale import Autoscaler
+
+    started: list[subprocess.Popen[bytes]] = []
+
+    def launch(queue: str, hostname: str) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen(["sleep", "30"]))
+        return started[-1]
+
+    policy = ScalePolicy(min_workers=1, max_workers=6, target_per_worker=500, max_age_s=30, scale_in_cooldown_s=60)
+    held = {"now": 0}
+    scaler = Autoscaler(
+        {"think": ("autogpt.think", policy)}, _Reading(), launch, lambda names: {}, held_demand=lambda: held["now"],  # type: ignore[arg-type]
+    )
+    try:
+        scaler.tick()
+        assert len(started) == 1, "500 in flight, nothing held: one worker"
+        held["now"] = 1200
+        (event,) = scaler.tick()
+        assert (event.direction, event.after) == ("out", 4), "ceil((500 + 1200) / 500) workers"
+    finally:
+        for p in started:
+            p.kill()
+            p.wait()
