@@ -4,7 +4,8 @@ with workers that take tasks faster than ``scheduler_max_ready`` a round), back 
 number still waiting is published beside the flag, where the autoscaler reads it as think-queue demand.
 
 ``ready`` (the think queue's ready count) is given by the test, round by round: it is what the dispatcher reads over
-AMQP, and the test decides what the workers would have left in the queue."""
+AMQP, and the test decides what the workers would have left in the queue. The test has a database of its own
+(``<test database>_bl``): a dispatcher of the session's stacks would otherwise admit its tasks between rounds."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from redis import Redis
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, make_url, select, text
 
 from autogpt_workers import lifecycle
 from autogpt_workers.admission import Admitter, Policy
@@ -23,7 +24,9 @@ from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import declare_topology, make_celery
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import TaskSubmission
+from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import AdmissionQueue
+from autogpt_workers.store.migrate import upgrade
 from autogpt_workers.submit import submit_task
 from tests.integration.conftest import private_vhost
 
@@ -32,7 +35,25 @@ MAX_READY = 8
 
 
 @pytest.fixture(scope="module")
-def publisher(settings) -> Iterator[Publisher]:  # type: ignore[no-untyped-def]
+def own_db(settings) -> Iterator[Database]:  # type: ignore[no-untyped-def]
+    url = make_url(settings.database_url)
+    name = f"{url.database}_bl"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    own = url.set(database=name).render_as_string(hide_password=False)
+    upgrade(own)
+    database = Database.from_url(own, pool_size=2, max_overflow=2)
+    yield database
+    database.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def publisher(settings, own_db: Database) -> Iterator[Publisher]:  # type: ignore[no-untyped-def]
     with private_vhost(settings.broker_url, "bl") as url:
         app = make_celery(Settings(database_url=settings.database_url, broker_url=url))
         declare_topology(app)
@@ -40,8 +61,9 @@ def publisher(settings) -> Iterator[Publisher]:  # type: ignore[no-untyped-def]
 
 
 def test_a_drained_queue_doubles_each_rounds_admissions_and_the_waiting_count_is_published(
-    db, settings, publisher: Publisher  # type: ignore[no-untyped-def]
+    own_db: Database, settings, publisher: Publisher  # type: ignore[no-untyped-def]
 ) -> None:
+    db = own_db
     redis = Redis.from_url(settings.redis_url)
     key = f"test:backlog:{uuid.uuid4().hex}"
     flag, demand = BacklogFlag(redis, key, ttl_s=30), BacklogDemand(redis, key)
