@@ -45,7 +45,7 @@ def celery_on(settings: Settings, url: str, *, registered: bool) -> Celery:
     app = make_celery(Settings(database_url=settings.database_url, broker_url=url))
     if registered:
         for name in PHASE_TASKS.values():
-            app.task(name=name)(_phase)
+            app.task(name=name, shared=False)(_phase)
         app.finalize(auto=True)
     declare_topology(app)
     with app.connection_for_write() as conn:  # the task-sent events, kept to be read back
