@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Select, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from api_shim import ap_models as ap
@@ -45,7 +46,11 @@ STEP_NAMESPACE = uuid.UUID("5b0d7d0e-8f5e-4a43-9f2a-0e6c2f1b7a11")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ap.NotFound, "description": "Unknown id."}}
 UNPROCESSABLE: dict[int | str, dict[str, Any]] = {422: {"description": "Invalid request."}}
 ENDED: dict[int | str, dict[str, Any]] = {
-    409: {"model": ap.NotFound, "description": "The task ended (cancelled) before its first step: no step to run."}
+    409: {
+        "model": ap.NotFound,
+        "description": "The task ended (cancelled) before its first step: no step to run; or an edited command was "
+        "sent while no proposal waits for approval.",
+    }
 }
 TAGS: list[str | Any] = ["agent"]
 Row = TypeVar("Row")
@@ -337,9 +342,12 @@ def make_router(settings: Settings) -> APIRouter:
         tid, goal = await run_in_threadpool(find)
         if edit is not None and not ap_steps.is_approval(text, goal):
             raise HTTPException(422, "give either feedback (input) or an edited command (additional_input), not both")
-        index = await ap_steps.execute_step(
-            db, request.app.state.publisher, tid, tenant, text, extra, settings.ap_step_wait_s
-        )
+        try:
+            index = await ap_steps.execute_step(
+                db, request.app.state.publisher, tid, tenant, text, extra, settings.ap_step_wait_s
+            )
+        except ap_steps.NothingToEdit as exc:
+            raise HTTPException(409, str(exc)) from exc
 
         def answer() -> ap.Step:
             with db.session() as s:
@@ -466,6 +474,10 @@ def make_router(settings: Settings) -> APIRouter:
         size = uploads.size_of(body)
         if size is not None:
             headers["Content-Length"] = str(size)
-        return StreamingResponse(uploads.chunks(body), media_type="application/octet-stream", headers=headers)
+        # closed after the response too: a client gone before the first chunk never runs the generator's finally
+        return StreamingResponse(
+            uploads.chunks(body), media_type="application/octet-stream", headers=headers,
+            background=BackgroundTask(body.close),
+        )
 
     return router

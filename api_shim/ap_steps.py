@@ -118,6 +118,11 @@ def is_continuous(s: Session, task_id: uuid.UUID) -> bool:
     return options is not None and continuous(options.additional_input)
 
 
+class NothingToEdit(Exception):
+    """An edited command was sent, but no proposal waits for this request to release: an edit answers the proposal
+    the human saw, so it is refused rather than recorded for a proposal nobody has seen, or dropped."""
+
+
 async def execute_step(
     db: Database,
     publisher: Publisher,
@@ -131,9 +136,15 @@ async def execute_step(
     the task has no step at all, which only a task cancelled before it started can have)."""
     deadline = time.monotonic() + wait_s
     target: int | None = None
+    edit = edit_of(extra)
     while True:
         snap = await run_in_threadpool(_snapshot, db, task_id)
         if target is None:
+            if edit is not None and (snap.awaiting is None or snap.awaiting in snap.requested):
+                raise NothingToEdit(
+                    "no proposed command is waiting for this request: an edit replaces a proposal you have seen "
+                    "(GET the task's steps, then POST the edit while the step waits for approval)"
+                )
             recorded = [k for k in snap.requested if snap.steps.get(k) not in COMMITTED]
             if snap.awaiting is not None and snap.awaiting in snap.requested:
                 # an earlier request, recorded before this proposal existed, answers it (if the worker did not yet)

@@ -19,8 +19,9 @@ from typing import IO, BinaryIO
 from autogpt_workers.artifacts import ArtifactStore, InvalidArtifactPath
 from autogpt_workers.errors import UsageError
 
-MAX_PATH_CHARS = 1024
-MAX_COMPONENT_CHARS = 255
+# in bytes of UTF-8, as file systems (255 a name) and S3 (1024 a key, with the task's prefix) count them
+MAX_PATH_BYTES = 900
+MAX_COMPONENT_BYTES = 255
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 CHUNK = 1024 * 1024
 
@@ -43,13 +44,13 @@ def clean_relative_path(raw: str | None) -> str:
         raise BadPath("relative_path must use '/' as separator (no backslashes)")
     if raw.startswith("/") or re.match(r"^[A-Za-z]:", raw):
         raise BadPath(f"relative_path {raw!r} is absolute; give a path inside the task's workspace")
-    if len(raw) > MAX_PATH_CHARS:
-        raise BadPath(f"relative_path is longer than {MAX_PATH_CHARS} characters")
+    if len(raw.encode()) > MAX_PATH_BYTES:
+        raise BadPath(f"relative_path is longer than {MAX_PATH_BYTES} bytes (UTF-8)")
     parts = [p for p in raw.split("/") if p not in ("", ".")]
     if ".." in parts:
         raise BadPath(f"relative_path {raw!r} contains '..'; it must stay inside the task's workspace")
-    if any(len(p) > MAX_COMPONENT_CHARS for p in parts):
-        raise BadPath(f"a component of relative_path is longer than {MAX_COMPONENT_CHARS} characters")
+    if any(len(p.encode()) > MAX_COMPONENT_BYTES for p in parts):
+        raise BadPath(f"a component of relative_path is longer than {MAX_COMPONENT_BYTES} bytes (UTF-8)")
     return "/".join(parts)
 
 
@@ -59,8 +60,8 @@ def clean_file_name(raw: str | None) -> str:
         raise BadPath("the file name must not contain NUL or control characters")
     if name in ("", ".", ".."):
         raise BadPath("the uploaded file needs a file name")
-    if len(name) > MAX_COMPONENT_CHARS:
-        raise BadPath(f"the file name is longer than {MAX_COMPONENT_CHARS} characters")
+    if len(name.encode()) > MAX_COMPONENT_BYTES:
+        raise BadPath(f"the file name is longer than {MAX_COMPONENT_BYTES} bytes (UTF-8)")
     return name
 
 

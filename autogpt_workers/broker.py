@@ -16,8 +16,10 @@ does, and the producer whose connection failed is handed back to the pool to be 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import uuid
+import weakref
 from typing import Any
 
 from celery import Celery, signals
@@ -35,10 +37,19 @@ _NOT_BUILT = object()
 class Publisher:
     def __init__(self, app: Celery, keep_idle: int = 16) -> None:
         self.app = app
-        self.keep_idle = keep_idle
+        # kept producers stay checked out of the app's pool: never more than a quarter of it per publisher, so
+        # several publishers on one app (tests, a process with an API and a dispatcher) cannot exhaust it
+        limit = app.conf.broker_pool_limit
+        self.keep_idle = min(keep_idle, max(1, limit // 4)) if limit else keep_idle
         self._templates: dict[tuple[str, Any], MessageTemplate | None] = {}
         self._idle: collections.deque[Producer] = collections.deque()
         self._pid = os.getpid()
+        # a publisher dropped without close() gives its kept producers back to the pool
+        weakref.finalize(self, _release_all, self._idle, self._pid)
+
+    def close(self) -> None:
+        """Give the kept producers back to the app's pool (the publisher still works: it acquires anew)."""
+        _release_all(self._idle, os.getpid())
 
     def wake(
         self, task_id: uuid.UUID | str, step_index: int, phase: str, priority: int, countdown: float | None = None
@@ -103,7 +114,8 @@ class Publisher:
 
     def _acquire(self) -> Producer:
         if self._pid != os.getpid():  # a forked child: the parent's connections are not its own
-            self._idle, self._pid = collections.deque(), os.getpid()
+            self._idle.clear()  # dropped, not released: they belong to the parent's pool
+            self._pid = os.getpid()
         try:
             return self._idle.pop()
         except IndexError:
@@ -124,6 +136,18 @@ class Publisher:
         if len(self._idle) < self.keep_idle and self._pid == os.getpid():
             self._idle.append(producer)
         else:
+            producer.release()
+
+
+def _release_all(idle: collections.deque[Producer], pid: int) -> None:
+    """Release ``idle``'s producers to their pool; in another process than ``pid`` (a forked child) only forget
+    them: the connections are the parent's."""
+    if os.getpid() != pid:
+        idle.clear()
+        return
+    while idle:
+        producer = idle.pop()
+        with contextlib.suppress(Exception):  # a dead connection: the pool replaces it
             producer.release()
 
 

@@ -29,7 +29,8 @@ from typing import BinaryIO
 from autogpt_workers.artifacts.base import ArtifactNotFound, InvalidArtifactPath
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_REFUSED = (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EMLINK)  # EMLINK: O_NOFOLLOW on a symlink (FreeBSD)
+# EMLINK: O_NOFOLLOW on a symlink (FreeBSD); ENAMETOOLONG: a name the file system cannot hold is no such path
+_REFUSED = (errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EMLINK, errno.ENAMETOOLONG)
 
 
 def directories_of(paths: Collection[str]) -> set[str]:

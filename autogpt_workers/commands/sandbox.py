@@ -222,13 +222,13 @@ class Sandbox:
             return "the sandbox needs Linux namespaces"
         if os.geteuid() != 0:
             return "the worker does not run as root, so it cannot create namespaces or switch to a sandbox uid"
-        with tempfile.TemporaryDirectory(prefix="probe-", dir=self._dir("probe")) as tmp:
-            try:
+        try:
+            with tempfile.TemporaryDirectory(prefix="probe-", dir=self._dir("probe")) as tmp:
                 result = self._run(["true"], Path(tmp), {})
-            except CommandError as exc:
-                return str(exc)
-            except OSError as exc:  # e.g. no capability to chown the workspace to a sandbox uid
-                return f"the sandbox could not be set up: {exc}"
+        except CommandError as exc:
+            return str(exc)
+        except OSError as exc:  # no capability to chown the workspace to a sandbox uid, an unwritable runtime dir
+            return f"the sandbox could not be set up: {exc}"
         if not result.ok:
             return f"a trial run failed ({result.summary()}): {result.output.strip()[:300]}"
         return None

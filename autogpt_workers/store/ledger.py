@@ -184,7 +184,9 @@ def reprioritise_wakeups(session: Session, task_id: uuid.UUID, priority: int) ->
     ids = (
         select(Outbox.id)
         .join(Step, and_(Step.task_id == Outbox.task_id, Step.step_index == Outbox.step_index))
-        .where(Outbox.task_id == task_id, _unclaimed())
+        # a step handed back with an error (a long Retry-After, a transient fault) waits out its countdown:
+        # publishing it again now would skip that wait; its own wake-up carries the old priority a little longer
+        .where(Outbox.task_id == task_id, _unclaimed(), Step.error.is_(None))
         .scalar_subquery()
     )
     rows = session.connection().execute(

@@ -139,6 +139,9 @@ def test_a_step_request_may_edit_the_proposed_command(gateway: Gateway, llm: Any
         nope = c.post(steps_url, json={"additional_input": {"command": "no_such_command", "arguments": {}}}).json()
         assert nope["status"] == "completed" and "'no_such_command' is not available to this task" in nope["output"]
         assert c.post(steps_url, json={"input": "y"}).json()["is_last"] is True
+        # an edit with no proposal waiting for it is refused, never recorded for a proposal nobody saw, nor dropped
+        late = c.post(steps_url, json={"additional_input": {"command": "list_files", "arguments": {}}})
+        assert late.status_code == 409 and "no proposed command is waiting" in late.json()["message"], late.text
     workspace = settings.workspace_root / tid
     assert (workspace / "final.txt").read_text() == "edited by a human"
     assert not (workspace / "draft.txt").exists() and not (workspace / "other.txt").exists()
@@ -242,6 +245,11 @@ def test_uploads_are_sanitised_and_limited(tight: Gateway) -> None:
             r = c.post(url, data={"relative_path": bad}, files={"file": ("f.txt", b"f")})
             assert r.status_code == 422 and "message" in r.json(), (bad, r.text)
         assert c.post(url, files={"file": ("..", b"f")}).status_code == 422
+        # names are limited in bytes, as the file system counts them: 200 two-byte characters are 400 bytes
+        long_name = c.post(url, files={"file": ("\u00e9" * 200, b"f")})
+        assert long_name.status_code == 422 and "255 bytes" in long_name.json()["message"], long_name.text
+        long_dir = c.post(url, data={"relative_path": "\u00e9" * 200}, files={"file": ("f.txt", b"f")})
+        assert long_dir.status_code == 422 and "255 bytes" in long_dir.json()["message"], long_dir.text
         big = c.post(url, files={"file": ("big.bin", b"x" * 1001)})
         assert big.status_code == 413 and "upload limit" in big.json()["message"]
         assert not (gateway_workspace(tid) / "big.bin").exists()
