@@ -177,7 +177,8 @@ class Admitter:
         self.flag = flag
         # how many one round may admit while the backlog gate is on: ``max_ready`` less what is ready, doubled
         # (up to ``batch``) each round the think queue is found drained with tasks still waiting, so admissions
-        # keep up with workers that take tasks faster than ``max_ready`` a round; back to ``max_ready`` on a backlog
+        # keep up with workers that take tasks faster than ``max_ready`` a round; back to ``max_ready`` when any
+        # is left ready
         self._room = policy.max_ready or 0
         self.waiting = 0  # admissible tasks left waiting after the last round
 
@@ -187,7 +188,7 @@ class Admitter:
         ready = None
         if self.policy.max_ready is not None:
             ready = self.ready() if self.ready is not None else None
-            if ready is None or ready >= self.policy.max_ready:
+            if ready is None or ready > 0:  # any wake-up left ready: no thread is free, no room to grow
                 self._room = self.policy.max_ready
             elif ready == 0 and self.waiting:
                 self._room = min(self.batch, max(self._room, self.policy.max_ready) * 2)
