@@ -31,7 +31,6 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -102,15 +101,6 @@ def _snapshot(db: Database, task_id: uuid.UUID) -> Snapshot:
         steps = {index: status for index, status in rows}
         requested = frozenset(s.scalars(select(StepRequest.step_index).where(StepRequest.task_id == task_id)))
     return Snapshot(task.status, task.goal, steps, awaiting_step(db, task_id), requested)
-
-
-def _remember(db: Database, task_id: uuid.UUID, step_index: int, text: str | None, extra: dict[str, Any]) -> None:
-    with db.transaction() as s:
-        s.execute(
-            insert(StepRequest)
-            .values(task_id=task_id, step_index=step_index, input=text, additional_input=extra)
-            .on_conflict_do_nothing()
-        )
 
 
 def is_continuous(s: Session, task_id: uuid.UUID) -> bool:
@@ -207,7 +197,7 @@ def _release(
     first = not snap.requested and snap.awaiting == 0
     edit = edit_of(extra)  # validated by the route
     approve = edit is not None or answer.lower() in APPROVALS or (first and answer == snap.goal.strip())
-    _remember(db, task_id, snap.awaiting, text, extra)
+    preapproval.record(db, task_id, snap.awaiting, text, extra)
     # LifecycleConflict: another request released it first; this one answers the same step
     with contextlib.suppress(lifecycle.LifecycleConflict):
         lifecycle.approve(

@@ -204,18 +204,23 @@ class Admitter:
                 self.flag.set("earlier tasks are waiting for free workers", self.waiting)
             else:
                 self.flag.set(None)
+        self._publish(wakeups, "admission_publish_deferred")
+        if wakeups:
+            log.info("tasks_admitted", count=len(wakeups))
+        return len(wakeups)
+
+    def _publish(self, wakeups: list[Wakeup], deferred: str) -> None:
+        """Publish ``wakeups`` after their commit and mark what went out; the reaper publishes the rest after the
+        outbox grace period (``deferred`` names the log line that says so)."""
         published: list[int] = []
         try:
             for w in wakeups:
                 self.publisher.wake(w.task_id, w.step_index, w.phase, w.priority)
                 published.append(w.outbox_id)
-        except Exception as exc:  # the reaper publishes the rest after the outbox grace period
-            log.warning("admission_publish_deferred", error=str(exc))
+        except Exception as exc:
+            log.warning(deferred, error=str(exc))
         finally:
             self.ledger.mark_published(published)
-        if wakeups:
-            log.info("tasks_admitted", count=len(wakeups))
-        return len(wakeups)
 
     def _admit(self, s: Session, room: int | None = None) -> tuple[list[Wakeup], int]:
         """Admit up to ``room`` (None: no backlog bound) of the waiting tasks the caps allow. Returns their wake-ups
@@ -314,15 +319,7 @@ class Admitter:
                     changed += 1
                     if wanted > current:
                         wakeups += reprioritise_wakeups(s, task_id, wanted)
-        published: list[int] = []
-        try:
-            for w in wakeups:
-                self.publisher.wake(w.task_id, w.step_index, w.phase, w.priority)
-                published.append(w.outbox_id)
-        except Exception as exc:  # the reaper publishes the rest after the outbox grace period
-            log.warning("reprioritised_publish_deferred", error=str(exc))
-        finally:
-            self.ledger.mark_published(published)
+        self._publish(wakeups, "reprioritised_publish_deferred")
         if wakeups:
             log.info("wakeups_reprioritised", count=len(wakeups))
         return changed
