@@ -63,5 +63,7 @@ def configure_logging(level: str = "INFO", json: bool = True, stream: TextIO | N
     root.handlers = [handler]
     root.setLevel(levelno)
     logging.captureWarnings(True)  # ``warnings.warn`` (Celery's SecurityWarning, deprecations) as records too
-    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2"):  # a line per HTTP request (every LLM call)
+    # a line per HTTP request (every LLM call), and Celery's "Task ... received" per delivery (logged before the
+    # step's context is bound, so it names no task or step; the runner's own lines and Celery's "succeeded" do)
+    for chatty in ("httpx", "httpx2", "httpcore", "httpcore2", "celery.worker.strategy"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, levelno))

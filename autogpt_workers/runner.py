@@ -325,7 +325,7 @@ class StepRunner:
         ctx = _context(task, step_index)
         problem = self._check_edit(ctx, proposal) if edited else None
         workspace = Workspace(self.artifacts.materialise(str(task_id), self.workspace_dir(task_id)))
-        before = snapshot(workspace.root)
+        before = None if self.artifacts.works_in_place(str(task_id), workspace.root) else snapshot(workspace.root)
 
         def run() -> Observation:
             if problem is not None:
@@ -347,7 +347,8 @@ class StepRunner:
             observation = run()
         if hold.stop_reason is not None:  # the command may have been cut short: its outcome is not committed
             return self._abandon(task, step_index, token, "act", deliveries, hold.stop_reason, started)
-        self.artifacts.sync_back(str(task_id), workspace.root, changed_paths(before, snapshot(workspace.root)))
+        if before is not None:
+            self.artifacts.sync_back(str(task_id), workspace.root, changed_paths(before, snapshot(workspace.root)))
         files = [self._file_record(workspace, p) for p in observation.files_written]
         committed, wakeup = self._persist(
             lambda: self.ledger.commit_step(

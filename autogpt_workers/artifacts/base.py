@@ -48,15 +48,23 @@ def check_relative(relative_path: str) -> str:
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Regular files under ``root`` (symlinks neither followed nor listed) -> (size, mtime_ns)."""
     files: dict[str, tuple[int, int]] = {}
-    for directory, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(directory, name)
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if not os.path.islink(path) and os.path.isfile(path):
-                files[Path(path).relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    pending = [("", str(root))]
+    while pending:
+        prefix, directory = pending.pop()
+        try:
+            entries = os.scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((f"{prefix}{entry.name}/", entry.path))
+                    elif entry.is_file(follow_symlinks=False):  # a symlink is neither, so never listed
+                        st = entry.stat(follow_symlinks=False)
+                        files[prefix + entry.name] = (st.st_size, st.st_mtime_ns)
+                except FileNotFoundError:  # removed meanwhile
+                    continue
     return files
 
 
@@ -91,3 +99,8 @@ class ArtifactStore(ABC):
     def workspace_dir(self, task_id: str, scratch_root: Path) -> Path:
         """Where an act worker should materialise the task: a directory under ``scratch_root`` by default."""
         return scratch_root / task_id
+
+    def works_in_place(self, task_id: str, workspace: Path) -> bool:
+        """Is ``workspace`` the task's stored files themselves (nothing to sync back after a command)? Then the
+        act phase skips the before/after snapshots of the workspace (two walks of every file, per step)."""
+        return False

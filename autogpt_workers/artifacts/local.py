@@ -34,6 +34,9 @@ class LocalArtifactStore(ArtifactStore):
     def workspace_dir(self, task_id: str, scratch_root: Path) -> Path:
         return self.task_dir(task_id)  # work in place: nothing to copy
 
+    def works_in_place(self, task_id: str, workspace: Path) -> bool:
+        return _same(self.task_dir(task_id), workspace)
+
     def materialise(self, task_id: str, dest_dir: Path) -> Path:
         dest_dir.mkdir(parents=True, exist_ok=True)
         source = self.task_dir(task_id)
@@ -90,7 +93,7 @@ def _copy_stream(source: IO[bytes], target: IO[bytes]) -> int:
 
 
 def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve()
+    return a == b or a.resolve() == b.resolve()  # equal paths need no resolving (the common case: in place)
 
 
 def _copy(source_root: Path, target_root: Path, relative: str) -> bool:
