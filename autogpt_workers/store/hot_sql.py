@@ -8,7 +8,9 @@ parameter dict (names prefixed ``p_``: SQLAlchemy reserves the column names in S
 
 from __future__ import annotations
 
-from sqlalchemy import Update, bindparam, case, func, insert, select, update
+from typing import Any
+
+from sqlalchemy import Select, Update, bindparam, case, func, insert, select, true, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -233,6 +235,25 @@ RUN_TASK_COLUMNS = (
 # the claim's lock: the task's state and, in the same round trip, what the phase will need of it
 LOCK_TASK_RUN = select(*TASK_STATE_COLUMNS, *RUN_TASK_COLUMNS).where(_task).with_for_update(key_share=True)
 STEP_PROPOSAL = select(Step.proposal).where(*_step)
+
+
+def claim_read() -> Select[Any]:
+    """``LOCK_TASK_RUN`` then ``CLAIM_READ_STEP`` in one statement: the task is locked first (the CTE), the step
+    after it (the lateral subquery runs per task row). The step's columns are NULL if it does not exist."""
+    task = LOCK_TASK_RUN.cte("t")
+    step = (
+        select(
+            Step.status.label("step_status"),
+            Step.lease_token.label("step_lease_token"),
+            Step.lease_expires_at.label("step_lease_expires_at"),
+            Step.deliveries.label("step_deliveries"),
+            Step.proposal[THINK_DELIVERIES].as_integer().label("step_think_deliveries"),
+        )
+        .where(*_step)
+        .with_for_update()
+        .lateral("s")
+    )
+    return select(task, step).select_from(task.outerjoin(step, true()))
 
 HISTORY = (
     select(Step.step_index, Step.proposal, Step.output, Step.is_error, Step.is_last)

@@ -39,7 +39,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from autogpt_workers.store import hot_sql as sql
-from autogpt_workers.store import submit_sql
+from autogpt_workers.store import phase_sql, submit_sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.hot_sql import TERMINAL_TASK
 from autogpt_workers.store.models import Outbox, Step, Task
@@ -219,6 +219,7 @@ class TaskState:
 
 
 _STATE_COLUMNS = len(sql.TASK_STATE_COLUMNS)
+_RUN_COLUMNS_END = _STATE_COLUMNS + len(sql.RUN_TASK_COLUMNS)
 
 
 def lock_task(session: Session, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
@@ -358,14 +359,13 @@ class Ledger:
         think the committed steps from ``history_from`` on (a caller that keeps the earlier ones skips them), for
         act the step's proposal."""
         with self.db.transaction() as s:
-            locked = s.connection().execute(sql.LOCK_TASK_RUN, {"p_task_id": task_id}).one_or_none()
             at = {"p_task_id": task_id, "p_step_index": step_index}
-            row = s.connection().execute(sql.CLAIM_READ_STEP, at).one_or_none()
-            if locked is None or row is None:
+            locked = s.connection().execute(phase_sql.CLAIM_READ, at).one_or_none()
+            if locked is None or locked[_RUN_COLUMNS_END] is None:  # no such task, or no such step
                 return Claim(ClaimOutcome.missing)
             task = TaskState(*locked[:_STATE_COLUMNS])
-            run = RunTask(*locked[_STATE_COLUMNS:])
-            step_status, token, expires, deliveries, think_deliveries = row
+            run = RunTask(*locked[_STATE_COLUMNS:_RUN_COLUMNS_END])
+            step_status, token, expires, deliveries, think_deliveries = locked[_RUN_COLUMNS_END:]
             if step_status in ("completed", "failed"):
                 return Claim(ClaimOutcome.committed)
             if task.status in TERMINAL_TASK or step_status == "cancelled":
@@ -401,8 +401,13 @@ class Ledger:
                 fail_now(s, task_id, step_index, reason, code="poisoned")
                 return Claim(ClaimOutcome.poisoned, deliveries=spent, reason=reason)
             new_token = uuid.uuid4()
-            s.connection().execute(
-                sql.CLAIM_STEP[phase],
+            if task.status == "queued":
+                s.connection().execute(sql.START_TASK, {"p_task_id": task_id})
+                emit(s, task_id, "task.started", step_index)
+                run = dataclasses.replace(run, started_at=run.started_at or now)
+            # the lease, the wake-up marked published (receiving it proves it was) and the run, in one statement
+            rows = s.connection().execute(
+                phase_sql.CLAIM_WRITE[phase],
                 {
                     **at,
                     "p_status": "thinking" if phase == "think" else "acting",
@@ -410,15 +415,16 @@ class Ledger:
                     "p_token": new_token,
                     "p_expires": now + timedelta(seconds=lease_ttl_s),
                     "p_now": now,
+                    "p_phase": phase,
+                    **({"p_history_from": history_from} if phase == "think" else {}),
                 },
-            )
-            if task.status == "queued":
-                s.connection().execute(sql.START_TASK, {"p_task_id": task_id})
-                emit(s, task_id, "task.started", step_index)
-                run = dataclasses.replace(run, started_at=run.started_at or now)
-            # receiving this wake-up proves it was published
-            queued_at = s.connection().execute(sql.CLAIM_OUTBOX, {**at, "p_phase": phase}).scalar_one_or_none()
-            history, current = _read_run(s, task_id, step_index, phase=phase, history_from=history_from)
+            ).all()
+            queued_at = rows[0][0]
+            if phase == "think":
+                history = [HistoryRow(*r[1:]) for r in rows if r[1] is not None]
+                current = None
+            else:
+                history, current = [], RunStep(rows[0][2])
             return Claim(
                 ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
                 task=run, history=history, current=current,
@@ -486,6 +492,37 @@ class Ledger:
             spent = {"p_prompt_tokens": prompt_tokens, "p_completion_tokens": completion_tokens, "p_cost": cost}
             acting = act_lease_ttl_s is not None and status == "proposed" and task.status in ACTIVE_TASK
             lease = {"p_expires": _now() + timedelta(seconds=act_lease_ttl_s)} if acting and act_lease_ttl_s else {}
+            event = {
+                "command": proposal.get("command"),
+                "arguments": proposal.get("arguments"),
+                "thought": _clip((proposal.get("assistant_message") or {}).get("content")),
+                "error": _clip(proposal.get("error")),
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "cost_usd": cost,
+            }
+            if status == "proposed" and task.status in ACTIVE_TASK:  # the common case: one statement
+                step_id, outbox_id = s.connection().execute(
+                    phase_sql.PROPOSE_ACTING if acting else phase_sql.PROPOSE_WAKE,
+                    {
+                        **lease,
+                        **({} if acting else {"p_priority": task.priority}),
+                        "p_task_id": task_id,
+                        "p_step_index": step_index,
+                        "p_token": token,
+                        "p_proposal": proposal,
+                        "p_command": proposal.get("command"),
+                        "p_arguments": proposal.get("arguments"),
+                        "p_model": proposal.get("model"),
+                        "p_event_data": event,
+                        **spent,
+                    },
+                ).one()
+                if step_id is None:
+                    return Proposed(ProposeOutcome.fenced)
+                if acting:
+                    return Proposed(ProposeOutcome.acting)
+                return Proposed(ProposeOutcome.proposed, Wakeup(outbox_id, task_id, step_index, "act", task.priority))
             updated = s.connection().execute(
                 sql.PROPOSE_STEP_ACTING if acting else sql.PROPOSE_STEP,
                 {
@@ -504,19 +541,7 @@ class Ledger:
             if updated is None:
                 return Proposed(ProposeOutcome.fenced)
             s.connection().execute(sql.PROPOSE_TASK, {"p_task_id": task_id, **spent})
-            emit(
-                s,
-                task_id,
-                "step.proposed",
-                step_index,
-                command=proposal.get("command"),
-                arguments=proposal.get("arguments"),
-                thought=_clip((proposal.get("assistant_message") or {}).get("content")),
-                error=_clip(proposal.get("error")),
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                cost_usd=cost,
-            )
+            emit(s, task_id, "step.proposed", step_index, **event)
             if status == "cancelled":
                 cancel_now(s, task_id, task.error or "cancelled on request")
                 return Proposed(ProposeOutcome.cancelled)
@@ -560,6 +585,26 @@ class Ledger:
             task = lock_task(s, task_id)
             if task is None:
                 return False, None
+            if not is_last and task.status in ACTIVE_TASK:  # the common case: one statement
+                records = list(files)
+                step_id, outbox_id = s.connection().execute(
+                    phase_sql.COMMIT_NEXT,
+                    {
+                        "p_task_id": task_id,
+                        "p_step_index": step_index,
+                        "p_token": token,
+                        "p_output": output,
+                        "p_is_error": is_error,
+                        "p_event_data": {"output": _clip(output), "is_error": is_error, "is_last": False},
+                        "p_paths": [f.relative_path for f in records],
+                        "p_sizes": [f.size_bytes for f in records],
+                        "p_shas": [f.sha256 for f in records],
+                        "p_priority": task.priority,
+                    },
+                ).one()
+                if step_id is None:
+                    return False, None
+                return True, Wakeup(outbox_id, task_id, step_index + 1, "think", task.priority)
             updated = s.connection().execute(
                 sql.COMMIT_STEP,
                 {

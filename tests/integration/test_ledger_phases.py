@@ -1,0 +1,154 @@
+"""The one-statement phase writes (``store.phase_sql``) write what the general path writes, in the same order, and
+nothing at all when fenced. Real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome
+from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
+
+PROPOSAL = {
+    "assistant_message": {"role": "assistant", "content": "write them"},
+    "command": "write_file",
+    "arguments": {"path": "a.txt", "content": "x"},
+    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    "cost_usd": 0.25,
+    "model": "m",
+}
+
+
+@pytest.fixture
+def ledger(db) -> Ledger:  # type: ignore[no-untyped-def]
+    return Ledger(db)
+
+
+@pytest.fixture
+def task_id(ledger: Ledger) -> uuid.UUID:
+    with ledger.db.transaction() as s:
+        created = ledger.create_task(s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 7})
+    assert created is not None
+    return created[0]
+
+
+def _claim(ledger: Ledger, task_id: uuid.UUID, step: int, phase: str, history_from: int = 0) -> Any:
+    c = ledger.claim(task_id, step, phase, "w1", 30.0, 3, history_from=history_from)
+    assert c.outcome is ClaimOutcome.claimed and c.token is not None
+    return c
+
+
+def _events(ledger: Ledger, task_id: uuid.UUID) -> list[tuple[str, int | None, dict[str, Any]]]:
+    with ledger.db.session() as s:
+        rows = s.execute(
+            select(TaskEvent.kind, TaskEvent.step_index, TaskEvent.data)
+            .where(TaskEvent.task_id == task_id)
+            .order_by(TaskEvent.id)
+        ).all()
+    return [(k, i, d) for k, i, d in rows]
+
+
+def test_a_step_through_the_act_queue_writes_every_row_and_event_in_order(ledger: Ledger, task_id: uuid.UUID) -> None:
+    think = _claim(ledger, task_id, 0, "think")
+    assert think.history == [] and think.task.priority == 7
+    proposed = ledger.propose(task_id, 0, think.token, PROPOSAL)
+    assert proposed.outcome is ProposeOutcome.proposed and proposed.wakeup is not None
+    assert (proposed.wakeup.phase, proposed.wakeup.step_index, proposed.wakeup.priority) == ("act", 0, 7)
+    act = _claim(ledger, task_id, 0, "act")
+    assert act.current.proposal["command"] == "write_file" and act.current.proposal["think_deliveries"] == 1
+    files = [FileRecord("b/two.txt", 2, "2" * 64), FileRecord("a.txt", 1, "1" * 64)]
+    committed, wakeup = ledger.commit_step(task_id, 0, act.token, "wrote two", False, False, files)
+    assert committed and wakeup is not None and (wakeup.phase, wakeup.step_index, wakeup.priority) == ("think", 1, 7)
+
+    assert [(k, i) for k, i, _ in _events(ledger, task_id)] == [
+        ("task.queued", None),
+        ("task.started", 0),
+        ("step.proposed", 0),
+        ("step.completed", 0),
+        ("artifact.written", 0),
+        ("artifact.written", 0),
+    ]
+    _, _, proposed_data = _events(ledger, task_id)[2]
+    assert proposed_data == {
+        "command": "write_file", "arguments": {"path": "a.txt", "content": "x"}, "thought": "write them",
+        "error": None, "prompt_tokens": 10, "completion_tokens": 5, "cost_usd": 0.25,
+    }  # fmt: skip
+    assert [d for _, _, d in _events(ledger, task_id)[3:]] == [
+        {"output": "wrote two", "is_error": False, "is_last": False},
+        {"relative_path": "b/two.txt", "size_bytes": 2},
+        {"relative_path": "a.txt", "size_bytes": 1},
+    ]
+    with ledger.db.session() as s:
+        step = s.scalars(select(Step).where(Step.task_id == task_id, Step.step_index == 0)).one()
+        assert (step.status, step.output, step.is_error, step.is_last) == ("completed", "wrote two", False, False)
+        assert (step.command, step.arguments, step.model, step.llm_calls) == ("write_file", PROPOSAL["arguments"], "m", 1)
+        assert (step.prompt_tokens, step.completion_tokens, step.cost_usd) == (10, 5, 0.25)
+        assert (step.lease_token, step.lease_owner, step.lease_expires_at) == (None, None, None)
+        assert step.deliveries == 2 and step.proposed_at and step.act_started_at and step.committed_at
+        task = s.get_one(Task, task_id)
+        assert (task.status, task.steps_completed, task.llm_calls) == ("running", 1, 1)
+        assert (task.prompt_tokens, task.completion_tokens, task.cost_usd) == (10, 5, 0.25)
+        artifacts = s.execute(
+            select(Artifact.relative_path, Artifact.step_index, Artifact.size_bytes, Artifact.sha256)
+            .where(Artifact.task_id == task_id)
+            .order_by(Artifact.relative_path)
+        ).all()
+        assert artifacts == [("a.txt", 0, 1, "1" * 64), ("b/two.txt", 0, 2, "2" * 64)]
+        assert s.scalar(select(Step.status).where(Step.task_id == task_id, Step.step_index == 1)) == "pending"
+        outbox = s.execute(
+            select(Outbox.step_index, Outbox.phase, Outbox.priority, Outbox.published_at.is_(None))
+            .where(Outbox.task_id == task_id)
+            .order_by(Outbox.id)
+        ).all()
+        # each claim marked its own wake-up published; the next one is not yet
+        assert outbox == [(0, "think", 7, False), (0, "act", 7, False), (1, "think", 7, True)]
+
+
+def test_an_inline_step_then_history_and_an_artifact_written_again(ledger: Ledger, task_id: uuid.UUID) -> None:
+    for index in range(2):
+        think = _claim(ledger, task_id, index, "think")
+        result = ledger.propose(task_id, index, think.token, {**PROPOSAL, "error": None}, act_lease_ttl_s=30.0)
+        assert result.outcome is ProposeOutcome.acting and result.wakeup is None
+        size = index + 1
+        committed, wakeup = ledger.commit_step(
+            task_id, index, think.token, f"out {index}", index == 1, False, [FileRecord("a.txt", size, "f" * 64)]
+        )
+        assert committed and wakeup is not None and wakeup.step_index == index + 1
+    # the whole history, in order, and from a later index only the rest
+    think = _claim(ledger, task_id, 2, "think")
+    assert [(h.step_index, h.output, h.is_error) for h in think.history] == [(0, "out 0", False), (1, "out 1", True)]
+    assert think.history[0].proposal["command"] == "write_file"
+    with ledger.db.transaction() as s:  # hand the lease back so it can be claimed again
+        s.execute(update(Step).where(Step.task_id == task_id, Step.step_index == 2).values(lease_expires_at=None))
+    again = _claim(ledger, task_id, 2, "think", history_from=1)
+    assert [h.step_index for h in again.history] == [1]
+    with ledger.db.session() as s:
+        assert s.execute(
+            select(Artifact.step_index, Artifact.size_bytes).where(Artifact.task_id == task_id)
+        ).all() == [(1, 2)]  # one artifact, upserted by the second write
+        assert s.get_one(Task, task_id).steps_completed == 2
+        # no act wake-up was written for the inline steps
+        assert s.scalars(select(Outbox.phase).where(Outbox.task_id == task_id).distinct()).all() == ["think"]
+
+
+def test_fenced_phase_writes_change_nothing(ledger: Ledger, task_id: uuid.UUID) -> None:
+    think = _claim(ledger, task_id, 0, "think")
+    stale = uuid.uuid4()
+    assert ledger.propose(task_id, 0, stale, PROPOSAL).outcome is ProposeOutcome.fenced
+    assert ledger.propose(task_id, 0, stale, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.fenced
+    assert ledger.propose(task_id, 0, think.token, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.acting
+    before = _events(ledger, task_id)
+    assert ledger.commit_step(task_id, 0, stale, "zombie", False, False, [FileRecord("z.txt", 1, "0" * 64)]) == (
+        False,
+        None,
+    )
+    assert _events(ledger, task_id) == before
+    with ledger.db.session() as s:
+        task = s.get_one(Task, task_id)
+        assert (task.llm_calls, task.prompt_tokens, task.steps_completed) == (1, 10, 0)
+        assert s.scalar(select(Artifact.id).where(Artifact.task_id == task_id)) is None
+        assert s.scalar(select(Step.id).where(Step.task_id == task_id, Step.step_index == 1)) is None
+        assert s.scalars(select(Outbox.phase).where(Outbox.task_id == task_id)).all() == ["think"]
