@@ -21,7 +21,9 @@ certain: ``running``/``queued``, not the last step, no approval; every other tra
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, Text, TextClause, Uuid, bindparam, text
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, Text, TextualSelect, Uuid, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from autogpt_workers.store import hot_sql
@@ -33,7 +35,7 @@ _TASK_AT = (bindparam("p_task_id", type_=_UUID), bindparam("p_step_index", type_
 # (``hot_sql.CLAIM_READ_STEP``, NULL if the step does not exist); no row if the task does not
 CLAIM_READ = hot_sql.claim_read()
 
-_HISTORY_COLUMNS = {
+_HISTORY_COLUMNS: dict[str, Any] = {
     "queued_at": DateTime(timezone=True),
     "h_step_index": Integer,
     "h_proposal": JSONB,
@@ -43,7 +45,7 @@ _HISTORY_COLUMNS = {
 }
 
 
-def _claim_write(phase: str) -> TextClause:
+def _claim_write(phase: str) -> TextualSelect:
     started = "think_started_at" if phase == "think" else "act_started_at"
     if phase == "think":
         run = """
