@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from autogpt_workers.store import hot_sql as sql
 from autogpt_workers.store import phase_sql, submit_sql
-from autogpt_workers.store.db import Database
+from autogpt_workers.store.db import Database, Tx
 from autogpt_workers.store.hot_sql import TERMINAL_TASK
 from autogpt_workers.store.models import Outbox, Step, Task
 from autogpt_workers.store.submit_sql import CreatedTask
@@ -153,7 +153,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def add_wakeup(session: Session, task_id: uuid.UUID, step_index: int, phase: str, priority: int) -> Wakeup:
+def add_wakeup(session: Tx, task_id: uuid.UUID, step_index: int, phase: str, priority: int) -> Wakeup:
     """Insert (or re-arm) the outbox row for a wake-up, in the caller's transaction."""
     outbox_id = session.connection().execute(
         sql.ADD_WAKEUP, {"p_task_id": task_id, "p_step_index": step_index, "p_phase": phase, "p_priority": priority}
@@ -177,7 +177,7 @@ def _unclaimed() -> Any:
     )
 
 
-def reprioritise_wakeups(session: Session, task_id: uuid.UUID, priority: int) -> list[Wakeup]:
+def reprioritise_wakeups(session: Tx, task_id: uuid.UUID, priority: int) -> list[Wakeup]:
     """In the caller's transaction: give the task's wake-ups not yet taken by a worker the new ``priority``, and
     re-arm those already published, which the caller publishes again (the first copy, when it is delivered, finds
     its step taken or done and is settled as a duplicate by ``Ledger.claim``)."""
@@ -198,7 +198,7 @@ def reprioritise_wakeups(session: Session, task_id: uuid.UUID, priority: int) ->
     return [Wakeup(*r) for r in rows]
 
 
-def emit(session: Session, task_id: uuid.UUID, kind: str, step_index: int | None = None, **data: Any) -> None:
+def emit(session: Tx, task_id: uuid.UUID, kind: str, step_index: int | None = None, **data: Any) -> None:
     """Append to the task's event log, in the caller's transaction (so an event exists iff its change does)."""
     session.connection().execute(
         sql.EMIT, {"p_task_id": task_id, "p_kind": kind, "p_step_index": step_index, "p_data": data}
@@ -222,7 +222,7 @@ _STATE_COLUMNS = len(sql.TASK_STATE_COLUMNS)
 _RUN_COLUMNS_END = _STATE_COLUMNS + len(sql.RUN_TASK_COLUMNS)
 
 
-def lock_task(session: Session, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
+def lock_task(session: Tx, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
     """Lock the task row (first, see the module docstring) and return its state; ``None`` if there is no such task
     (or, with ``skip_locked``, if another transaction holds it)."""
     stmt = sql.LOCK_TASK_SKIP_LOCKED if skip_locked else sql.LOCK_TASK
@@ -230,7 +230,7 @@ def lock_task(session: Session, task_id: uuid.UUID, *, skip_locked: bool = False
     return None if row is None else TaskState(*row)
 
 
-def cancel_now(session: Session, task_id: uuid.UUID, reason: str) -> bool:
+def cancel_now(session: Tx, task_id: uuid.UUID, reason: str) -> bool:
     """End the task ``cancelled`` in the caller's transaction (task row locked): its open steps are cancelled,
     their leases cleared (a zombie holder is fenced) and its unpublished wake-ups withdrawn."""
     s = session
@@ -259,7 +259,7 @@ def cancel_now(session: Session, task_id: uuid.UUID, reason: str) -> bool:
     return True
 
 
-def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str, code: str | None = None) -> bool:
+def fail_now(session: Tx, task_id: uuid.UUID, step_index: int, reason: str, code: str | None = None) -> bool:
     """End the task ``failed`` with a reason in the caller's transaction; its open steps fail with it."""
     s = session
     s.connection().execute(
@@ -287,7 +287,7 @@ def fail_now(session: Session, task_id: uuid.UUID, step_index: int, reason: str,
 
 
 def _read_run(
-    session: Session, task_id: uuid.UUID, step_index: int, *, phase: str, history_from: int = 0
+    session: Tx, task_id: uuid.UUID, step_index: int, *, phase: str, history_from: int = 0
 ) -> tuple[list[HistoryRow], RunStep | None]:
     """For think the task's committed steps from ``history_from`` to ``step_index`` (the columns the prompt
     needs), for act the step's proposal, as of this transaction."""
@@ -358,7 +358,7 @@ class Ledger:
         """Take the lease on (task, step, phase), or say why not. Claimed, the run comes with it: the task, for
         think the committed steps from ``history_from`` on (a caller that keeps the earlier ones skips them), for
         act the step's proposal."""
-        with self.db.transaction() as s:
+        with self.db.core_transaction() as s:
             at = {"p_task_id": task_id, "p_step_index": step_index}
             locked = s.connection().execute(phase_sql.CLAIM_READ, at).one_or_none()
             if locked is None or locked[_RUN_COLUMNS_END] is None:  # no such task, or no such step
@@ -479,7 +479,7 @@ class Ledger:
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         completion_tokens = int(usage.get("completion_tokens", 0))
         cost = float(proposal.get("cost_usd", 0.0))
-        with self.db.transaction() as s:
+        with self.db.core_transaction() as s:
             task = lock_task(s, task_id)
             if task is None:
                 return Proposed(ProposeOutcome.fenced)
@@ -581,7 +581,7 @@ class Ledger:
         ``None`` for the last step and when the task is paused (resume re-arms it) or was cancelling (the command
         ran, so its step is committed; then the task is cancelled and no further step starts).
         """
-        with self.db.transaction() as s:
+        with self.db.core_transaction() as s:
             task = lock_task(s, task_id)
             if task is None:
                 return False, None
