@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
+        app.state.db = Database.from_url(settings.database_url, settings.api_db_pool_size, settings.api_db_max_overflow)
         app.state.publisher = Publisher(celery_app)
         # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
         app.state.background_publisher = BackgroundPublisher(app.state.db, app.state.publisher)

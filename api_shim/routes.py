@@ -41,7 +41,7 @@ def db_limiter(request: Request) -> CapacityLimiter:
     limiter: CapacityLimiter | None = getattr(request.app.state, "db_limiter", None)
     if limiter is None:
         settings = settings_of(request)
-        limiter = request.app.state.db_limiter = CapacityLimiter(settings.db_pool_size)
+        limiter = request.app.state.db_limiter = CapacityLimiter(settings.api_db_pool_size)
     return limiter
 
 

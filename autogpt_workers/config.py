@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     # transactions are a few milliseconds long
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=0, ge=0)
+    # the API's (per uvicorn process): its submit route runs at most ``api_db_pool_size`` database calls at once,
+    # so the overflow serves only the other routes
+    api_db_pool_size: int = Field(default=10, ge=1)
+    api_db_max_overflow: int = Field(default=20, ge=0)
 
     # LLM (any OpenAI-compatible endpoint)
     openai_api_key: SecretStr | None = Field(
