@@ -28,6 +28,7 @@ from autogpt_workers.llm.traced import traced
 from autogpt_workers.memory.factory import build_memory
 from autogpt_workers.profiles import ProfileCatalog
 from autogpt_workers.runner import StepRunner
+from autogpt_workers.store import phase_sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import TaskOptions
 from autogpt_workers.store.ledger import Ledger
@@ -41,6 +42,8 @@ _runner: tuple[int, StepRunner] | None = None
 def build_runner(settings: Settings) -> StepRunner:
     # no pre-ping on the step path (a round trip per transaction): see ``make_engine``
     db = Database.from_url(settings.database_url, settings.db_pool_size, settings.db_max_overflow, pre_ping=False)
+    if settings.db_prepared_statements:
+        phase_sql.prepare_on_connect(db)
     ledger = Ledger(db)
     api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
     from autogpt_workers.metrics import PrometheusObserver  # after the CLI chose the metrics storage

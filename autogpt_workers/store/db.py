@@ -48,6 +48,7 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.prepared_statements = False  # the step ledger's phase statements are prepared on each connection
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod

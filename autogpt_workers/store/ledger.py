@@ -360,7 +360,8 @@ class Ledger:
         act the step's proposal."""
         with self.db.core_transaction() as s:
             at = {"p_task_id": task_id, "p_step_index": step_index}
-            locked = s.connection().execute(phase_sql.CLAIM_READ, at).one_or_none()
+            prepared = self.db.prepared_statements
+            locked = phase_sql.run(s.connection(), phase_sql.CLAIM_READ, at, prepared).one_or_none()
             if locked is None or locked[_RUN_COLUMNS_END] is None:  # no such task, or no such step
                 return Claim(ClaimOutcome.missing)
             task = TaskState(*locked[:_STATE_COLUMNS])
@@ -406,7 +407,8 @@ class Ledger:
                 emit(s, task_id, "task.started", step_index)
                 run = dataclasses.replace(run, started_at=run.started_at or now)
             # the lease, the wake-up marked published (receiving it proves it was) and the run, in one statement
-            rows = s.connection().execute(
+            rows = phase_sql.run(
+                s.connection(),
                 phase_sql.CLAIM_WRITE[phase],
                 {
                     **at,
@@ -418,6 +420,7 @@ class Ledger:
                     "p_phase": phase,
                     **({"p_history_from": history_from} if phase == "think" else {}),
                 },
+                prepared,
             ).all()
             queued_at = rows[0][0]
             if phase == "think":
@@ -502,7 +505,8 @@ class Ledger:
                 "cost_usd": cost,
             }
             if status == "proposed" and task.status in ACTIVE_TASK:  # the common case: one statement
-                step_id, outbox_id = s.connection().execute(
+                step_id, outbox_id = phase_sql.run(
+                    s.connection(),
                     phase_sql.PROPOSE_ACTING if acting else phase_sql.PROPOSE_WAKE,
                     {
                         **lease,
@@ -517,6 +521,7 @@ class Ledger:
                         "p_event_data": event,
                         **spent,
                     },
+                    self.db.prepared_statements,
                 ).one()
                 if step_id is None:
                     return Proposed(ProposeOutcome.fenced)
@@ -587,7 +592,8 @@ class Ledger:
                 return False, None
             if not is_last and task.status in ACTIVE_TASK:  # the common case: one statement
                 records = list(files)
-                step_id, outbox_id = s.connection().execute(
+                step_id, outbox_id = phase_sql.run(
+                    s.connection(),
                     phase_sql.COMMIT_NEXT,
                     {
                         "p_task_id": task_id,
@@ -601,6 +607,7 @@ class Ledger:
                         "p_shas": [f.sha256 for f in records],
                         "p_priority": task.priority,
                     },
+                    self.db.prepared_statements,
                 ).one()
                 if step_id is None:
                     return False, None

@@ -1,14 +1,17 @@
 """The one-statement phase writes (``store.phase_sql``) write what the general path writes, in the same order, and
-nothing at all when fenced. Real PostgreSQL."""
+nothing at all when fenced; as text statements and as server-side prepared statements. Real PostgreSQL."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
+from autogpt_workers.store import phase_sql
+from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome
 from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
 
@@ -22,9 +25,20 @@ PROPOSAL = {
 }
 
 
-@pytest.fixture
-def ledger(db) -> Ledger:  # type: ignore[no-untyped-def]
-    return Ledger(db)
+@pytest.fixture(params=["text", "prepared"])
+def ledger(request, db, settings) -> Iterator[Ledger]:  # type: ignore[no-untyped-def]
+    if request.param == "text":
+        yield Ledger(db)
+        return
+    prepared = Database.from_url(settings.database_url, pool_size=2, max_overflow=0)
+    phase_sql.prepare_on_connect(prepared)
+    try:
+        yield Ledger(prepared)
+        with prepared.engine.connect() as conn:  # every phase statement is prepared on a pooled connection
+            names = conn.exec_driver_sql("SELECT name FROM pg_prepared_statements").scalars().all()
+            assert {s.name for s in phase_sql.PHASE_STATEMENTS} <= set(names)
+    finally:
+        prepared.dispose()
 
 
 @pytest.fixture
