@@ -1,0 +1,137 @@
+"""``python -m bench.profile_run``: hold K tasks in flight on the bench's stack and look inside for a while.
+
+Starts the platform as ``make bench`` does (fake LLM, API, two think workers, act worker, reaper, dispatcher),
+submits K tasks whose LLM answers after L seconds, waits for them to get going, then for ``--seconds``: counts
+committed steps, the platform's CPU per step (as the throughput figure does) and every process's CPU per step by
+name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each think worker with py-spy
+(``--gil``: only the thread holding the GIL is sampled, so the samples are where the Python CPU goes) into
+``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them). A profiling aid: one
+window, no warm-up discipline; ``make bench`` makes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.env import BenchEnv
+from bench.procs import CpuMeter
+from bench.stack import Platform, steps_goal
+
+
+def cpu_by_name() -> dict[str, float]:
+    """CPU seconds of every live process on the host, by command name."""
+    out: dict[str, float] = collections.defaultdict(float)
+    ticks = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")].split("/")[0]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] += (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def top(files: list[str], limit: int = 60) -> str:
+    """Inclusive share of samples per function (line numbers dropped), over py-spy raw files."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for name in files:
+        for line in Path(name).read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            for frame in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}:
+                inclusive[frame] += n
+    rows = [f"{n / total:6.1%} {frame}" for frame, n in inclusive.most_common(limit)] if total else []
+    return "\n".join([f"{total} samples", *rows])
+
+
+def _spy_args(spy: str, pid: int, seconds: float) -> list[str]:
+    return [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw", "--nonblocking", "--gil"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=1.0, help="the fake LLM's answer time, seconds")
+    parser.add_argument("--seconds", type=float, default=20.0, help="the measured window")
+    parser.add_argument("--steps", type=int, default=0, help="steps per task (default: enough for the window)")
+    parser.add_argument("--spy", metavar="PREFIX", help="record the think workers with py-spy into PREFIX-*.txt")
+    parser.add_argument("--top", nargs="+", metavar="FILE", help="only sum py-spy raw files, then exit")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a platform setting")
+    parser.add_argument("--work-dir", default="bench/.profile-work")
+    args = parser.parse_args()
+    if args.top:
+        print(top(args.top))
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if args.spy and not Path(spy).exists():
+        parser.error("--spy needs py-spy: pip install py-spy")
+    env = BenchEnv.from_environ(None, None, None, Path(args.work_dir).resolve())
+    env.work_dir.mkdir(parents=True, exist_ok=True)
+    for item in args.set:
+        name, _, value = item.partition("=")
+        env.overrides[name] = value
+    platform = Platform(env)
+    platform.start_llm()
+    platform.spawn_api(workers=1)
+    env.ensure_services()
+    env.purge_queues()
+    platform.wait_api()
+    platform.ensure_api_key()
+    try:
+        with env.sql() as db:
+            env.truncate(db)
+            platform.start_workers(None, None)
+            platform.warm_up(db)
+            platform.set_llm_latency(args.latency)
+            steps = args.steps or int((args.seconds + 30) / max(args.latency, 0.05)) + 5
+            platform.submit([steps_goal(steps, "profile")] * args.tasks, max_steps=steps + 1)
+            time.sleep(8)  # the tasks get going
+            completed = "SELECT count(*) FROM steps WHERE status = 'completed'"
+            c0, before = db.scalar(completed), cpu_by_name()
+            meter = CpuMeter(platform.sessions()).start()
+            t0 = time.perf_counter()
+            thinkers = [name for name in platform.workers if name == "think" or name.startswith("think-")]
+            spies = [
+                subprocess.Popen(
+                    [*_spy_args(spy, proc.pid, args.seconds), "-o", f"{args.spy}-{name}.txt"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for name, proc in platform.workers.items()
+                if args.spy and name in thinkers
+            ]
+            time.sleep(args.seconds)
+            for p in spies:
+                p.wait()
+            c1, after = db.scalar(completed), cpu_by_name()
+            meter.stop()
+            elapsed = time.perf_counter() - t0
+            n = max(1, c1 - c0)
+            by_name = {k: round((after[k] - before.get(k, 0.0)) / n * 1000, 2) for k in after}
+            print(f"K = {args.tasks}, L = {args.latency:g} s: {(c1 - c0) / elapsed:.1f} steps/s; platform CPU "
+                  f"{meter.seconds / n * 1000:.1f} ms/step; host busy {meter.host_busy:.0%}")  # fmt: skip
+            print("CPU ms per step by process name:", {k: v for k, v in sorted(by_name.items()) if v >= 0.05})
+            if spies:
+                print(top([f"{args.spy}-{name}.txt" for name in thinkers], 40))
+    finally:
+        platform.stop()
+
+
+if __name__ == "__main__":
+    main()
