@@ -5,8 +5,10 @@ submits K tasks whose LLM answers after L seconds, waits for them to get going, 
 committed steps, the platform's CPU per step (as the throughput figure does) and every process's CPU per step by
 name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each think worker with py-spy
 (``--gil``: only the thread holding the GIL is sampled, so the samples are where the Python CPU goes) into
-``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them). A profiling aid: one
-window, no warm-up discipline; ``make bench`` makes the figures.
+``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them). With ``--tasks 0`` the
+platform idles through the window, and the PostgreSQL transactions it makes on its own (dispatcher, reaper,
+heartbeats) are counted per second. A profiling aid: one window, no warm-up discipline; ``make bench`` makes the
+figures.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.env import BenchEnv
+from bench.env import BenchEnv, xact_counts
 from bench.procs import CpuMeter
 from bench.stack import Platform, steps_goal
 
@@ -98,6 +100,14 @@ def main() -> None:
             env.truncate(db)
             platform.start_workers(None, None)
             platform.warm_up(db)
+            if args.tasks == 0:
+                time.sleep(12)  # idle backends flush their statistics within 10 s
+                (commits0, rollbacks0), t0 = xact_counts(env.database_url, env.database), time.perf_counter()
+                time.sleep(args.seconds + 11)
+                (commits1, rollbacks1), elapsed = xact_counts(env.database_url, env.database), time.perf_counter() - t0
+                print(f"idle platform: {(commits1 - commits0) / elapsed:.1f} commits/s, "
+                      f"{(rollbacks1 - rollbacks0) / elapsed:.1f} read-only transactions/s")  # fmt: skip
+                return
             platform.set_llm_latency(args.latency)
             steps = args.steps or int((args.seconds + 30) / max(args.latency, 0.05)) + 5
             platform.submit([steps_goal(steps, "profile")] * args.tasks, max_steps=steps + 1)
