@@ -167,3 +167,15 @@ def test_fenced_phase_writes_change_nothing(ledger: Ledger, task_id: uuid.UUID) 
         assert s.scalar(select(Artifact.id).where(Artifact.task_id == task_id)) is None
         assert s.scalar(select(Step.id).where(Step.task_id == task_id, Step.step_index == 1)) is None
         assert s.scalars(select(Outbox.phase).where(Outbox.task_id == task_id)).all() == ["think"]
+
+
+def test_a_command_that_reports_one_path_twice_commits_it_once(ledger: Ledger, task_id: uuid.UUID) -> None:
+    think = _claim(ledger, task_id, 0, "think")
+    ledger.propose(task_id, 0, think.token, PROPOSAL, act_lease_ttl_s=30.0)
+    files = [FileRecord("a.txt", 1, "1" * 64), FileRecord("a.txt", 2, "2" * 64)]
+    committed, wakeup = ledger.commit_step(task_id, 0, think.token, "wrote twice", False, False, files)
+    assert committed and wakeup is not None and wakeup.step_index == 1
+    with ledger.db.session() as s:  # the later record wins, as two upserts in a row would have it
+        assert s.execute(select(Artifact.size_bytes).where(Artifact.task_id == task_id)).all() == [(2,)]
+    kinds = [k for k, _, _ in _events(ledger, task_id)]
+    assert kinds[-3:] == ["step.completed", "artifact.written", "artifact.written"]
