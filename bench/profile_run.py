@@ -6,8 +6,8 @@ committed steps, the platform's CPU per step (as the throughput figure does) and
 name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each think worker with py-spy
 (``--gil``: only the thread holding the GIL is sampled, so the samples are where the Python CPU goes) into
 ``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them). With ``--tasks 0`` the
-platform idles through the window, and the PostgreSQL transactions it makes on its own (dispatcher, reaper,
-heartbeats) are counted per second. A profiling aid: one window, no warm-up discipline; ``make bench`` makes the
+platform idles through the window, and the bench database's transactions are counted per second: the platform's
+periodic rounds (dispatcher, reaper), and PostgreSQL's own (autovacuum and analyze count there too). A profiling aid: one window, no warm-up discipline; ``make bench`` makes the
 figures.
 """
 
@@ -105,7 +105,7 @@ def main() -> None:
                 (commits0, rollbacks0), t0 = xact_counts(env.database_url, env.database), time.perf_counter()
                 time.sleep(args.seconds + 11)
                 (commits1, rollbacks1), elapsed = xact_counts(env.database_url, env.database), time.perf_counter() - t0
-                print(f"idle platform: {(commits1 - commits0) / elapsed:.1f} commits/s, "
+                print(f"idle platform, the bench database's counters: {(commits1 - commits0) / elapsed:.1f} commits/s, "
                       f"{(rollbacks1 - rollbacks0) / elapsed:.1f} read-only transactions/s")  # fmt: skip
                 return
             platform.set_llm_latency(args.latency)
