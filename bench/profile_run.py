@@ -7,8 +7,8 @@ name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each 
 (``--gil``: only the thread holding the GIL is sampled, so the samples are where the Python CPU goes) into
 ``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them). With ``--tasks 0`` the
 platform idles through the window, and the bench database's transactions are counted per second: the platform's
-periodic rounds (dispatcher, reaper), and PostgreSQL's own (autovacuum and analyze count there too). A profiling aid: one window, no warm-up discipline; ``make bench`` makes the
-figures.
+periodic rounds (dispatcher, reaper), and PostgreSQL's own (autovacuum and analyze count there too). A profiling
+aid: one window, no warm-up discipline; ``make bench`` makes the figures.
 """
 
 from __future__ import annotations
