@@ -1,4 +1,7 @@
-"""The statements of a step's hot path (claim, propose, commit, wake-ups, events), built once with bind parameters.
+"""The ledger's statements (propose, commit, wake-ups, events, history), built once with bind parameters.
+
+A running task's claim, proposal and commit go through ``phase_sql`` (one statement per transaction); these serve
+the other transitions (pause, cancel, approval, the last step) and the helpers the API and the reaper share.
 
 Building a SQLAlchemy statement and computing its cache key cost more CPU than PostgreSQL spends running it; a
 statement built once is compiled once and then only bound, so a phase's transaction costs a few hundred
@@ -8,9 +11,7 @@ parameter dict (names prefixed ``p_``: SQLAlchemy reserves the column names in S
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import Select, Update, bindparam, case, func, insert, select, true, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -29,53 +30,10 @@ TASK_STATE_COLUMNS = (
 LOCK_TASK = select(*TASK_STATE_COLUMNS).where(_task).with_for_update(key_share=True)
 LOCK_TASK_SKIP_LOCKED = select(*TASK_STATE_COLUMNS).where(_task).with_for_update(key_share=True, skip_locked=True)
 
-CLAIM_READ_STEP = (
-    select(
-        Step.status,
-        Step.lease_token,
-        Step.lease_expires_at,
-        Step.deliveries,
-        Step.proposal[THINK_DELIVERIES].as_integer(),
-    )
-    .where(*_step)
-    .with_for_update()
-)
-
-
-def _claim_step(started_column: str) -> Update:
-    return (
-        update(Step)
-        .where(*_step)
-        .values(
-            {
-                "status": bindparam("p_status"),
-                "lease_owner": bindparam("p_owner"),
-                "lease_token": bindparam("p_token"),
-                "lease_expires_at": bindparam("p_expires"),
-                "deliveries": Step.deliveries + 1,
-                started_column: bindparam("p_now"),
-            }
-        )
-    )
-
-
-CLAIM_STEP = {"think": _claim_step("think_started_at"), "act": _claim_step("act_started_at")}
-
 START_TASK = (
     update(Task)
     .where(_task, Task.status == "queued")
     .values(status="running", started_at=func.coalesce(Task.started_at, func.now()))
-)
-
-CLAIM_OUTBOX = (
-    update(Outbox)
-    .where(
-        Outbox.task_id == bindparam("p_task_id"),
-        Outbox.step_index == bindparam("p_step_index"),
-        Outbox.phase == bindparam("p_phase"),
-    )
-    .values(published_at=func.coalesce(Outbox.published_at, func.now()))
-    .returning(Outbox.created_at)
 )
 
 ADD_WAKEUP = (
@@ -130,7 +88,7 @@ PROPOSE_STEP = (
 )
 
 # the proposal, and the act phase claimed at once by the same holder under the same lease (a command the think
-# worker runs itself): what ``CLAIM_STEP["act"]`` would write, without a wake-up in between
+# worker runs itself): what the act phase's claim would write, without a wake-up in between
 PROPOSE_STEP_ACTING = (
     update(Step)
     .where(*_held, Step.status == "thinking")
@@ -232,28 +190,7 @@ RUN_TASK_COLUMNS = (
     Task.approval,
     Task.priority,
 )
-# the claim's lock: the task's state and, in the same round trip, what the phase will need of it
-LOCK_TASK_RUN = select(*TASK_STATE_COLUMNS, *RUN_TASK_COLUMNS).where(_task).with_for_update(key_share=True)
 STEP_PROPOSAL = select(Step.proposal).where(*_step)
-
-
-def claim_read() -> Select[Any]:
-    """``LOCK_TASK_RUN`` then ``CLAIM_READ_STEP`` in one statement: the task is locked first (the CTE), the step
-    after it (the lateral subquery runs per task row). The step's columns are NULL if it does not exist."""
-    task = LOCK_TASK_RUN.cte("t")
-    step = (
-        select(
-            Step.status.label("step_status"),
-            Step.lease_token.label("step_lease_token"),
-            Step.lease_expires_at.label("step_lease_expires_at"),
-            Step.deliveries.label("step_deliveries"),
-            Step.proposal[THINK_DELIVERIES].as_integer().label("step_think_deliveries"),
-        )
-        .where(*_step)
-        .with_for_update()
-        .lateral("s")
-    )
-    return select(task, step).select_from(task.outerjoin(step, true()))
 
 HISTORY = (
     select(Step.step_index, Step.proposal, Step.output, Step.is_error, Step.is_last)

@@ -593,7 +593,6 @@ class Ledger:
             files = list(files)
             distinct = len({f.relative_path for f in files}) == len(files)  # one upsert per path in a statement
             if not is_last and task.status in ACTIVE_TASK and distinct:  # the common case: one statement
-                records = files
                 step_id, outbox_id = phase_sql.run(
                     s.connection(),
                     phase_sql.COMMIT_NEXT,
@@ -604,9 +603,9 @@ class Ledger:
                         "p_output": output,
                         "p_is_error": is_error,
                         "p_event_data": {"output": _clip(output), "is_error": is_error, "is_last": False},
-                        "p_paths": [f.relative_path for f in records],
-                        "p_sizes": [f.size_bytes for f in records],
-                        "p_shas": [f.sha256 for f in records],
+                        "p_paths": [f.relative_path for f in files],
+                        "p_sizes": [f.size_bytes for f in files],
+                        "p_shas": [f.sha256 for f in files],
                         "p_priority": task.priority,
                     },
                     self.db.prepared_statements,

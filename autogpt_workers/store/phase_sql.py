@@ -141,7 +141,7 @@ def prepare_on_connect(db: Database) -> None:
 _RUN_COLUMNS = [*hot_sql.TASK_STATE_COLUMNS, *hot_sql.RUN_TASK_COLUMNS]
 
 # the claim's read: the task's state and run columns (``hot_sql.TASK_STATE_COLUMNS`` then ``RUN_TASK_COLUMNS``),
-# locked first; then the step's lease columns (as ``hot_sql.CLAIM_READ_STEP``), locked after it through the lateral
+# locked first; then the step's lease columns and its think deliveries, locked after it through the lateral
 # subquery, NULL if the step does not exist. No row if the task does not exist.
 CLAIM_READ = PhaseStatement(
     "autogpt_claim_read",
