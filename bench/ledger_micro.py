@@ -2,9 +2,9 @@
 
 A task's steps are run through the ledger as a think worker runs an inline step (claim, propose with the act phase
 taken on, commit with one artifact, the wake-up marked published), and the worker's CPU (this process) and its
-PostgreSQL backend's CPU (from /proc) are divided by the steps. With ``--mode both`` the same is done with the
-phase statements as text and as server-side prepared statements, back to back. A profiling aid for the ledger, not
-a figure of ``make bench``: nothing else runs, so there is no contention and no broker.
+PostgreSQL backend's CPU (``bench.procs.cpu_seconds``) are divided by the steps. With ``--mode both`` the same is
+done with the phase statements as text and as server-side prepared statements, back to back. A profiling aid for the
+ledger, not a figure of ``make bench``: nothing else runs, so there is no contention and no broker.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 from sqlalchemy import text
 
@@ -20,6 +19,7 @@ from autogpt_workers.store import phase_sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import FileRecord, Ledger
 from bench.env import DEFAULT_DATABASE_URL
+from bench.procs import cpu_seconds
 
 PROPOSAL = {
     "command": "write_file",
@@ -29,11 +29,6 @@ PROPOSAL = {
     "cost_usd": 0.0,
     "assistant_message": {"content": "writing"},
 }
-
-
-def _backend_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(url: str, steps: int, prepared: bool) -> dict[str, float]:
@@ -49,7 +44,7 @@ def measure(url: str, steps: int, prepared: bool) -> dict[str, float]:
         assert created is not None
         task_id = created.task_id
         files = [FileRecord("a.txt", 1, "ab" * 32)]
-        cpu0, pg0, wall0 = time.process_time(), _backend_cpu(pid), time.perf_counter()
+        cpu0, pg0, wall0 = time.process_time(), cpu_seconds(pid), time.perf_counter()
         for index in range(steps):
             claim = ledger.claim(task_id, index, "think", "bench", 60.0, 5, history_from=index)
             assert claim.token is not None, claim
@@ -57,7 +52,7 @@ def measure(url: str, steps: int, prepared: bool) -> dict[str, float]:
             committed, wakeup = ledger.commit_step(task_id, index, claim.token, "wrote a.txt", False, False, files)
             assert committed and wakeup is not None
             ledger.mark_published([wakeup.outbox_id])
-        cpu1, pg1, wall1 = time.process_time(), _backend_cpu(pid), time.perf_counter()
+        cpu1, pg1, wall1 = time.process_time(), cpu_seconds(pid), time.perf_counter()
     finally:
         db.dispose()
     return {

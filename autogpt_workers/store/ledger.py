@@ -591,8 +591,7 @@ class Ledger:
             if task is None:
                 return False, None
             files = list(files)
-            distinct = len({f.relative_path for f in files}) == len(files)  # one upsert per path in a statement
-            if not is_last and task.status in ACTIVE_TASK and distinct:  # the common case: one statement
+            if not is_last and task.status in ACTIVE_TASK:  # the common case: one statement
                 step_id, outbox_id = phase_sql.run(
                     s.connection(),
                     phase_sql.COMMIT_NEXT,

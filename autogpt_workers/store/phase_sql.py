@@ -92,12 +92,16 @@ class PhaseStatement:
     sql: str
     params: tuple[str, ...] = dataclasses.field(init=False)
     clause: TextClause = dataclasses.field(init=False)
+    execute_sql: str = dataclasses.field(init=False)  # built once: it runs on every call
+    _json: tuple[bool, ...] = dataclasses.field(init=False)  # per parameter: wrapped as JSON for psycopg2
 
     def __post_init__(self) -> None:
         names = tuple(dict.fromkeys(_PARAM.findall(self.sql)))
         object.__setattr__(self, "params", names)
         clause = text(self.sql).bindparams(*(bindparam(n, type_=_TYPES[n][0]) for n in names))
         object.__setattr__(self, "clause", clause)
+        object.__setattr__(self, "execute_sql", f"EXECUTE {self.name} ({', '.join(['%s'] * len(names))})")
+        object.__setattr__(self, "_json", tuple(_TYPES[n][1] == "jsonb" for n in names))
 
     @property
     def prepare_sql(self) -> str:
@@ -105,12 +109,8 @@ class PhaseStatement:
         types = ", ".join(_TYPES[n][1] for n in self.params)
         return f"PREPARE {self.name} ({types}) AS " + _PARAM.sub(lambda m: position[m.group(1)], self.sql)
 
-    @property
-    def execute_sql(self) -> str:
-        return f"EXECUTE {self.name} ({', '.join(['%s'] * len(self.params))})"
-
     def args(self, values: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple(Json(values[n]) if _TYPES[n][1] == "jsonb" else values[n] for n in self.params)
+        return tuple(Json(values[n]) if js else values[n] for n, js in zip(self.params, self._json, strict=True))
 
 
 def run(
@@ -279,8 +279,11 @@ COMMIT_NEXT = PhaseStatement(
                 FROM files
             ) e ORDER BY e.n
         ), stored AS (
+            -- a path the command reported twice is stored once, as its last record (one INSERT ... ON CONFLICT
+            -- cannot update a row twice); its events above stay one per record
             INSERT INTO artifacts (id, task_id, step_index, relative_path, size_bytes, sha256)
-            SELECT gen_random_uuid(), :p_task_id, :p_step_index, path, size, sha256 FROM files
+            SELECT gen_random_uuid(), :p_task_id, :p_step_index, path, size, sha256
+            FROM (SELECT DISTINCT ON (path) path, size, sha256 FROM files ORDER BY path, n DESC) last_records
             ON CONFLICT ON CONSTRAINT uq_artifacts_task_path DO UPDATE SET step_index = excluded.step_index,
                 size_bytes = excluded.size_bytes, sha256 = excluded.sha256, modified_at = now()
         ), next_step AS (

@@ -30,13 +30,16 @@ def ledger(request, db, settings) -> Iterator[Ledger]:  # type: ignore[no-untype
     if request.param == "text":
         yield Ledger(db)
         return
-    prepared = Database.from_url(settings.database_url, pool_size=2, max_overflow=0)
+    prepared = Database.from_url(settings.database_url, pool_size=1, max_overflow=0)  # one connection throughout
     phase_sql.prepare_on_connect(prepared)
     try:
         yield Ledger(prepared)
-        with prepared.engine.connect() as conn:  # every phase statement is prepared on a pooled connection
-            names = conn.exec_driver_sql("SELECT name FROM pg_prepared_statements").scalars().all()
-            assert {s.name for s in phase_sql.PHASE_STATEMENTS} <= set(names)
+        with prepared.engine.connect() as conn:  # every phase statement is prepared on it, and the claim ran by name
+            runs = dict(
+                conn.exec_driver_sql("SELECT name, generic_plans + custom_plans FROM pg_prepared_statements").all()
+            )
+            assert {s.name for s in phase_sql.PHASE_STATEMENTS} <= set(runs)
+            assert runs[phase_sql.CLAIM_READ.name] > 0 and runs[phase_sql.CLAIM_WRITE["think"].name] > 0
     finally:
         prepared.dispose()
 
