@@ -46,6 +46,7 @@ from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import AdmissionQueue, TaskOptions, Tenant
 from autogpt_workers.store.ledger import TERMINAL_TASK, Ledger, Wakeup, emit, reprioritise_wakeups
 from autogpt_workers.store.models import Outbox, Task
+from autogpt_workers.store.notify import ADMISSION_CHANNEL, Wake
 
 log = structlog.get_logger(__name__)
 
@@ -138,6 +139,7 @@ def _hold(s: Session, task_id: uuid.UUID, tenant_id: str, reason: str) -> str:
     s.execute(delete(Outbox).where(Outbox.task_id == task_id))
     s.execute(insert(AdmissionQueue).values(task_id=task_id, tenant_id=tenant_id))
     emit(s, task_id, "task.waiting", reason=reason)
+    s.execute(select(func.pg_notify(ADMISSION_CHANNEL, "")))  # at commit: the dispatcher looks (store/notify.py)
     return reason
 
 
@@ -165,9 +167,12 @@ class Admitter:
         batch: int = 500,
         ready: Callable[[], int | None] | None = None,
         flag: BacklogFlag | None = None,
+        wake: Wake | None = None,
     ) -> None:
         """``ready`` counts the think wake-ups ready in RabbitMQ now (None: unknown); with ``policy.max_ready``
-        it bounds each round's admissions, and ``flag`` tells the API processes to hold new tasks meanwhile."""
+        it bounds each round's admissions, and ``flag`` tells the API processes to hold new tasks meanwhile.
+        ``wake`` (the dispatcher's, fed by ``LISTEN``): a round looks in the admission queue only when a task may
+        wait there; without one every round looks."""
         self.db = db
         self.ledger = Ledger(db)
         self.publisher = publisher
@@ -181,6 +186,7 @@ class Admitter:
         # is left ready
         self._room = policy.max_ready or 0
         self.waiting = 0  # admissible tasks left waiting after the last round
+        self.wake = wake
 
     def admit_round(self) -> int:
         """Admit what the caps and the backlog allow now; publish their first wake-ups. Returns how many."""
@@ -193,10 +199,17 @@ class Admitter:
             elif ready == 0 and self.waiting:
                 self._room = min(self.batch, max(self._room, self.policy.max_ready) * 2)
             room = max(0, self._room - (ready or 0))
-        with self.db.transaction() as s:
-            if not s.execute(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK))).scalar_one():
-                return 0  # another dispatcher is at it
-            wakeups, self.waiting = self._admit(s, room)
+        wakeups: list[Wakeup] = []
+        if self.wake is None or self.wake.should_look():
+            with self.db.transaction() as s:
+                if not s.execute(select(func.pg_try_advisory_xact_lock(ADMISSION_LOCK))).scalar_one():
+                    if self.wake is not None:
+                        self.wake.notify()  # look again next round
+                    return 0  # another dispatcher is at it
+                wakeups, self.waiting = self._admit(s, room)
+                empty = not s.execute(select(exists().select_from(AdmissionQueue))).scalar_one()
+            if self.wake is not None:
+                self.wake.looked(idle=empty)  # a task held from now on notifies; a paused one keeps it busy
         if self.flag is not None and self.policy.max_ready is not None:
             if ready is not None and ready >= self.policy.max_ready:
                 self.flag.set(f"the workers are busy: {ready} wake-ups wait in the think queue", self.waiting)

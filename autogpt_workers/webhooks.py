@@ -41,13 +41,14 @@ from typing import Any
 
 import httpx
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from autogpt_workers.config import Settings
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import Tenant, WebhookDelivery
 from autogpt_workers.store.models import Task, TaskEvent
+from autogpt_workers.store.notify import Wake
 from autogpt_workers.tenants import ensure_tenant
 
 log = structlog.get_logger(__name__)
@@ -122,8 +123,13 @@ class WebhookDispatcher:
     """Claims due deliveries and POSTs them on a thread pool; each records its own outcome when it ends, so a
     slow receiver holds one thread for at most ``webhook_timeout_s`` and never the others' deliveries."""
 
-    def __init__(self, db: Database, settings: Settings, client: httpx.Client | None = None) -> None:
+    def __init__(
+        self, db: Database, settings: Settings, client: httpx.Client | None = None, wake: Wake | None = None
+    ) -> None:
+        """``wake`` (the dispatcher's, fed by ``LISTEN``): a round looks for due deliveries only when one may be
+        due (written since, a retry's time come, one in flight ended); without one every round looks."""
         self.db = db
+        self.wake = wake
         self.settings = settings
         self.client = client or httpx.Client(
             timeout=settings.webhook_timeout_s,
@@ -142,7 +148,11 @@ class WebhookDispatcher:
             room = min(limit, self.capacity - self._in_flight)
         if room <= 0:
             return 0
-        jobs = self._claim(room)
+        if self.wake is not None and not self.wake.should_look():
+            return 0
+        jobs, due_in_s = self._claim(room)
+        if self.wake is not None:  # none found: nothing to do until notified or the next retry falls due
+            self.wake.looked(idle=not jobs, due_in_s=due_in_s)
         for job in jobs:
             with self._lock:
                 self._in_flight += 1
@@ -165,8 +175,12 @@ class WebhookDispatcher:
         finally:
             with self._lock:
                 self._in_flight -= 1
+            if self.wake is not None:
+                self.wake.notify()  # room again, and maybe a retry scheduled
 
-    def _claim(self, limit: int) -> list[Job]:
+    def _claim(self, limit: int) -> tuple[list[Job], float | None]:
+        """The due deliveries claimed (at most ``limit``), and when none is due: in how many seconds the next pending
+        one will be (None: none is pending)."""
         now = datetime.now(UTC)
         lease = timedelta(seconds=self.settings.webhook_timeout_s * 2 + 30)
         with self.db.transaction() as s:
@@ -194,7 +208,19 @@ class WebhookDispatcher:
                     secrets[task.tenant_id] = self._secret(s, task.tenant_id)
                 body = json.dumps(d.payload, separators=(",", ":"), sort_keys=True).encode()
                 jobs.append(Job(d.id, d.url, d.payload["type"], body, secrets[task.tenant_id], d.attempts))
-            return jobs
+            if jobs:
+                return jobs, None
+            next_at = s.scalar(
+                select(
+                    func.min(
+                        func.greatest(
+                            WebhookDelivery.next_attempt_at,
+                            func.coalesce(WebhookDelivery.locked_until, WebhookDelivery.next_attempt_at),
+                        )
+                    )
+                ).where(WebhookDelivery.status == "pending")
+            )
+            return [], None if next_at is None else (next_at - now).total_seconds()
 
     @staticmethod
     def _secret(s: Session, tenant_id: str) -> str:

@@ -124,11 +124,13 @@ def run(
 
 
 def prepare_all(dbapi_connection: Any, statements: Sequence[PhaseStatement]) -> None:
-    """``PREPARE`` every statement on a new DBAPI connection (a pool ``connect`` event)."""
+    """``PREPARE`` every statement on a new DBAPI connection (a pool ``connect`` event). A prepared statement belongs
+    to the session, not to the transaction (a rollback keeps it), and writes nothing: the transaction ends with a
+    rollback, as a read does, rather than a commit."""
     with dbapi_connection.cursor() as cursor:
         for statement in statements:
             cursor.execute(statement.prepare_sql)
-    dbapi_connection.commit()
+    dbapi_connection.rollback()
 
 
 def prepare_on_connect(db: Database) -> None:

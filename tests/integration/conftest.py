@@ -1,4 +1,4 @@
-"""Helpers of the integration tests: a RabbitMQ vhost of a test module's own."""
+"""Helpers of the integration tests: a RabbitMQ vhost and a PostgreSQL database of a test module's own."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import urllib.parse
 from collections.abc import Iterator
 
 import httpx
+from sqlalchemy import create_engine, make_url, text
+
+from autogpt_workers.store.db import Database
+from autogpt_workers.store.migrate import upgrade
 
 MGMT = "http://127.0.0.1:15672"
 
@@ -30,9 +34,35 @@ def private_vhost(broker_url: str, suffix: str) -> Iterator[str]:
     auth = management_auth(broker_url)
     httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)  # a clean slate
     httpx.put(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=10).raise_for_status()
-    httpx.put(f"{MGMT}/api/permissions/{quoted}/{auth[0]}", json={"configure": ".*", "write": ".*", "read": ".*"},
-              auth=auth, timeout=10).raise_for_status()
+    httpx.put(
+        f"{MGMT}/api/permissions/{quoted}/{auth[0]}",
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        auth=auth,
+        timeout=10,
+    ).raise_for_status()
     try:
         yield f"{parsed.scheme}://{parsed.netloc}/{quoted}"
     finally:
         httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)
+
+
+@contextlib.contextmanager
+def private_database(database_url: str, suffix: str) -> Iterator[Database]:
+    """``<the test database>_<suffix>``, created and migrated, dropped at the end: no dispatcher of the session's
+    stacks admits its tasks or claims its webhook deliveries, and its notifications reach only its listeners."""
+    url = make_url(database_url)
+    name = f"{url.database}_{suffix}"
+    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    own = url.set(database=name).render_as_string(hide_password=False)
+    upgrade(own)
+    database = Database.from_url(own, pool_size=2, max_overflow=2)
+    try:
+        yield database
+    finally:
+        database.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 from redis import Redis
-from sqlalchemy import create_engine, func, make_url, select, text
+from sqlalchemy import func, select
 
 from autogpt_workers import lifecycle
 from autogpt_workers.admission import Admitter, Policy
@@ -26,9 +26,8 @@ from autogpt_workers.config import Settings
 from autogpt_workers.contracts import TaskSubmission
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import AdmissionQueue
-from autogpt_workers.store.migrate import upgrade
 from autogpt_workers.submit import submit_task
-from tests.integration.conftest import private_vhost
+from tests.integration.conftest import private_database, private_vhost
 
 TASKS = 80
 MAX_READY = 8
@@ -36,20 +35,8 @@ MAX_READY = 8
 
 @pytest.fixture(scope="module")
 def own_db(settings) -> Iterator[Database]:  # type: ignore[no-untyped-def]
-    url = make_url(settings.database_url)
-    name = f"{url.database}_bl"
-    admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    own = url.set(database=name).render_as_string(hide_password=False)
-    upgrade(own)
-    database = Database.from_url(own, pool_size=2, max_overflow=2)
-    yield database
-    database.dispose()
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with private_database(settings.database_url, "bl") as database:
+        yield database
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +48,9 @@ def publisher(settings, own_db: Database) -> Iterator[Publisher]:  # type: ignor
 
 
 def test_a_drained_queue_doubles_each_rounds_admissions_and_the_waiting_count_is_published(
-    own_db: Database, settings, publisher: Publisher  # type: ignore[no-untyped-def]
+    own_db: Database,
+    settings,
+    publisher: Publisher,  # type: ignore[no-untyped-def]
 ) -> None:
     db = own_db
     redis = Redis.from_url(settings.redis_url)
