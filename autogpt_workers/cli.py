@@ -223,7 +223,9 @@ def reaper(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    db = Database.from_url(s.database_url, pool_size=2, max_overflow=2)
+    # no pre-ping (a transaction of its own per checkout, five a round): a round that meets a stale connection after
+    # a PostgreSQL restart fails, the pool is invalidated, and the next round runs on fresh connections
+    db = Database.from_url(s.database_url, pool_size=2, max_overflow=2, pre_ping=False)
     from autogpt_workers.metrics import PrometheusObserver, touch_series
     from autogpt_workers.queues import stamp_publish_time
 
@@ -473,7 +475,9 @@ def dispatcher(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    db = Database.from_url(s.database_url, pool_size=4, max_overflow=s.webhook_concurrency)
+    # no pre-ping, as the reaper: a failed round is the next round's to do; a delivery's record retries on a fresh
+    # connection (``WebhookDispatcher._record``)
+    db = Database.from_url(s.database_url, pool_size=4, max_overflow=s.webhook_concurrency, pre_ping=False)
     from autogpt_workers.backlog import BacklogFlag
     from autogpt_workers.contracts import THINK_QUEUE
     from autogpt_workers.queues import ReadyCounter

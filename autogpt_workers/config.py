@@ -163,7 +163,7 @@ class Settings(BaseSettings):
     # webhooks (the dispatcher process)
     dispatcher_interval_s: float = Field(default=0.5, gt=0)
     # an idle loop looks in the database when notified (LISTEN/NOTIFY), else at least this often (store/notify.py)
-    dispatcher_idle_look_s: float = Field(default=5.0, gt=0)
+    dispatcher_idle_look_s: float = Field(default=30.0, gt=0)
     webhook_timeout_s: float = Field(default=5.0, gt=0)
     webhook_max_attempts: int = Field(default=12, ge=1)
     webhook_backoff_base_s: float = Field(default=1.0, gt=0)

@@ -41,7 +41,9 @@ from typing import Any
 
 import httpx
 import structlog
+import tenacity
 from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from autogpt_workers.config import Settings
@@ -76,6 +78,11 @@ def verify_signature(
     if abs((now if now is not None else time.time()) - ts) > tolerance_s:
         return False
     return hmac.compare_digest(signature(secret, ts, body), header)
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    """The connection died under the statement: SQLAlchemy has invalidated the pool, a retry gets a fresh one."""
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 def backoff_s(attempts: int, base_s: float, max_s: float) -> float:
@@ -259,5 +266,8 @@ class WebhookDispatcher:
             delay = backoff_s(n, self.settings.webhook_backoff_base_s, self.settings.webhook_backoff_max_s)
             values.update(next_attempt_at=now + timedelta(seconds=delay))
             log.info("webhook_retry", delivery_id=r.delivery_id, attempts=n, error=r.error, retry_in=round(delay, 1))
-        with self.db.transaction() as s:
-            s.execute(update(WebhookDelivery).where(WebhookDelivery.id == r.delivery_id).values(**values))
+        for attempt in tenacity.Retrying(  # a stale pooled connection (PostgreSQL restarted): again on a fresh one
+            retry=tenacity.retry_if_exception(_stale_connection), stop=tenacity.stop_after_attempt(3), reraise=True
+        ):
+            with attempt, self.db.transaction() as s:
+                s.execute(update(WebhookDelivery).where(WebhookDelivery.id == r.delivery_id).values(**values))

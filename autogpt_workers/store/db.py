@@ -16,9 +16,10 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, pre_ping:
         pool_size=pool_size,
         max_overflow=max_overflow,
         # pre-ping: a stale pooled connection (PostgreSQL restarted) is replaced before use, at one round trip per
-        # checkout. The step runner turns it off: there the first statement on a stale connection fails as a
-        # disconnect, SQLAlchemy discards every pooled connection of that age, and the runner's callers retry
-        # (``StepRunner._persist``, the Celery glue's database-down retry).
+        # checkout (and, being run in autocommit, a transaction of its own). The step runner, the reaper and the
+        # dispatcher turn it off: there the first statement on a stale connection fails as a disconnect, SQLAlchemy
+        # discards every pooled connection of that age, and the callers retry (``StepRunner._persist``, the Celery
+        # glue's database-down retry, the next round).
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
         connect_args={"connect_timeout": 5, "application_name": "autogpt-workers"},

@@ -22,7 +22,7 @@ from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import WebhookDelivery
 from autogpt_workers.store.notify import ADMISSION_CHANNEL, WEBHOOKS_CHANNEL, Listener, Wake
 from autogpt_workers.submit import submit_task
-from autogpt_workers.webhooks import WebhookDispatcher
+from autogpt_workers.webhooks import Result, WebhookDispatcher
 from tests.conftest import free_port
 from tests.integration.conftest import private_database, private_vhost
 
@@ -161,3 +161,33 @@ def test_the_listener_reconnects_and_every_round_looks_meanwhile(
     submit_task(own_db, publisher, TaskSubmission(goal="held after the reconnect"), policy=busy)
     admitted: list[int] = []
     wait_for(lambda: admitted.append(admitter.admit_round()) or sum(admitted), "the admission after reconnecting", 5)
+
+
+def test_a_delivery_is_recorded_on_a_fresh_connection_when_its_pooled_one_died(
+    own_db: Database, publisher: Publisher, settings  # type: ignore[no-untyped-def]
+) -> None:
+    """The dispatcher runs without pool pre-ping: a delivery's outcome must not be lost (and the POST repeated) for a
+    pooled connection PostgreSQL closed since its last use."""
+    url = own_db.engine.url.render_as_string(hide_password=False)
+    db = Database.from_url(url, pool_size=1, max_overflow=0, pre_ping=False)
+    hooks = WebhookDispatcher(db, settings)
+    try:
+        submission = TaskSubmission(goal="tell me", webhook_url="http://127.0.0.1:9/hook", webhook_events=["task.*"])
+        task_id = submit_task(own_db, publisher, submission).task_id
+        jobs, _ = hooks._claim(100)
+        [job] = [j for j in jobs if j.delivery_id in _deliveries(own_db, task_id)]
+        with db.session() as s:  # the pool's one connection, to be killed while it sits in the pool
+            pid = s.scalar(text("SELECT pg_backend_pid()"))
+        with own_db.session() as s:
+            assert s.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        hooks._record(job, Result(job.delivery_id, True, 200, None))
+        with own_db.session() as s:
+            assert s.get_one(WebhookDelivery, job.delivery_id).status == "delivered"
+    finally:
+        hooks.close()
+        db.dispose()
+
+
+def _deliveries(db: Database, task_id: object) -> set[int]:
+    with db.session() as s:
+        return set(s.scalars(select(WebhookDelivery.id).where(WebhookDelivery.task_id == task_id)))
