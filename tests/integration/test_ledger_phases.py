@@ -182,3 +182,30 @@ def test_a_command_that_reports_one_path_twice_commits_it_once(ledger: Ledger, t
         assert s.execute(select(Artifact.size_bytes).where(Artifact.task_id == task_id)).all() == [(2,)]
     kinds = [k for k, _, _ in _events(ledger, task_id)]
     assert kinds[-3:] == ["step.completed", "artifact.written", "artifact.written"]
+
+
+def test_a_prepared_statement_on_a_dead_connection_fails_as_a_disconnect_and_the_next_runs_on_a_fresh_one(
+    db: Database, settings  # type: ignore[no-untyped-def]
+) -> None:
+    """Prepared, the phase statements run on the DBAPI cursor (no SQLAlchemy result machinery); an error must still
+    reach the callers as SQLAlchemy's, with the connection invalidated, so their database-down retries work
+    (``StepRunner._persist``, the Celery glue) and the retry gets a new connection, prepared afresh."""
+    from sqlalchemy.exc import OperationalError
+
+    prepared = Database.from_url(settings.database_url, pool_size=1, max_overflow=0, pre_ping=False)
+    phase_sql.prepare_on_connect(prepared)
+    ledger = Ledger(prepared)
+    try:
+        with prepared.transaction() as s:
+            created = ledger.create_task(s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 7})
+        assert created is not None
+        with prepared.session() as s:
+            pid = s.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with db.session() as s:
+            s.connection().exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        with pytest.raises(OperationalError) as failed:
+            ledger.claim(created[0], 0, "think", "w1", 30.0, 3)
+        assert failed.value.connection_invalidated
+        assert _claim(ledger, created[0], 0, "think").token is not None
+    finally:
+        prepared.dispose()
