@@ -222,6 +222,12 @@ _STATE_COLUMNS = len(sql.TASK_STATE_COLUMNS)
 _RUN_COLUMNS_END = _STATE_COLUMNS + len(sql.RUN_TASK_COLUMNS)
 
 
+def _lock_task_phase(s: Tx, task_id: uuid.UUID, prepared: bool) -> TaskState | None:
+    """``lock_task`` as a phase statement (prepared, on the DBAPI cursor): a proposal's and a commit's first."""
+    row = phase_sql.run(s.connection(), phase_sql.LOCK_TASK, {"p_task_id": task_id}, prepared).one_or_none()
+    return None if row is None else TaskState(*row)
+
+
 def lock_task(session: Tx, task_id: uuid.UUID, *, skip_locked: bool = False) -> TaskState | None:
     """Lock the task row (first, see the module docstring) and return its state; ``None`` if there is no such task
     (or, with ``skip_locked``, if another transaction holds it)."""
@@ -483,7 +489,7 @@ class Ledger:
         completion_tokens = int(usage.get("completion_tokens", 0))
         cost = float(proposal.get("cost_usd", 0.0))
         with self.db.core_transaction() as s:
-            task = lock_task(s, task_id)
+            task = _lock_task_phase(s, task_id, self.db.prepared_statements)
             if task is None:
                 return Proposed(ProposeOutcome.fenced)
             if task.status == "cancelling":
@@ -587,7 +593,7 @@ class Ledger:
         ran, so its step is committed; then the task is cancelled and no further step starts).
         """
         with self.db.core_transaction() as s:
-            task = lock_task(s, task_id)
+            task = _lock_task_phase(s, task_id, self.db.prepared_statements)
             if task is None:
                 return False, None
             files = list(files)

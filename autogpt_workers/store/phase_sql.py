@@ -183,6 +183,13 @@ def prepare_on_connect(db: Database) -> None:
 
 _RUN_COLUMNS = [*hot_sql.TASK_STATE_COLUMNS, *hot_sql.RUN_TASK_COLUMNS]
 
+# the task's state (``hot_sql.TASK_STATE_COLUMNS``), locked as ``hot_sql.LOCK_TASK`` locks it: the first statement of
+# a proposal's and a commit's transaction
+LOCK_TASK = PhaseStatement(
+    "autogpt_lock_task",
+    f"SELECT {', '.join(c.name for c in hot_sql.TASK_STATE_COLUMNS)} FROM tasks WHERE id = :p_task_id FOR KEY SHARE",
+)
+
 # the claim's read: the task's state and run columns (``hot_sql.TASK_STATE_COLUMNS`` then ``RUN_TASK_COLUMNS``),
 # locked first; then the step's lease columns and its think deliveries, locked after it through the lateral
 # subquery, NULL if the step does not exist. No row if the task does not exist.
@@ -342,4 +349,4 @@ COMMIT_NEXT = PhaseStatement(
         """,
 )
 
-PHASE_STATEMENTS = (CLAIM_READ, *CLAIM_WRITE.values(), PROPOSE_ACTING, PROPOSE_WAKE, COMMIT_NEXT)
+PHASE_STATEMENTS = (LOCK_TASK, CLAIM_READ, *CLAIM_WRITE.values(), PROPOSE_ACTING, PROPOSE_WAKE, COMMIT_NEXT)
