@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -46,11 +47,12 @@ from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import AdmissionQueue, TaskOptions, Tenant
 from autogpt_workers.store.ledger import TERMINAL_TASK, Ledger, Wakeup, emit, reprioritise_wakeups
 from autogpt_workers.store.models import Outbox, Task
-from autogpt_workers.store.notify import ADMISSION_CHANNEL, Wake
+from autogpt_workers.wake import Wake
 
 log = structlog.get_logger(__name__)
 
 ADMISSION_LOCK = 727275  # pg advisory lock key (the migrator uses 727274)
+FLAG_GRACE_S = 2.0  # the admission loop stays awake this long after it last raised the backlog flag
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +141,6 @@ def _hold(s: Session, task_id: uuid.UUID, tenant_id: str, reason: str) -> str:
     s.execute(delete(Outbox).where(Outbox.task_id == task_id))
     s.execute(insert(AdmissionQueue).values(task_id=task_id, tenant_id=tenant_id))
     emit(s, task_id, "task.waiting", reason=reason)
-    s.execute(select(func.pg_notify(ADMISSION_CHANNEL, "")))  # at commit: the dispatcher looks (store/notify.py)
     return reason
 
 
@@ -171,8 +172,8 @@ class Admitter:
     ) -> None:
         """``ready`` counts the think wake-ups ready in RabbitMQ now (None: unknown); with ``policy.max_ready``
         it bounds each round's admissions, and ``flag`` tells the API processes to hold new tasks meanwhile.
-        ``wake`` (the dispatcher's, fed by ``LISTEN``): a round looks in the admission queue only when a task may
-        wait there; without one every round looks."""
+        ``wake`` (the dispatcher's): a round looks in the admission queue only when a task may wait there (see
+        ``_idle``); without one every round looks."""
         self.db = db
         self.ledger = Ledger(db)
         self.publisher = publisher
@@ -187,6 +188,7 @@ class Admitter:
         self._room = policy.max_ready or 0
         self.waiting = 0  # admissible tasks left waiting after the last round
         self.wake = wake
+        self._flag_raised_at = -1e18  # when this dispatcher last raised the backlog flag (monotonic)
 
     def admit_round(self) -> int:
         """Admit what the caps and the backlog allow now; publish their first wake-ups. Returns how many."""
@@ -207,20 +209,42 @@ class Admitter:
                         self.wake.notify()  # look again next round
                     return 0  # another dispatcher is at it
                 wakeups, self.waiting = self._admit(s, room)
-                empty = not s.execute(select(exists().select_from(AdmissionQueue))).scalar_one()
+                idle = self.wake is not None and self._idle(s)
             if self.wake is not None:
-                self.wake.looked(idle=empty)  # a task held from now on notifies; a paused one keeps it busy
+                self.wake.looked(idle=idle)
         if self.flag is not None and self.policy.max_ready is not None:
             if ready is not None and ready >= self.policy.max_ready:
                 self.flag.set(f"the workers are busy: {ready} wake-ups wait in the think queue", self.waiting)
+                self._raised()
             elif self.waiting:
                 self.flag.set("earlier tasks are waiting for free workers", self.waiting)
+                self._raised()
             else:
                 self.flag.set(None)
         self._publish(wakeups, "admission_publish_deferred")
         if wakeups:
             log.info("tasks_admitted", count=len(wakeups))
         return len(wakeups)
+
+    def _raised(self) -> None:
+        """The backlog flag is up: the API processes hold new tasks, so look again from the next round on."""
+        self._flag_raised_at = time.monotonic()
+        if self.wake is not None:
+            self.wake.notify()
+
+    def _idle(self, s: Session) -> bool:
+        """Whether no task can be held without this dispatcher seeing it coming: the admission queue is empty (a
+        paused task in it keeps the loop looking), the backlog flag has been down for ``FLAG_GRACE_S`` (the API
+        processes read it at most ``refresh_s`` late, and a submission holds its task in a transaction of a few
+        milliseconds), and no running-task cap is set, neither the policy's nor any tenant's. A task held all the
+        same (a cap set since, a submission slower than the grace) waits at most ``dispatcher_idle_look_s``."""
+        if self.policy.max_running is not None or self.policy.tenant_max_running is not None:
+            return False
+        if time.monotonic() - self._flag_raised_at < FLAG_GRACE_S:
+            return False
+        queued = exists().select_from(AdmissionQueue)
+        capped = exists().where(Tenant.max_running.is_not(None))
+        return not s.execute(select(queued | capped)).scalar_one()
 
     def _publish(self, wakeups: list[Wakeup], deferred: str) -> None:
         """Publish ``wakeups`` after their commit and mark what went out; the reaper publishes the rest after the

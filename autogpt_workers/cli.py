@@ -481,27 +481,25 @@ def dispatcher(
     from autogpt_workers.backlog import BacklogFlag
     from autogpt_workers.contracts import THINK_QUEUE
     from autogpt_workers.queues import ReadyCounter
-    from autogpt_workers.store.notify import ADMISSION_CHANNEL, WEBHOOKS_CHANNEL, Listener, Wake
+    from autogpt_workers.wake import Wake
 
     counter = ReadyCounter(s.broker_url)
-    wakes = {ADMISSION_CHANNEL: Wake(s.dispatcher_idle_look_s), WEBHOOKS_CHANNEL: Wake(s.dispatcher_idle_look_s)}
     admitter = Admitter(
         db,
         Publisher(celery_app),
         Policy.from_settings(s),
         ready=lambda: counter([THINK_QUEUE]).get(THINK_QUEUE),
         flag=BacklogFlag.from_url(s.redis_url, s.database_url, ttl_s=max(2.0, 5 * s.dispatcher_interval_s)),
-        wake=wakes[ADMISSION_CHANNEL],
+        wake=Wake(s.dispatcher_idle_look_s),
     )
     from autogpt_workers.metrics import count_dispatcher_round, touch_dispatcher_series
 
     touch_dispatcher_series()
     Dispatcher(
         admitter,
-        WebhookDispatcher(db, s, wake=wakes[WEBHOOKS_CHANNEL]),
+        WebhookDispatcher(db, s, wake=Wake(s.dispatcher_idle_look_s)),
         s.dispatcher_interval_s,
         on_round=count_dispatcher_round,
-        listener=Listener(db.engine, wakes),
     ).run_forever(stop)
     db.dispose()
 

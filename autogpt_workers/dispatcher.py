@@ -7,9 +7,9 @@ Two loops on two threads, so a round of slow webhook receivers never delays admi
 ``autogpt_dispatcher_rounds_total``), so a stalled or failing dispatcher shows. Several dispatchers may run:
 admission rounds take an advisory lock (one at a time), deliveries are claimed with ``SKIP LOCKED`` leases.
 
-With a ``listener`` (``LISTEN`` on its own connection), a round looks in the database only when something may have
-changed (``autogpt_workers/store/notify.py``): an idle dispatcher makes a transaction every ``dispatcher_idle_look_s``
-per loop instead of two per ``dispatcher_interval_s`` (a round and its pool pre-ping).
+Given a ``Wake`` each (the CLI's), the admission and webhook rounds look in the database only when something may have
+changed (``autogpt_workers/wake.py``): an idle dispatcher makes a transaction every ``dispatcher_idle_look_s`` per
+loop instead of two per ``dispatcher_interval_s`` (a round and its pool pre-ping, before 2026-12-05).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from collections.abc import Callable
 import structlog
 
 from autogpt_workers.admission import Admitter
-from autogpt_workers.store.notify import Listener
 from autogpt_workers.webhooks import WebhookDispatcher
 
 log = structlog.get_logger(__name__)
@@ -51,7 +50,8 @@ class _Round:
             self.on_round(self.name, "error")
             error = f"{type(exc).__name__}: {exc}"
             if error != self._last_error or time.monotonic() - self._last_logged > 30:  # not one line per round
-                log.warning("dispatcher_round_failed", loop=self.name, error=error, exc_info=error != self._last_error)
+                log.warning("dispatcher_round_failed", loop=self.name, error=error,
+                            exc_info=error != self._last_error)
                 self._last_error, self._last_logged = error, time.monotonic()
             return 0
         self.on_round(self.name, "ok")
@@ -66,15 +66,9 @@ def _loop(stop: threading.Event, interval_s: float, work: Callable[[], int]) -> 
 
 class Dispatcher:
     def __init__(
-        self,
-        admitter: Admitter,
-        webhooks: WebhookDispatcher,
-        interval_s: float,
-        on_round: RoundObserver = _ignore,
-        listener: Listener | None = None,
+        self, admitter: Admitter, webhooks: WebhookDispatcher, interval_s: float, on_round: RoundObserver = _ignore
     ) -> None:
         self.admitter = admitter
-        self.listener = listener
         self.webhooks = webhooks
         self.interval_s = interval_s
         self._admit = _Round("admission", admitter.admit_round, on_round)
@@ -89,9 +83,7 @@ class Dispatcher:
         return self._admit()
 
     def run_forever(self, stop: threading.Event) -> None:
-        log.info("dispatcher_started", interval_s=self.interval_s, listening=self.listener is not None)
-        if self.listener is not None:
-            self.listener.start(stop)
+        log.info("dispatcher_started", interval_s=self.interval_s)
         hooks = threading.Thread(target=_loop, args=(stop, self.interval_s, self._deliver), daemon=True)
         hooks.start()
         _loop(stop, self.interval_s, self.admission_round)

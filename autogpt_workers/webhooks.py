@@ -47,11 +47,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from autogpt_workers.config import Settings
+from autogpt_workers.contracts import TaskStatus
 from autogpt_workers.store.db import Database
-from autogpt_workers.store.gateway import Tenant, WebhookDelivery
+from autogpt_workers.store.gateway import TaskOptions, Tenant, WebhookDelivery
 from autogpt_workers.store.models import Task, TaskEvent
-from autogpt_workers.store.notify import Wake
 from autogpt_workers.tenants import ensure_tenant
+from autogpt_workers.wake import Wake
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,9 @@ def verify_signature(
     if abs((now if now is not None else time.time()) - ts) > tolerance_s:
         return False
     return hmac.compare_digest(signature(secret, ts, body), header)
+
+
+_UNFINISHED = [status.value for status in TaskStatus if not status.terminal]
 
 
 def _stale_connection(exc: BaseException) -> bool:
@@ -133,8 +137,9 @@ class WebhookDispatcher:
     def __init__(
         self, db: Database, settings: Settings, client: httpx.Client | None = None, wake: Wake | None = None
     ) -> None:
-        """``wake`` (the dispatcher's, fed by ``LISTEN``): a round looks for due deliveries only when one may be
-        due (written since, a retry's time come, one in flight ended); without one every round looks."""
+        """``wake`` (the dispatcher's): a round looks for due deliveries only while one may become due unseen (a
+        task with a webhook is running: its steps write deliveries), when a retry's time comes or one in flight
+        ends; without one every round looks."""
         self.db = db
         self.wake = wake
         self.settings = settings
@@ -157,9 +162,9 @@ class WebhookDispatcher:
             return 0
         if self.wake is not None and not self.wake.should_look():
             return 0
-        jobs, due_in_s = self._claim(room)
-        if self.wake is not None:  # none found: nothing to do until notified or the next retry falls due
-            self.wake.looked(idle=not jobs, due_in_s=due_in_s)
+        jobs, idle, due_in_s = self._claim(room)
+        if self.wake is not None:
+            self.wake.looked(idle=idle, due_in_s=due_in_s)
         for job in jobs:
             with self._lock:
                 self._in_flight += 1
@@ -185,9 +190,10 @@ class WebhookDispatcher:
             if self.wake is not None:
                 self.wake.notify()  # room again, and maybe a retry scheduled
 
-    def _claim(self, limit: int) -> tuple[list[Job], float | None]:
-        """The due deliveries claimed (at most ``limit``), and when none is due: in how many seconds the next pending
-        one will be (None: none is pending)."""
+    def _claim(self, limit: int) -> tuple[list[Job], bool, float | None]:
+        """The due deliveries claimed (at most ``limit``); when none is due, whether the loop may go idle (no task
+        with a webhook is unfinished, so no delivery can be written unseen) and in how many seconds the next
+        pending delivery falls due (None: none is pending)."""
         now = datetime.now(UTC)
         lease = timedelta(seconds=self.settings.webhook_timeout_s * 2 + 30)
         with self.db.transaction() as s:
@@ -216,7 +222,7 @@ class WebhookDispatcher:
                 body = json.dumps(d.payload, separators=(",", ":"), sort_keys=True).encode()
                 jobs.append(Job(d.id, d.url, d.payload["type"], body, secrets[task.tenant_id], d.attempts))
             if jobs:
-                return jobs, None
+                return jobs, False, None
             next_at = s.scalar(
                 select(
                     func.min(
@@ -227,7 +233,16 @@ class WebhookDispatcher:
                     )
                 ).where(WebhookDelivery.status == "pending")
             )
-            return [], None if next_at is None else (next_at - now).total_seconds()
+            hooked = s.scalar(
+                select(
+                    select(Task.id)
+                    .join(TaskOptions, TaskOptions.task_id == Task.id)
+                    # the unfinished statuses by name, so the tasks' status index finds them (not NOT IN)
+                    .where(TaskOptions.webhook_url.is_not(None), Task.status.in_(_UNFINISHED))
+                    .exists()
+                )
+            )
+            return [], not hooked, None if next_at is None else (next_at - now).total_seconds()
 
     @staticmethod
     def _secret(s: Session, tenant_id: str) -> str:

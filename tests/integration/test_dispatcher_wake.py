@@ -1,32 +1,36 @@
-"""The dispatcher's loops look in the database only when something may have changed (``store/notify.py``), against
-real PostgreSQL (a database of the module's own, so only this test's rows notify) and a RabbitMQ vhost of its own.
-
-Every database use of the dispatcher's engine is counted at the pool (``checkout``): a pre-ping, a round's
-transaction and a delivery's record all check a connection out."""
+"""The dispatcher's loops look in the database only when something may have changed (``autogpt_workers/wake.py``),
+against real PostgreSQL (a database of the module's own: no other test's tasks or caps) and a RabbitMQ vhost of its
+own. Every database use of the dispatcher's engine is counted at the pool (``checkout``): a round's transaction and a
+delivery's record each check a connection out."""
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from redis import Redis
 from sqlalchemy import event, func, select, text
 
-from autogpt_workers.admission import Admitter, Policy
+from autogpt_workers import lifecycle
+from autogpt_workers.admission import FLAG_GRACE_S, Admitter, Policy
+from autogpt_workers.backlog import BacklogFlag
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import declare_topology, make_celery
 from autogpt_workers.config import Settings
 from autogpt_workers.contracts import TaskSubmission
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import WebhookDelivery
-from autogpt_workers.store.notify import ADMISSION_CHANNEL, WEBHOOKS_CHANNEL, Listener, Wake
 from autogpt_workers.submit import submit_task
+from autogpt_workers.wake import Wake
 from autogpt_workers.webhooks import Result, WebhookDispatcher
 from tests.conftest import free_port
 from tests.integration.conftest import private_database, private_vhost
 
 ROUND_S = 0.05
+BUSY = Policy(backlog=lambda: "the workers are busy")  # a submission under it is held for admission
 
 
 @pytest.fixture(scope="module")
@@ -43,17 +47,6 @@ def publisher(settings) -> Iterator[Publisher]:  # type: ignore[no-untyped-def]
         yield Publisher(app)
 
 
-@pytest.fixture
-def wakes(own_db: Database) -> Iterator[dict[str, Wake]]:
-    wakes = {ADMISSION_CHANNEL: Wake(max_idle_s=60), WEBHOOKS_CHANNEL: Wake(max_idle_s=60)}
-    stop = threading.Event()
-    thread = Listener(own_db.engine, wakes, poll_s=0.2, retry_s=0.2).start(stop)
-    wait_for(lambda: all(w.listening for w in wakes.values()), "the listener to connect")
-    yield wakes
-    stop.set()
-    thread.join(timeout=5)
-
-
 def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -62,58 +55,90 @@ def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 10.0
         time.sleep(ROUND_S)
 
 
-class Checkouts:
-    def __init__(self, db: Database) -> None:
-        self.count = 0
-        event.listen(db.engine.pool, "checkout", self._seen)
-        self.db = db
+@contextlib.contextmanager
+def checkouts(db: Database) -> Iterator[list[int]]:
+    """``[n]``: the connections checked out of ``db``'s pool since entering."""
+    seen = [0]
 
-    def _seen(self, *_: object) -> None:
-        self.count += 1
+    def count(*_: object) -> None:
+        seen[0] += 1
 
-    def close(self) -> None:
-        event.remove(self.db.engine.pool, "checkout", self._seen)
-
-
-def test_idle_admission_rounds_leave_the_database_alone_until_a_task_is_held(
-    own_db: Database, publisher: Publisher, wakes: dict[str, Wake]
-) -> None:
-    admitter = Admitter(own_db, publisher, Policy(), wake=wakes[ADMISSION_CHANNEL])
-    assert admitter.admit_round() == 0  # the first round looks: nothing waits
-    used = Checkouts(own_db)
+    event.listen(db.engine.pool, "checkout", count)
     try:
-        for _ in range(40):
-            assert admitter.admit_round() == 0
-            time.sleep(ROUND_S / 5)
-        assert used.count == 0, "an idle round with nothing notified touches no connection"
-
-        busy = Policy(backlog=lambda: "the workers are busy")
-        held = submit_task(own_db, publisher, TaskSubmission(goal="wait for a slot"), policy=busy)
-        assert not held.published
-        admitted: list[int] = []
-        wait_for(lambda: admitted.append(admitter.admit_round()) or sum(admitted), "the held task's admission", 5)
-        assert sum(admitted) == 1
-        looks = used.count
-        for _ in range(20):
-            assert admitter.admit_round() == 0
-        assert used.count == looks, "idle again once the queue is empty"
+        yield seen
     finally:
-        used.close()
+        event.remove(db.engine.pool, "checkout", count)
 
 
-def test_a_webhook_delivery_notifies_and_its_retry_is_looked_for_when_due(
-    own_db: Database, publisher: Publisher, wakes: dict[str, Wake], settings  # type: ignore[no-untyped-def]
+def test_idle_admission_rounds_leave_the_database_alone_and_a_held_task_waits_at_most_the_idle_look(
+    own_db: Database, publisher: Publisher
+) -> None:
+    admitter = Admitter(own_db, publisher, Policy(), wake=Wake(max_idle_s=1.0))
+    assert admitter.admit_round() == 0  # the first round looks: nothing waits, no cap, no flag
+    with checkouts(own_db) as used:
+        for _ in range(10):
+            assert admitter.admit_round() == 0
+        assert used[0] == 0, "an idle round touches no connection"
+    held = submit_task(own_db, publisher, TaskSubmission(goal="wait for a slot"), policy=BUSY)
+    assert not held.published
+    started = time.monotonic()
+    admitted: list[int] = []
+    wait_for(lambda: admitted.append(admitter.admit_round()) or sum(admitted), "the held task's admission", 5)
+    assert sum(admitted) == 1 and time.monotonic() - started < 2.0, "admitted by the look after at most 1 s"
+
+
+def test_a_raised_backlog_flag_or_a_cap_keeps_every_admission_round_looking(
+    own_db: Database, publisher: Publisher, settings  # type: ignore[no-untyped-def]
+) -> None:
+    redis = Redis.from_url(settings.redis_url)
+    key = f"test:wake:{uuid.uuid4().hex}"
+    ready = {"now": 0}
+    gate = Policy(max_ready=8)
+    admitter = Admitter(
+        own_db, publisher, gate, ready=lambda: ready["now"], flag=BacklogFlag(redis, key, 30), wake=Wake(60)
+    )
+    try:
+        admitter.admit_round()
+        with checkouts(own_db) as used:
+            assert admitter.admit_round() == 0 and used[0] == 0, "idle: the queue is empty and the flag down"
+            ready["now"] = 20  # the workers are all busy: the flag goes up, and the API processes hold new tasks
+            admitter.admit_round()
+            assert redis.get(key) is not None
+            before = used[0]
+            for _ in range(3):
+                admitter.admit_round()
+            assert used[0] - before == 3, "every round looks while the flag is up"
+            ready["now"] = 0
+            admitter.admit_round()
+            assert redis.get(key) is None
+            time.sleep(FLAG_GRACE_S)
+            admitter.admit_round()  # the grace is over: this look finds nothing to wait for
+            before = used[0]
+            for _ in range(3):
+                admitter.admit_round()
+            assert used[0] == before, "idle again once the flag has been down for the grace"
+        capped = Admitter(own_db, publisher, Policy(tenant_max_running=5), wake=Wake(60))
+        with checkouts(own_db) as used:
+            for _ in range(3):
+                capped.admit_round()
+            assert used[0] == 3, "with a running-task cap, any submission may be held: every round looks"
+    finally:
+        redis.delete(key, key + ":waiting")
+
+
+def test_webhook_rounds_look_while_a_task_with_a_webhook_is_unfinished(
+    own_db: Database, publisher: Publisher, settings  # type: ignore[no-untyped-def]
 ) -> None:
     hooks_settings = settings.model_copy(update={"webhook_backoff_base_s": 1.0, "webhook_timeout_s": 2.0})
-    hooks = WebhookDispatcher(own_db, hooks_settings, wake=wakes[WEBHOOKS_CHANNEL])
+    wake = Wake(max_idle_s=1.0)
+    hooks = WebhookDispatcher(own_db, hooks_settings, wake=wake)
     try:
-        while hooks.deliver_round():  # whatever an earlier test left: nothing is due in this database
+        while hooks.deliver_round():  # whatever an earlier test left
             pass
-        wake = wakes[WEBHOOKS_CHANNEL]
         looks = wake.looks
-        for _ in range(20):
+        for _ in range(10):
             assert hooks.deliver_round() == 0
-        assert wake.looks - looks <= 1, "idle rounds do not look"
+        assert wake.looks - looks <= 1, "no task has a webhook: idle rounds do not look"
 
         dead_url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: every attempt fails, then is retried
         submission = TaskSubmission(goal="tell me", webhook_url=dead_url, webhook_events=["task.*"])
@@ -121,46 +146,30 @@ def test_a_webhook_delivery_notifies_and_its_retry_is_looked_for_when_due(
 
         def attempts() -> int:
             with own_db.session() as s:
-                return int(
-                    s.scalar(select(func.max(WebhookDelivery.attempts)).where(WebhookDelivery.task_id == task_id))
-                    or 0
-                )
+                n = s.scalar(select(func.max(WebhookDelivery.attempts)).where(WebhookDelivery.task_id == task_id))
+                return int(n or 0)
 
         def round_then(n: int) -> bool:
             hooks.deliver_round()
             return attempts() >= n
 
-        started = time.monotonic()
+        wait_for(lambda: round_then(1), "the first attempt, at the next look (at most 1 s)", 5)
         looks = wake.looks
-        wait_for(lambda: round_then(1), "the first attempt, woken by the trigger's notification", 5)
-        assert time.monotonic() - started < 2, "delivered on notification, not on a safety-net look"
+        for _ in range(5):
+            hooks.deliver_round()
+        assert wake.looks - looks == 5, "the task is unfinished, so its steps may write deliveries: every round looks"
         wait_for(lambda: round_then(2), "the retry after its backoff (1 s)", 10)
-        # looks: the notification, the end of the first attempt, the retry's due time (and a spare)
-        assert wake.looks - looks <= 5, f"{wake.looks - looks} looks for two attempts"
+
+        lifecycle.cancel(own_db, publisher, task_id)  # finished: only its pending deliveries' retry times remain
+        hooks.deliver_round()
+        wait_for(lambda: hooks.in_flight() == 0, "the cancel's delivery attempt to end")
+        hooks.deliver_round()  # the look after it: nothing unfinished, the next retry seconds away
+        looks = wake.looks
+        for _ in range(5):
+            hooks.deliver_round()
+        assert wake.looks == looks, "idle until the next retry falls due"
     finally:
         hooks.close()
-
-
-def test_the_listener_reconnects_and_every_round_looks_meanwhile(
-    own_db: Database, publisher: Publisher, wakes: dict[str, Wake]
-) -> None:
-    wake = wakes[ADMISSION_CHANNEL]
-    admitter = Admitter(own_db, publisher, Policy(), wake=wake)
-    admitter.admit_round()
-    with own_db.session() as s:
-        s.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE application_name = 'autogpt-workers-listen' AND datname = current_database()"
-            )
-        )
-    wait_for(lambda: not wake.listening, "the listener to notice", 5)
-    wait_for(lambda: wake.listening, "the listener to reconnect", 10)
-    admitter.admit_round()  # the look owed for notifications missed while down
-    busy = Policy(backlog=lambda: "the workers are busy")
-    submit_task(own_db, publisher, TaskSubmission(goal="held after the reconnect"), policy=busy)
-    admitted: list[int] = []
-    wait_for(lambda: admitted.append(admitter.admit_round()) or sum(admitted), "the admission after reconnecting", 5)
 
 
 def test_a_delivery_is_recorded_on_a_fresh_connection_when_its_pooled_one_died(
@@ -174,7 +183,7 @@ def test_a_delivery_is_recorded_on_a_fresh_connection_when_its_pooled_one_died(
     try:
         submission = TaskSubmission(goal="tell me", webhook_url="http://127.0.0.1:9/hook", webhook_events=["task.*"])
         task_id = submit_task(own_db, publisher, submission).task_id
-        jobs, _ = hooks._claim(100)
+        jobs, _, _ = hooks._claim(100)
         [job] = [j for j in jobs if j.delivery_id in _deliveries(own_db, task_id)]
         with db.session() as s:  # the pool's one connection, to be killed while it sits in the pool
             pid = s.scalar(text("SELECT pg_backend_pid()"))
@@ -184,6 +193,8 @@ def test_a_delivery_is_recorded_on_a_fresh_connection_when_its_pooled_one_died(
         with own_db.session() as s:
             assert s.get_one(WebhookDelivery, job.delivery_id).status == "delivered"
     finally:
+        with contextlib.suppress(lifecycle.LifecycleConflict):
+            lifecycle.cancel(own_db, publisher, task_id)
         hooks.close()
         db.dispose()
 

@@ -1,8 +1,8 @@
-"""When an idle dispatcher loop looks in the database (``store/notify.Wake``), on a clock the test moves."""
+"""When an idle dispatcher loop looks in the database (``autogpt_workers.wake.Wake``), on a clock the test moves."""
 
 from __future__ import annotations
 
-from autogpt_workers.store.notify import Wake
+from autogpt_workers.wake import Wake
 
 
 class Clock:
@@ -15,13 +15,12 @@ class Clock:
 
 def idle_wake(clock: Clock, max_idle_s: float = 5.0) -> Wake:
     wake = Wake(max_idle_s, clock)
-    wake.listening = True
     assert wake.should_look(), "the first round looks"
     wake.looked(idle=True)
     return wake
 
 
-def test_an_idle_listening_loop_looks_only_when_notified_or_after_max_idle() -> None:
+def test_an_idle_loop_looks_only_when_notified_or_after_max_idle() -> None:
     clock = Clock()
     wake = idle_wake(clock)
     assert not any(wake.should_look() for _ in range(10))
@@ -61,10 +60,3 @@ def test_a_known_due_time_makes_a_round_look_when_it_comes() -> None:
     assert not wake.should_look()
     clock.now += 0.2
     assert wake.should_look()
-
-
-def test_without_a_listener_every_round_looks() -> None:
-    clock = Clock()
-    wake = idle_wake(clock)
-    wake.listening = False  # PostgreSQL restarting: notifications cannot arrive
-    assert all(wake.should_look() for _ in range(5))

@@ -1,7 +1,7 @@
-"""a new webhook delivery notifies the dispatcher: ``NOTIFY autogpt_webhooks`` from a trigger on its row
+"""webhook deliveries notify the dispatcher: ``NOTIFY autogpt_webhooks`` from a trigger (dropped again by 0008)
 
 The dispatcher's webhook loop then looks in the database only when a delivery may be due (see
-``autogpt_workers/store/notify.py``), instead of a transaction every ``dispatcher_interval_s`` on an idle platform.
+``autogpt_workers/wake.py``), instead of a transaction every ``dispatcher_interval_s`` on an idle platform.
 A trigger on ``webhook_deliveries`` catches every writer: the ``task_events`` trigger (0003) and a new task's own
 options (``record_options``). PostgreSQL folds identical notifications of one transaction into one, and sends them
 at commit.
