@@ -180,9 +180,9 @@ def test_a_delivery_is_recorded_on_a_fresh_connection_when_its_pooled_one_died(
     url = own_db.engine.url.render_as_string(hide_password=False)
     db = Database.from_url(url, pool_size=1, max_overflow=0, pre_ping=False)
     hooks = WebhookDispatcher(db, settings)
+    submission = TaskSubmission(goal="tell me", webhook_url="http://127.0.0.1:9/hook", webhook_events=["task.*"])
+    task_id = submit_task(own_db, publisher, submission).task_id
     try:
-        submission = TaskSubmission(goal="tell me", webhook_url="http://127.0.0.1:9/hook", webhook_events=["task.*"])
-        task_id = submit_task(own_db, publisher, submission).task_id
         jobs, _, _ = hooks._claim(100)
         [job] = [j for j in jobs if j.delivery_id in _deliveries(own_db, task_id)]
         with db.session() as s:  # the pool's one connection, to be killed while it sits in the pool
