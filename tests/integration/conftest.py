@@ -34,12 +34,8 @@ def private_vhost(broker_url: str, suffix: str) -> Iterator[str]:
     auth = management_auth(broker_url)
     httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)  # a clean slate
     httpx.put(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=10).raise_for_status()
-    httpx.put(
-        f"{MGMT}/api/permissions/{quoted}/{auth[0]}",
-        json={"configure": ".*", "write": ".*", "read": ".*"},
-        auth=auth,
-        timeout=10,
-    ).raise_for_status()
+    httpx.put(f"{MGMT}/api/permissions/{quoted}/{auth[0]}", json={"configure": ".*", "write": ".*", "read": ".*"},
+              auth=auth, timeout=10).raise_for_status()
     try:
         yield f"{parsed.scheme}://{parsed.netloc}/{quoted}"
     finally:
