@@ -69,6 +69,12 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_heartbeat=30,
         broker_pool_limit=64,
+        # after a broker reconnect Celery lowers the prefetch count by the steps still running and raises it again
+        # with a blocking basic.qos as each ends; with the threads pool that call hung the worker's event loop (no
+        # heartbeat, no ack, no delivery) until the broker dropped the connection, 90 s later (the chaos
+        # rabbitmq-restart scenario, 2026-12-05). The messages of the running steps are redelivered on the new
+        # connection anyway, and the ledger turns each into a no-op, so the worker takes its full prefetch at once
+        worker_enable_prefetch_count_reduction=False,
         # -- topology
         task_queues=work_queues(),
         task_default_exchange=EXCHANGE.name,
@@ -110,6 +116,9 @@ def check_worker_settings(conf: Any, settings: Settings) -> list[str]:
         problems.append("worker_prefetch_multiplier must be 1 (prefetched steps wait unacked and block others)")
     if not (conf.broker_transport_options or {}).get("confirm_publish"):
         problems.append("broker_transport_options.confirm_publish must be True (publisher confirms)")
+    if getattr(conf, "worker_enable_prefetch_count_reduction", True):  # Celery's default is True
+        problems.append("worker_enable_prefetch_count_reduction must be False (its basic.qos after a reconnect can "
+                        "hang the worker's event loop)")
     limit = settings.rabbitmq_consumer_timeout_s
     for name, ann in (conf.task_annotations or {}).items():
         tl = ann.get("time_limit")

@@ -10,6 +10,7 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 from chaos.journal import Journal
 from chaos.platform import Platform
@@ -17,13 +18,20 @@ from chaos.services import PrivateServices
 
 
 def random_kills(platform: Platform, journal: Journal, stop: threading.Event, count: int,
-                 gap_s: tuple[float, float] = (0.8, 2.5), rng: random.Random | None = None) -> int:
+                 gap_s: tuple[float, float] = (0.8, 2.5), rng: random.Random | None = None,
+                 progress: Callable[[], float] | None = None) -> int:
     """SIGKILL ``count`` worker processes at random moments: a think worker, an act worker's pool child, or a whole
     act worker (its children die with it). Only workers that are consuming are targets (killing one still booting
-    after the last kill tests nothing); the supervisor restarts dead workers."""
+    after the last kill tests nothing); the supervisor restarts dead workers.
+
+    With ``progress`` (the share of the load's steps committed, 0 to 1), kill ``i`` of ``count`` also waits until
+    that share reaches ``i / (count + 1)``: the kills are spread over the load itself, so all of them land under
+    load however fast the host runs it (a wall-clock pace alone raced the load, and lost on a fast host)."""
     rng = rng or random.Random()
     done = 0
     while done < count and not stop.wait(rng.uniform(*gap_s)):
+        if progress is not None and not _reached(progress, (done + 1) / (count + 1), stop):
+            break
         choice = rng.random()
         if choice < 0.45:
             targets = [p for p in platform.workers("think") if p.alive() and p.ready()]
@@ -51,13 +59,25 @@ def random_kills(platform: Platform, journal: Journal, stop: threading.Event, co
     return done
 
 
+def _reached(progress: Callable[[], float], share: float, stop: threading.Event, poll_s: float = 0.1) -> bool:
+    """Wait until the load's progress reaches ``share``; False when the load ended first."""
+    while progress() < share:
+        if stop.wait(poll_s):
+            return False
+    return True
+
+
 def service_restarts(services: PrivateServices, which: str, journal: Journal, stop: threading.Event, times: int,
-                     first_after_s: float = 6.0, gap_s: float = 15.0) -> int:
-    """Restart PostgreSQL or RabbitMQ ``times`` times under load; each leaves the service running."""
+                     first_after_s: float = 6.0, gap_s: float = 15.0,
+                     progress: Callable[[], float] | None = None) -> int:
+    """Restart PostgreSQL or RabbitMQ ``times`` times under load; each leaves the service running. With
+    ``progress``, restart ``i`` also waits for ``i / (times + 1)`` of the load's steps (see ``random_kills``)."""
     service = services.postgres if which == "postgres" else services.rabbit
     done = 0
     wait = first_after_s
     while done < times and not stop.wait(wait):
+        if progress is not None and not _reached(progress, (done + 1) / (times + 1), stop):
+            break
         started = time.time()
         service.restart()
         journal.write({"ts": started, "end_ts": time.time(), "kind": f"{which}_restart", "window": "service"})
@@ -67,9 +87,12 @@ def service_restarts(services: PrivateServices, which: str, journal: Journal, st
 
 
 def redis_flushes(services: PrivateServices, journal: Journal, stop: threading.Event, times: int,
-                  gap_s: float = 3.0) -> int:
+                  gap_s: float = 3.0, progress: Callable[[], float] | None = None) -> int:
+    """Flush Redis ``times`` times under load, paced like ``service_restarts``."""
     done = 0
     while done < times and not stop.wait(gap_s):
+        if progress is not None and not _reached(progress, (done + 1) / (times + 1), stop):
+            break
         services.redis.flush()
         journal.write({"ts": time.time(), "end_ts": time.time(), "kind": "redis_flush", "window": "service"})
         done += 1

@@ -4,6 +4,7 @@ scenario's settings, the load, the faults, the wait for every task to end, and t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import threading
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from chaos.scenarios import Scenario
 from chaos.services import PrivateServices
 
 TERMINAL = ("completed", "failed", "cancelled")
+MAX_PAUSE_S = 45.0  # above the re-drive time (AUTOGPT_REDRIVE_AFTER_S below), the slowest recovery there is
 
 # Short leases and quick reaper rounds so recovery is visible within a run; every value passes the settings' checks.
 BASE_ENV = {
@@ -86,6 +89,16 @@ class RunContext:
     @property
     def max_deliveries(self) -> int:
         return int(self.env["AUTOGPT_MAX_DELIVERIES"])
+
+    def progress(self) -> float:
+        """The share of the load's steps committed so far (0 while the database is away)."""
+        want = len(self.submitted) * self.suite.sizes.steps or self.suite.sizes.tasks * self.suite.sizes.steps
+        try:
+            with self.suite.db.session() as s:
+                done = s.scalar(select(func.count()).select_from(Step).where(Step.committed_at.is_not(None)))
+        except Exception:  # the database is restarting (a scenario)
+            return 0.0
+        return int(done or 0) / max(1, want)
 
     def task_of(self, index: int) -> uuid.UUID | None:
         return next((s.task_id for s in self.submitted if s.index == index), None)
@@ -220,6 +233,7 @@ class Suite:
         extra: list[Check] = scenario.checks(ctx) if scenario.checks is not None else []
         if platform.restarts:
             extra.append(Check("workers restarted by the supervisor", str(platform.restarts), True))
+        extra.append(self._pause_check([s.task_id for s in ctx.submitted if s.task_id is not None]))
         data = RunData(
             scenario=scenario.name,
             run=run_no,
@@ -254,6 +268,19 @@ class Suite:
             if open_ == 0 and injecting:
                 stop.set()  # the load is done: the injector stops where it is
             time.sleep(1.0)
+
+    def _pause_check(self, task_ids: list[uuid.UUID]) -> Check:
+        """The longest time the load stood still: between the first submission's first commit and the last
+        commit, no two consecutive step commits may lie further apart than ``MAX_PAUSE_S``. Every fault here
+        recovers within a lease (4 s) or a re-drive (30 s); a longer pause is a platform that hung, as the workers
+        did for 90 s after a broker restart before the prefetch fix (see ``celery_app``)."""
+        with self.db.session() as s:
+            stamps: list[datetime] = [t for t in s.scalars(select(Step.committed_at).where(Step.task_id.in_(task_ids),
+                                                                    Step.committed_at.is_not(None))
+                                    .order_by(Step.committed_at)) if t is not None]
+        pause = max(((b - a).total_seconds() for a, b in itertools.pairwise(stamps)), default=0.0)
+        return Check("longest pause between two step commits", f"{pause:.1f} s (limit {MAX_PAUSE_S:.0f} s)",
+                     pause <= MAX_PAUSE_S)
 
     def _llm_log(self) -> list[dict[str, Any]]:
         for _ in range(5):

@@ -1,6 +1,7 @@
-"""The chaos suite's trimmed run, inside ``make test``: random SIGKILLs of worker processes and a poison step, on
-private PostgreSQL/RabbitMQ/Redis instances (so nothing else on the machine is disturbed), with real API, worker
-and reaper processes. The service restarts, the aimed kills and the other scenarios run in ``make chaos``."""
+"""The chaos suite's trimmed run, inside ``make test``: random SIGKILLs of worker processes, RabbitMQ restarted
+twice under load, and a poison step, on private PostgreSQL/RabbitMQ/Redis instances (so nothing else on the machine
+is disturbed), with real API, worker and reaper processes. The aimed kills and the other scenarios run in
+``make chaos``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def test_the_trimmed_chaos_run_passes_every_bar(tmp_path: Path, capsys: pytest.C
     main(["--trimmed", "--work-dir", str(tmp_path), "--json", str(results_file)])
     printed = capsys.readouterr().out
     results = json.loads(results_file.read_text())
-    assert [r["scenario"] for r in results] == ["random-kill", "poison"], printed
+    assert [r["scenario"] for r in results] == ["random-kill", "rabbitmq-restart", "poison"], printed
     for r in results:
         assert r["not_terminal"] == 0 and r["steps_lost"] == 0 and r["committed_twice"] == 0, printed
         assert r["missing"] == 0 and not r["unexpected"], printed

@@ -103,11 +103,13 @@ def test_the_worker_check_names_every_unsafe_setting() -> None:
         task_acks_late=False,
         task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=4,
+        worker_enable_prefetch_count_reduction=True,
         broker_transport_options={},
         task_annotations={"autogpt.act": {"time_limit": 3600}},
     )
     problems = " ".join(check_worker_settings(conf, s))
-    for needle in ("task_acks_late", "reject_on_worker_lost", "prefetch", "confirm_publish", "time_limit"):
+    for needle in ("task_acks_late", "reject_on_worker_lost", "prefetch", "confirm_publish", "time_limit",
+                   "prefetch_count_reduction"):
         assert needle in problems
 
 
