@@ -27,6 +27,7 @@ from autogpt_workers.agent.budget import check_budget
 from autogpt_workers.agent.context import build_messages
 from autogpt_workers.agent.memory import AgentMemory
 from autogpt_workers.agent.prompt import Prompt, load_prompt
+from autogpt_workers.agent.tool_json import tools_json
 from autogpt_workers.agent.types import (
     LLM,
     LLMResponse,
@@ -121,7 +122,7 @@ class Agent:
         """Tokens the messages may use: the window less what the tool schemas take (estimated, 3 chars/token)."""
         if self.context_tokens is None:
             return None
-        return max(1_000, self.context_tokens - len(json.dumps(tools)) // 3)
+        return max(1_000, self.context_tokens - len(tools_json(tools)) // 3)
 
     def act(
         self,

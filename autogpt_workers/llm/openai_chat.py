@@ -24,14 +24,14 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx2
 import openai
 import structlog
 import tenacity
-from openai.types.chat import ChatCompletion
 
+from autogpt_workers.agent.tool_json import dumps, tools_json
 from autogpt_workers.agent.types import LLMResponse, Message, ToolCall, ToolSchema, Usage
 from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
 
@@ -172,16 +172,15 @@ class OpenAIChatModel:
             raise LLMTransientError(f"{exc.message} (gave up after {attempts})", exc.retry_after) from exc
 
     def _attempt(self, messages: list[Message], tools: list[ToolSchema]) -> LLMResponse:
-        request: dict[str, Any] = {"model": self.model, "messages": messages}
-        if tools:
-            request["tools"] = tools
-        if self.temperature is not None:
-            request["temperature"] = self.temperature
+        body = request_body(self.model, messages, tools, self.temperature)
         try:
-            # ``post`` is the client's documented call for a raw body: the same request, retries off, errors and
-            # parsing as ``chat.completions.create``, without re-walking the whole request (tool schemas included)
-            # through the SDK's TypedDict transform on every call (about a third of the think worker's CPU)
-            completion = self.provider.post("/chat/completions", body=request, cast_to=ChatCompletion)
+            # ``post`` is the client's documented call for a raw request: the same request, retries off, errors as
+            # ``chat.completions.create``. The body is our JSON text (the tool schemas' text is encoded once per
+            # process, see ``tool_json``) and the reply comes back as bytes we decode: the SDK's TypedDict
+            # transform, its JSON encoder and its model construction cost more of the think worker's CPU than
+            # the rest of the call
+            raw = self.provider.post("/chat/completions", content=body, cast_to=bytes)
+            completion = json.loads(raw)
         except openai.APITimeoutError as exc:
             raise _Retryable("timeout", f"the LLM request to {self._where()} timed out") from exc
         except openai.APIConnectionError as exc:
@@ -191,7 +190,7 @@ class OpenAIChatModel:
             raise _translate_status(exc) from exc
         except openai.APIResponseValidationError as exc:
             raise _Retryable("bad_response", f"the LLM sent an unreadable reply: {exc.message}") from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _Retryable("bad_response", f"the LLM sent a reply that is not valid JSON: {exc}") from exc
         except openai.OpenAIError as exc:
             raise LLMPermanentError(f"the LLM client refused the request: {exc}") from exc
@@ -267,32 +266,46 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     return None
 
 
+def request_body(model: str, messages: list[Message], tools: list[ToolSchema], temperature: float | None) -> bytes:
+    """The chat-completions request as JSON bytes, as the SDK would encode it (compact, UTF-8)."""
+    parts = ['{"model":', dumps(model), ',"messages":', dumps(messages)]
+    if tools:
+        parts += [',"tools":', tools_json(tools)]
+    if temperature is not None:
+        parts += [',"temperature":', dumps(temperature)]
+    parts.append("}")
+    return "".join(parts).encode()
+
+
 def _to_response(completion: object, model: str) -> LLMResponse:
-    """Our ``LLMResponse`` from the SDK's completion; anything unreadable is a ``bad_response`` to retry."""
-    if not isinstance(completion, ChatCompletion):
+    """Our ``LLMResponse`` from the decoded chat completion; anything unreadable is a ``bad_response`` to retry."""
+    if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
         raise _Retryable(
             "bad_response", f"the LLM sent something other than a chat completion: {completion!r:.200}"
         )
     try:
-        message = completion.choices[0].message
+        message = completion["choices"][0]["message"]
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise TypeError(f"message content is {type(content).__name__}, not text")
         tool_calls = []
-        for call in message.tool_calls or []:
-            function = getattr(call, "function", None)
+        for call in message.get("tool_calls") or []:
+            function = call.get("function")
             if function is None:  # a custom (non-function) tool call: we never offer those
                 continue
-            arguments = function.arguments
+            arguments = function.get("arguments")
             if not isinstance(arguments, str):  # some servers send an object instead of JSON text
                 arguments = json.dumps(arguments)
-            tool_calls.append(ToolCall(id=call.id or "", name=function.name or "", arguments=arguments))
-        usage = completion.usage
+            tool_calls.append(ToolCall(id=call.get("id") or "", name=function.get("name") or "", arguments=arguments))
+        usage = completion.get("usage") or {}
         return LLMResponse(
-            content=message.content,
+            content=content,
             tool_calls=tool_calls,
             usage=Usage(
-                prompt_tokens=(usage.prompt_tokens or 0) if usage else 0,
-                completion_tokens=(usage.completion_tokens or 0) if usage else 0,
+                prompt_tokens=usage.get("prompt_tokens") or 0,
+                completion_tokens=usage.get("completion_tokens") or 0,
             ),
-            model=completion.model or model,
+            model=completion.get("model") or model,
         )
-    except (AttributeError, IndexError, TypeError, ValueError) as exc:
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise _Retryable("bad_response", f"the LLM sent a malformed chat completion: {exc}") from exc
