@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # (and under redrive_after_s, so the reaper does not re-drive the delayed wake-up early)
     llm_retry_after_max_s: float = Field(default=300.0, gt=0)
     llm_max_connections: int = Field(default=500, ge=1)
+    # the think worker's LLM connections are split over this many clients, each thread keeping to one: the HTTP
+    # pool's bookkeeping walks all of a client's connections on every request (at 250 per process it was a seventh
+    # of the think worker's CPU)
+    llm_client_shards: int = Field(default=8, ge=1, le=64)
     # USD per 1k tokens: {"model": [prompt, completion]}; unknown models cost the default pair
     llm_prices_per_1k: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {

@@ -23,7 +23,7 @@ from autogpt_workers.commands.memory import MemoryAccess, memory_commands
 from autogpt_workers.config import Settings, get_settings
 from autogpt_workers.errors import ConfigError
 from autogpt_workers.lease import LeaseKeeper
-from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
+from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_clients
 from autogpt_workers.llm.traced import traced
 from autogpt_workers.memory.factory import build_memory
 from autogpt_workers.profiles import ProfileCatalog
@@ -49,14 +49,15 @@ def build_runner(settings: Settings) -> StepRunner:
     from autogpt_workers.metrics import PrometheusObserver  # after the CLI chose the metrics storage
 
     observer = PrometheusObserver()
-    client = make_client(
+    clients = make_clients(
         base_url=settings.openai_base_url,
         api_key=api_key,
         timeout_s=settings.llm_timeout_s,
         max_connections=settings.llm_max_connections,
+        shards=settings.llm_client_shards,
     )
     llm = OpenAIChatModel(
-        client,
+        clients,
         model=settings.llm_model,
         max_attempts=settings.llm_max_attempts,
         backoff_max_s=settings.llm_backoff_max_s,

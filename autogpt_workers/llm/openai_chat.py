@@ -20,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import functools
+import itertools
 import json
 import math
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import httpx2
@@ -97,6 +99,16 @@ def make_client(
     )
 
 
+def make_clients(
+    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int, shards: int
+) -> tuple[openai.OpenAI, ...]:
+    """``shards`` clients that share ``max_connections`` between them (each gets its part, rounded up, plus one:
+    ``OpenAIChatModel`` deals threads to them in turn, so their counts differ by one at most). An HTTP pool walks
+    all its connections on every request; several small pools cost less than one large one."""
+    per_shard = -(-max_connections // shards) + (1 if shards > 1 else 0)
+    return tuple(make_client(base_url, api_key, timeout_s, per_shard) for _ in range(shards))
+
+
 @functools.lru_cache(maxsize=4)
 def shared_client(
     base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int
@@ -110,7 +122,7 @@ class OpenAIChatModel:
 
     def __init__(
         self,
-        provider: openai.OpenAI,
+        provider: openai.OpenAI | Sequence[openai.OpenAI],
         model: str,
         *,
         max_attempts: int = 5,
@@ -122,7 +134,13 @@ class OpenAIChatModel:
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
-        self.provider = provider
+        # several clients (``make_clients``): each calling thread keeps to the one it was dealt first
+        self.providers = tuple(provider) if isinstance(provider, Sequence) else (provider,)
+        if not self.providers:
+            raise ValueError("at least one client is needed")
+        self.provider = self.providers[0]
+        self._dealt = threading.local()
+        self._deal = itertools.count()
         self.model = model
         self.max_attempts = max_attempts
         self.backoff_initial_s = backoff_initial_s
@@ -179,7 +197,7 @@ class OpenAIChatModel:
             # process, see ``tool_json``) and the reply comes back as bytes we decode: the SDK's TypedDict
             # transform, its JSON encoder and its model construction cost more of the think worker's CPU than
             # the rest of the call
-            raw = self.provider.post("/chat/completions", content=body, cast_to=bytes)
+            raw = self._client().post("/chat/completions", content=body, cast_to=bytes)
             completion = json.loads(raw)
         except openai.APITimeoutError as exc:
             raise _Retryable("timeout", f"the LLM request to {self._where()} timed out") from exc
@@ -195,6 +213,14 @@ class OpenAIChatModel:
         except openai.OpenAIError as exc:
             raise LLMPermanentError(f"the LLM client refused the request: {exc}") from exc
         return _to_response(completion, self.model)
+
+    def _client(self) -> openai.OpenAI:
+        if len(self.providers) == 1:
+            return self.provider
+        client: openai.OpenAI | None = getattr(self._dealt, "client", None)
+        if client is None:
+            client = self._dealt.client = self.providers[next(self._deal) % len(self.providers)]
+        return client
 
     def _where(self) -> str:
         return str(self.provider.base_url)

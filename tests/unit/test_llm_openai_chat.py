@@ -18,7 +18,13 @@ import pytest
 
 from autogpt_workers.agent.types import LLMResponse, ToolCall, Usage
 from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
-from autogpt_workers.llm.openai_chat import OpenAIChatModel, RetryEvent, make_client, parse_retry_after
+from autogpt_workers.llm.openai_chat import (
+    OpenAIChatModel,
+    RetryEvent,
+    make_client,
+    make_clients,
+    parse_retry_after,
+)
 
 MESSAGES = [{"role": "system", "content": "sys"}, {"role": "user", "content": "Task id: t1\nGoal: hi"}]
 TOOLS = [
@@ -281,6 +287,31 @@ def test_client_pool_and_retries() -> None:
     assert client.max_retries == 0
     pool = client._client._transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 321 and pool._max_keepalive_connections == 321
+
+
+def test_threads_are_dealt_the_clients_in_turn_and_each_keeps_to_its_own(stub: StubLLM) -> None:
+    clients = make_clients(stub.base_url, "sk-test", 5.0, 10, 4)
+    pools = [c._client._transport._pool for c in clients]  # type: ignore[attr-defined]
+    assert [p._max_connections for p in pools] == [4, 4, 4, 4]  # 10 / 4 rounded up, plus one
+    model = OpenAIChatModel(clients, "gpt-4o-mini", max_attempts=1)
+    stub.replies = [Reply(body=completion("ok")) for _ in range(16)]
+    used: dict[int, list[int]] = {}
+    barrier = threading.Barrier(8)
+
+    def call_twice(n: int) -> None:
+        barrier.wait()
+        for _ in range(2):
+            assert model.complete(MESSAGES, TOOLS).content == "ok"
+            used.setdefault(n, []).append(clients.index(model._client()))
+
+    threads = [threading.Thread(target=call_twice, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(set(picks)) == 1 for picks in used.values())  # a thread keeps to one client
+    assert sorted(picks[0] for picks in used.values()) == [0, 0, 1, 1, 2, 2, 3, 3]  # dealt in turn
+    assert len(stub.requests) == 16
 
 
 @pytest.mark.parametrize(
