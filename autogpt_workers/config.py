@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # chaos suite only (see autogpt_workers/crashpoints.py): "<window>:<probability>[:<match>[:<action>]]"
     chaos_crash_at: str | None = None
     chaos_journal: Path | None = None
+    # chaos suite only: a rule fires only once the worker has run this long (its last crash's redeliveries get
+    # through before the next one; see crashpoints)
+    chaos_min_uptime_s: float = Field(default=0.0, ge=0)
 
     # tasks
     default_max_steps: int = Field(default=20, ge=1)

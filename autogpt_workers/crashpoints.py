@@ -17,6 +17,12 @@ Off unless ``AUTOGPT_CHAOS_CRASH_AT`` is set; the settings refuse it when ``AUTO
 
 ``AUTOGPT_CHAOS_JOURNAL=<path>`` appends one JSON line per fault, written before the fault fires, so the chaos
 checker knows what was injected where.
+
+``AUTOGPT_CHAOS_MIN_UPTIME_S`` (default 0): no rule fires before the worker has run this long. A worker killed
+holding many steps (a thread-pool think worker holds dozens) costs each of them a delivery; killed again and again
+before those steps are redelivered and done, some healthy step reaches the poison limit as a bystander (the poison
+rule cannot tell a step that kills its worker from one whose worker was killed under it). The aimed-kill scenarios
+set it above the lease time, so each kill's redeliveries get through before the same worker can die again.
 """
 
 from __future__ import annotations
@@ -68,19 +74,23 @@ def parse_rules(spec: str) -> list[CrashRule]:
 class CrashPoints:
     """The rules of this process; ``maybe`` fires at most one of them."""
 
-    def __init__(self, rules: list[CrashRule], journal: Path | None = None) -> None:
+    def __init__(self, rules: list[CrashRule], journal: Path | None = None, min_uptime_s: float = 0.0) -> None:
         self.rules = rules
         self.journal = journal
+        self.min_uptime_s = min_uptime_s
+        self._started = time.monotonic()
         self._lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, spec: str | None, journal: Path | None = None) -> CrashPoints:
-        return cls(parse_rules(spec) if spec else [], journal)
+    def from_spec(cls, spec: str | None, journal: Path | None = None, min_uptime_s: float = 0.0) -> CrashPoints:
+        return cls(parse_rules(spec) if spec else [], journal, min_uptime_s)
 
     def armed(self, window: str) -> bool:
         return any(r.window == window for r in self.rules)
 
     def maybe(self, window: str, *, task_id: object, step_index: int, phase: str, goal: str) -> None:
+        if not self.rules or time.monotonic() - self._started < self.min_uptime_s:
+            return
         for rule in self.rules:
             if rule.window != window or (rule.match and rule.match not in goal):
                 continue

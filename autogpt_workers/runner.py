@@ -185,7 +185,8 @@ class StepRunner:
         self.settings = settings
         self.owner = owner
         self.leases = leases
-        self.crash = CrashPoints.from_spec(settings.chaos_crash_at, settings.chaos_journal)
+        self.crash = CrashPoints.from_spec(settings.chaos_crash_at, settings.chaos_journal,
+                                           settings.chaos_min_uptime_s)
         self._calls = DaemonThreads("llm-call")  # reused threads for LLM calls, not one started per call
         self.marks = PublishMarks(ledger.mark_published)
         self._records = _Records()

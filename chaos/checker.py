@@ -153,11 +153,14 @@ def check(db: Database, data: RunData) -> Result:
             unexpected.append(f"{task.id}: inconsistent ledger (last={last}, steps_completed={task.steps_completed})")
     committed_twice = sum(n - 1 for _, _, n in commits if n > 1)
     rebought, allowed = _rebought(data, {str(t) for t in acked})
+    faults = _fault_count(data)
+    # a run whose faults never fired proves nothing: every scenario injects at least one
+    checks = [*data.extra, Check("faults injected", str(faults), faults > 0)]
     return Result(
         scenario=data.scenario,
         run=data.run,
         tasks=len(data.submitted),
-        faults=_fault_count(data),
+        faults=faults,
         fault_detail=_fault_detail(data),
         not_terminal=len(not_terminal),
         steps_lost=steps_lost,
@@ -168,7 +171,7 @@ def check(db: Database, data: RunData) -> Result:
         rebought_allowed=allowed,
         recovery_s=data.recovery_s,
         unrecovered=data.unrecovered,
-        checks=data.extra,
+        checks=checks,
         duration_s=data.duration_s,
         notes=[f"re-bought outside an allowed window: {d}" for d in data.disallowed],
     )

@@ -53,3 +53,24 @@ def test_a_matching_rule_journals_then_kills_its_process(tmp_path: Path) -> None
     [record] = [json.loads(line) for line in journal.read_text().splitlines()]
     assert (record["window"], record["task_id"], record["step"], record["action"]) == (
         "committed", "t-victim", 2, "kill")
+
+
+def test_no_rule_fires_before_the_worker_has_run_its_minimum_uptime(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from autogpt_workers.crashpoints import CrashPoints
+        points = CrashPoints.from_spec("llm:1", Path({str(journal)!r}), min_uptime_s=0.5)
+        points.maybe("llm", task_id="t-early", step_index=0, phase="think", goal="too early")
+        print("survived while young", flush=True)
+        time.sleep(0.6)
+        points.maybe("llm", task_id="t-late", step_index=1, phase="think", goal="old enough")
+        print("not reached", flush=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ})
+    assert done.returncode == -9, done.stderr
+    assert done.stdout.strip() == "survived while young"
+    [record] = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert record["task_id"] == "t-late"
