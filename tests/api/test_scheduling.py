@@ -156,7 +156,10 @@ def test_with_default_settings_a_burst_does_not_starve_another_tenant(gateway: G
     llm.register_script(
         "fair", [{"tool": "write_file", "arguments": {"path": "f.txt", "content": "f"}, "latency_s": 1.0}]
     )
-    n = 100
+    # the gate closes a dispatcher round and an API refresh after the queue backs up (0.1 s each here): the tasks
+    # submitted meanwhile still go straight to RabbitMQ. With a burst of 100, 54 of A's had finished before B
+    # started once (2026-12-05), over the bar of half; with 200, 30 and 37 did (41 and 48 started), FIFO being 180
+    n = 200
     a, b = gateway.tenant("fair-a"), gateway.tenant("fair-b")
     with gateway.client(a) as ca, gateway.client(b) as cb:
         a_ids = [submit(ca, f"A burst [[script:fair]] {i}", priority=3) for i in range(n)]
