@@ -274,13 +274,16 @@ class Suite:
 
     def _pause_check(self, task_ids: list[uuid.UUID]) -> Check:
         """The longest time the load stood still: between the first commit of ``task_ids`` and their last one, no
-        two consecutive step commits may lie further apart than ``MAX_PAUSE_S``. Every fault here
-        recovers within a lease (4 s) or a re-drive (30 s); a longer pause is a platform that hung, as the workers
-        did for 90 s after a broker restart before the prefetch fix (see ``celery_app``)."""
+        two consecutive step commits may lie further apart than ``MAX_PAUSE_S``. Every fault here recovers within a
+        lease (4 s) or a re-drive (30 s); a longer pause is a platform that hung, as the workers did for 90 s after a
+        broker restart before the prefetch fix (see ``celery_app``)."""
+        query = (
+            select(Step.committed_at)
+            .where(Step.task_id.in_(task_ids), Step.committed_at.is_not(None))
+            .order_by(Step.committed_at)
+        )
         with self.db.session() as s:
-            stamps: list[datetime] = [t for t in s.scalars(select(Step.committed_at).where(Step.task_id.in_(task_ids),
-                                                                    Step.committed_at.is_not(None))
-                                    .order_by(Step.committed_at)) if t is not None]
+            stamps: list[datetime] = [t for t in s.scalars(query) if t is not None]
         pause = max(((b - a).total_seconds() for a, b in itertools.pairwise(stamps)), default=0.0)
         return Check("longest pause between two step commits", f"{pause:.1f} s (limit {MAX_PAUSE_S:.0f} s)",
                      pause <= MAX_PAUSE_S)
