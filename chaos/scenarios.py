@@ -64,9 +64,9 @@ def _crash(window: str, p: float, match: str = "", action: str = "kill") -> str:
 
 # a random aimed kill fires only in a worker up this long (above the suite's 4 s lease, its 1 s reaper round and
 # the LLM's latency): the steps its last death stranded are redelivered and done before it can die again (see
-# ``autogpt_workers.crashpoints``). Without it, at 300 steps/s the think workers died every 2 s or so in kill-llm and
-# three healthy tasks reached the poison limit as bystanders (2026-12-05). The LLM answers in 0.5-1.5 s in these
-# scenarios, so the load runs long enough for each worker to die a few times
+# ``autogpt_workers.crashpoints``). Without it, a think worker died every 2 s or so in kill-llm (26 kills in 55 s)
+# and three healthy tasks reached the poison limit as bystanders (2026-12-05). The LLM answers in 0.5-1.5 s in
+# these scenarios, so the load runs long enough for each worker to die a few times
 MIN_UPTIME_S = "6"
 AIMED_LLM = {"latency_s": 1.0, "latency_jitter_s": 0.5}
 
