@@ -35,6 +35,14 @@ def test_off_by_default_and_refused_in_production() -> None:
         Settings(chaos_crash_at="sometime:1")
 
 
+def _run_killed(script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a new Python process, which a crash rule must end with SIGKILL."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ})
+    assert done.returncode == -9, done.stderr
+    return done
+
+
 def test_a_matching_rule_journals_then_kills_its_process(tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
     script = textwrap.dedent(f"""
@@ -46,9 +54,7 @@ def test_a_matching_rule_journals_then_kills_its_process(tmp_path: Path) -> None
         points.maybe("committed", task_id="t-victim", step_index=2, phase="act", goal="the victim")
         print("not reached", flush=True)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          env={**os.environ})
-    assert done.returncode == -9, done.stderr
+    done = _run_killed(script)
     assert done.stdout.strip() == "survived the bystander"
     [record] = [json.loads(line) for line in journal.read_text().splitlines()]
     assert (record["window"], record["task_id"], record["step"], record["action"]) == (
@@ -68,9 +74,7 @@ def test_no_rule_fires_before_the_worker_has_run_its_minimum_uptime(tmp_path: Pa
         points.maybe("llm", task_id="t-late", step_index=1, phase="think", goal="old enough")
         print("not reached", flush=True)
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          env={**os.environ})
-    assert done.returncode == -9, done.stderr
+    done = _run_killed(script)
     assert done.stdout.strip() == "survived while young"
     [record] = [json.loads(line) for line in journal.read_text().splitlines()]
     assert record["task_id"] == "t-late"
