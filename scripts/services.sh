@@ -264,7 +264,10 @@ svc_rabbitmq() {
   fi
 
   if ! vhost_ok; then
-    if ! "${SUDO[@]}" rabbitmqctl -q list_vhosts name 2>/dev/null | grep -qx "$VHOST"; then
+    # Read the list whole first: `| grep -q` under pipefail can fail the pipe with SIGPIPE.
+    local vhosts
+    vhosts="$("${SUDO[@]}" rabbitmqctl -q list_vhosts name 2>/dev/null || true)"
+    if ! grep -qx "$VHOST" <<<"$vhosts"; then
       "${SUDO[@]}" rabbitmqctl -q add_vhost "$VHOST" >/dev/null
     fi
     "${SUDO[@]}" rabbitmqctl -q set_permissions -p "$VHOST" guest ".*" ".*" ".*" >/dev/null
