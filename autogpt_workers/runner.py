@@ -242,6 +242,17 @@ class StepRunner:
             gate = approval_required(task.approval, proposal.command, self._side_effect(proposal.command), asks)
             payload = {**proposal.model_dump(mode="json"), **({"awaits_human": True} if asks else {})}
             inline = self._runs_inline(proposal, gate, asks)
+            cut_short = None  # why a pure command could not finish here: its act phase is handed back below
+            if inline and self._is_pure(proposal):
+                try:
+                    observation = self._await(hold, lambda: self._act_pure(ctx, task, step_index, proposal, hold),
+                                              limit_s=self.settings.inline_act_time_limit_s,
+                                              limit_reason="inline act time limit")
+                except Abandoned as exc:
+                    cut_short = exc.reason
+                else:
+                    return self._commit_pure(task, step_index, token, proposal, payload, observation, started,
+                                             llm_seconds)
             act_lease = self.settings.lease_ttl_s if inline else None
             result = self._persist(
                 lambda: self.ledger.propose(
@@ -274,12 +285,84 @@ class StepRunner:
                        tokens=proposal.usage.total_tokens)
             if acting:  # the act phase goes on here, under the same lease
                 self.hand_on("act", think_result)
+                if cut_short is not None:  # as if the command had been cut short on the usual inline path
+                    return self._abandon(task, step_index, token, "act", 1, cut_short, time.monotonic())
                 with structlog.contextvars.bound_contextvars(phase="act"):
                     return self._run_command(task, step_index, token, hold, proposal, 1, time.monotonic(),
                                              inline=True)
         if result.outcome is ProposeOutcome.proposed:
             return f"proposed {proposal.command or 'nothing (model error)'}"
         return f"{result.outcome.value}: {proposal.command or 'nothing (model error)'}"
+
+    def _act_pure(
+        self, ctx: TaskContext, task: RunTask, step_index: int, proposal: Proposal, hold: Hold
+    ) -> Observation:
+        """A pure command (or a model error) run before anything of the step is written."""
+        workspace = Workspace(self.workspace_dir(task.id))  # a pure command reads no file: nothing to materialise
+        observation = self.agent.act(ctx, proposal, workspace, should_stop=lambda: _stop_text(hold))
+        self.crash.maybe("command", task_id=task.id, step_index=step_index, phase="act", goal=task.goal)
+        return observation
+
+    def _commit_pure(
+        self,
+        task: RunTask,
+        step_index: int,
+        token: uuid.UUID,
+        proposal: Proposal,
+        payload: dict[str, Any],
+        observation: Observation,
+        started: float,
+        llm_seconds: float,
+    ) -> str:
+        """Commit a pure step's proposal and outcome in one transaction (``Ledger.propose_and_commit``): one
+        transaction and one round trip fewer than proposing, then committing. The model's reply is at risk until
+        that commit, as it is until ``propose`` on the usual path; running the command first adds microseconds to
+        that window. If the task was cancelling or paused meanwhile, only the proposal is kept, as ``propose``
+        would, and the command's outcome is dropped (it changed nothing)."""
+        task_id = task.id
+        bound = log.bind(task_id=str(task_id), step=step_index, phase="think")
+        result, wakeup = self._persist(
+            lambda: self.ledger.propose_and_commit(
+                task_id, step_index, token, payload, observation.output, observation.is_error, observation.is_last,
+                self.settings.lease_ttl_s,
+            )
+        )  # fmt: skip
+        if result.outcome is ProposeOutcome.fenced:
+            bound.warning("fenced", detail="lease taken over before the proposal was persisted")
+            self.observer.phase_finished("think", time.monotonic() - started, "fenced")
+            return "fenced"
+        self.observer.proposal(
+            proposal.model,
+            proposal.usage.prompt_tokens,
+            proposal.usage.completion_tokens,
+            proposal.cost_usd,
+            llm_seconds,
+        )
+        command = proposal.command or "nothing (model error)"
+        if result.outcome is not ProposeOutcome.acting:  # cancelled or parked: the proposal alone was kept
+            self.observer.phase_finished("think", time.monotonic() - started, result.outcome.value)
+            if result.outcome is ProposeOutcome.cancelled:
+                self.observer.task_ended("cancelled", _age(task))
+            bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
+                       tokens=proposal.usage.total_tokens)
+            return f"{result.outcome.value}: {command}"
+        self.observer.phase_finished("think", time.monotonic() - started, "proposed")
+        bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
+                   tokens=proposal.usage.total_tokens)
+        self.hand_on("act", "proposed")
+        acted = time.monotonic()
+        self.crash.maybe("committed", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+        if wakeup is not None:
+            self._publish([wakeup])
+        self.crash.maybe("published", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
+        self.agent.observed(_context(task, step_index), proposal, observation)  # memory: best-effort
+        outcome = "finished" if observation.is_last else "committed"
+        self.observer.phase_finished("act", time.monotonic() - acted, outcome)
+        if observation.is_last:
+            self.observer.task_ended("completed", _age(task))
+        log.info("step_committed", task_id=str(task_id), step=step_index, phase="act", command=proposal.command,
+                 is_last=observation.is_last, is_error=observation.is_error)
+        return "finished" if observation.is_last else f"committed step {step_index}"
 
     def _apply_recorded_request(self, task_id: uuid.UUID, step_index: int) -> None:
         """An Agent Protocol request for this step recorded before the proposal existed approves (or answers) it
@@ -508,6 +591,13 @@ class StepRunner:
             return True
         command = proposal.command
         return command is not None and command in self.agent.registry and self.agent.registry.get(command).runs_inline
+
+    def _is_pure(self, proposal: Proposal) -> bool:
+        """Is the act phase of this (inline) proposal pure: a model error, or a command declaring ``pure``?"""
+        if proposal.error is not None:
+            return True
+        command = proposal.command
+        return command is not None and command in self.agent.registry and self.agent.registry.get(command).pure
 
     def _awaits_human(self, command: str | None) -> bool:
         """Does the command ask a human (``ask_user``)? Then its step waits for the answer, whatever the policy."""

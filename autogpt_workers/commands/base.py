@@ -12,6 +12,8 @@ before anything runs, and the same model gives the JSON schema the LLM sees (``t
 ``runs_inline`` lets the think worker run the command in its own thread right after the proposal is persisted (one
 broker hop and one transaction fewer per step). Only for commands that are quick, run no program, reach nothing
 outside the workspace and are idempotent (a step the think worker dies in is re-run on the act queue).
+``pure`` goes one further, for a command with no effect at all outside the step's record (``finish``): it runs
+before the proposal is persisted, and both are committed in one transaction (one transaction fewer again).
 
 A command reports a failure the model caused (missing file, path escape, too much content) by raising
 ``errors.CommandError``: the message becomes the observation. Any other exception is a bug: it aborts the
@@ -74,6 +76,10 @@ class Command(ABC, Generic[ArgsT]):
     # quick, in-process, idempotent and confined to the workspace: the think worker may run it itself right after
     # persisting the proposal, instead of a round trip through the act queue (see ``StepRunner._runs_inline``)
     runs_inline: ClassVar[bool] = False
+    # no effect outside the ledger and no I/O: its outcome is a function of its arguments, computed in microseconds.
+    # The think worker runs it before anything is written and commits the proposal and the outcome in one
+    # transaction (``Ledger.propose_and_commit``); implies ``runs_inline``
+    pure: ClassVar[bool] = False
 
     @abstractmethod
     def run(self, args: ArgsT, ctx: CommandContext) -> CommandResult:

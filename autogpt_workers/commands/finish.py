@@ -25,6 +25,7 @@ class Finish(Command[FinishArgs]):
     side_effect = "read_only"
     idempotent = True
     runs_inline = True
+    pure = True
 
     def run(self, args: FinishArgs, ctx: CommandContext) -> CommandResult:
         return CommandResult(output=args.reason, is_last=True)

@@ -484,91 +484,127 @@ class Ledger:
 
         The tokens it cost are counted whatever the outcome (they were spent), unless we were fenced.
         """
+        with self.db.core_transaction() as s:
+            return self._propose(s, task_id, step_index, token, proposal, await_approval, act_lease_ttl_s)
+
+    def propose_and_commit(
+        self,
+        task_id: uuid.UUID,
+        step_index: int,
+        token: uuid.UUID,
+        proposal: dict[str, Any],
+        output: str,
+        is_error: bool,
+        is_last: bool,
+        act_lease_ttl_s: float,
+    ) -> tuple[Proposed, Wakeup | None]:
+        """``propose`` (taking the act phase on) and ``commit_step`` in one transaction, for a command with no effect
+        outside the ledger that the caller ran before anything was written (``Command.pure``). Returns the proposal's
+        outcome and, when it is ``acting`` (the step is committed), the successor's wake-up; any other outcome
+        (fenced, cancelled, parked) is what ``propose`` alone would have done, and the command's output is dropped."""
+        with self.db.core_transaction() as s:
+            proposed = self._propose(s, task_id, step_index, token, proposal, False, act_lease_ttl_s)
+            if proposed.outcome is not ProposeOutcome.acting:
+                return proposed, None
+            committed, wakeup = self._commit(s, task_id, step_index, token, output, is_error, is_last, [])
+            if not committed:  # cannot happen: the proposal above holds the task's lock and matched our lease
+                raise RuntimeError(f"step {step_index} of task {task_id} proposed but not committed")
+            return proposed, wakeup
+
+    def _propose(
+        self,
+        s: Tx,
+        task_id: uuid.UUID,
+        step_index: int,
+        token: uuid.UUID,
+        proposal: dict[str, Any],
+        await_approval: bool,
+        act_lease_ttl_s: float | None,
+    ) -> Proposed:
         usage = proposal.get("usage") or {}
         prompt_tokens = int(usage.get("prompt_tokens", 0))
         completion_tokens = int(usage.get("completion_tokens", 0))
         cost = float(proposal.get("cost_usd", 0.0))
-        with self.db.core_transaction() as s:
-            task = _lock_task_phase(s, task_id, self.db.prepared_statements)
-            if task is None:
-                return Proposed(ProposeOutcome.fenced)
-            if task.status == "cancelling":
-                status = "cancelled"
-            elif await_approval and proposal.get("error") is None:
-                status = "awaiting_approval"
-            else:
-                status = "proposed"
-            spent = {"p_prompt_tokens": prompt_tokens, "p_completion_tokens": completion_tokens, "p_cost": cost}
-            acting = act_lease_ttl_s is not None and status == "proposed" and task.status in ACTIVE_TASK
-            lease = {"p_expires": _now() + timedelta(seconds=act_lease_ttl_s)} if acting and act_lease_ttl_s else {}
-            event = {
-                "command": proposal.get("command"),
-                "arguments": proposal.get("arguments"),
-                "thought": _clip((proposal.get("assistant_message") or {}).get("content")),
-                "error": _clip(proposal.get("error")),
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "cost_usd": cost,
-            }
-            if status == "proposed" and task.status in ACTIVE_TASK:  # the common case: one statement
-                step_id, outbox_id = phase_sql.run(
-                    s.connection(),
-                    phase_sql.PROPOSE_ACTING if acting else phase_sql.PROPOSE_WAKE,
-                    {
-                        **lease,
-                        **({} if acting else {"p_priority": task.priority}),
-                        "p_task_id": task_id,
-                        "p_step_index": step_index,
-                        "p_token": token,
-                        "p_proposal": proposal,
-                        "p_command": proposal.get("command"),
-                        "p_arguments": proposal.get("arguments"),
-                        "p_model": proposal.get("model"),
-                        "p_event_data": event,
-                        **spent,
-                    },
-                    self.db.prepared_statements,
-                ).one()
-                if step_id is None:
-                    return Proposed(ProposeOutcome.fenced)
-                if acting:
-                    return Proposed(ProposeOutcome.acting)
-                return Proposed(ProposeOutcome.proposed, Wakeup(outbox_id, task_id, step_index, "act", task.priority))
-            updated = s.connection().execute(
-                sql.PROPOSE_STEP_ACTING if acting else sql.PROPOSE_STEP,
+        task = _lock_task_phase(s, task_id, self.db.prepared_statements)
+        if task is None:
+            return Proposed(ProposeOutcome.fenced)
+        if task.status == "cancelling":
+            status = "cancelled"
+        elif await_approval and proposal.get("error") is None:
+            status = "awaiting_approval"
+        else:
+            status = "proposed"
+        spent = {"p_prompt_tokens": prompt_tokens, "p_completion_tokens": completion_tokens, "p_cost": cost}
+        acting = act_lease_ttl_s is not None and status == "proposed" and task.status in ACTIVE_TASK
+        lease = {"p_expires": _now() + timedelta(seconds=act_lease_ttl_s)} if acting and act_lease_ttl_s else {}
+        event = {
+            "command": proposal.get("command"),
+            "arguments": proposal.get("arguments"),
+            "thought": _clip((proposal.get("assistant_message") or {}).get("content")),
+            "error": _clip(proposal.get("error")),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": cost,
+        }
+        if status == "proposed" and task.status in ACTIVE_TASK:  # the common case: one statement
+            step_id, outbox_id = phase_sql.run(
+                s.connection(),
+                phase_sql.PROPOSE_ACTING if acting else phase_sql.PROPOSE_WAKE,
                 {
                     **lease,
+                    **({} if acting else {"p_priority": task.priority}),
                     "p_task_id": task_id,
                     "p_step_index": step_index,
                     "p_token": token,
-                    "p_status": status,
                     "p_proposal": proposal,
                     "p_command": proposal.get("command"),
                     "p_arguments": proposal.get("arguments"),
                     "p_model": proposal.get("model"),
+                    "p_event_data": event,
                     **spent,
                 },
-            ).scalar_one_or_none()
-            if updated is None:
+                self.db.prepared_statements,
+            ).one()
+            if step_id is None:
                 return Proposed(ProposeOutcome.fenced)
-            s.connection().execute(sql.PROPOSE_TASK, {"p_task_id": task_id, **spent})
-            emit(s, task_id, "step.proposed", step_index, **event)
-            if status == "cancelled":
-                cancel_now(s, task_id, task.error or "cancelled on request")
-                return Proposed(ProposeOutcome.cancelled)
-            if status == "awaiting_approval":
-                emit(
-                    s, task_id, "step.awaiting_approval", step_index,
-                    command=proposal.get("command"), arguments=proposal.get("arguments"),
-                )
-                if task.status in ACTIVE_TASK:
-                    s.connection().execute(update(Task).where(Task.id == task_id).values(status="awaiting_approval"))
-                return Proposed(ProposeOutcome.awaiting_approval)
-            if task.status not in ACTIVE_TASK:  # paused (or finished meanwhile): resume re-arms the act phase
-                return Proposed(ProposeOutcome.parked)
             if acting:
                 return Proposed(ProposeOutcome.acting)
-            return Proposed(ProposeOutcome.proposed, add_wakeup(s, task_id, step_index, "act", task.priority))
+            return Proposed(ProposeOutcome.proposed, Wakeup(outbox_id, task_id, step_index, "act", task.priority))
+        updated = s.connection().execute(
+            sql.PROPOSE_STEP_ACTING if acting else sql.PROPOSE_STEP,
+            {
+                **lease,
+                "p_task_id": task_id,
+                "p_step_index": step_index,
+                "p_token": token,
+                "p_status": status,
+                "p_proposal": proposal,
+                "p_command": proposal.get("command"),
+                "p_arguments": proposal.get("arguments"),
+                "p_model": proposal.get("model"),
+                **spent,
+            },
+        ).scalar_one_or_none()
+        if updated is None:
+            return Proposed(ProposeOutcome.fenced)
+        s.connection().execute(sql.PROPOSE_TASK, {"p_task_id": task_id, **spent})
+        emit(s, task_id, "step.proposed", step_index, **event)
+        if status == "cancelled":
+            cancel_now(s, task_id, task.error or "cancelled on request")
+            return Proposed(ProposeOutcome.cancelled)
+        if status == "awaiting_approval":
+            emit(
+                s, task_id, "step.awaiting_approval", step_index,
+                command=proposal.get("command"), arguments=proposal.get("arguments"),
+            )
+            if task.status in ACTIVE_TASK:
+                s.connection().execute(update(Task).where(Task.id == task_id).values(status="awaiting_approval"))
+            return Proposed(ProposeOutcome.awaiting_approval)
+        if task.status not in ACTIVE_TASK:  # paused (or finished meanwhile): resume re-arms the act phase
+            return Proposed(ProposeOutcome.parked)
+        if acting:
+            return Proposed(ProposeOutcome.acting)
+        return Proposed(ProposeOutcome.proposed, add_wakeup(s, task_id, step_index, "act", task.priority))
 
     def record_proposal(
         self, task_id: uuid.UUID, step_index: int, token: uuid.UUID, proposal: dict[str, Any]
@@ -593,71 +629,83 @@ class Ledger:
         ran, so its step is committed; then the task is cancelled and no further step starts).
         """
         with self.db.core_transaction() as s:
-            task = _lock_task_phase(s, task_id, self.db.prepared_statements)
-            if task is None:
-                return False, None
-            files = list(files)
-            if not is_last and task.status in ACTIVE_TASK:  # the common case: one statement
-                step_id, outbox_id = phase_sql.run(
-                    s.connection(),
-                    phase_sql.COMMIT_NEXT,
-                    {
-                        "p_task_id": task_id,
-                        "p_step_index": step_index,
-                        "p_token": token,
-                        "p_output": output,
-                        "p_is_error": is_error,
-                        "p_event_data": {"output": _clip(output), "is_error": is_error, "is_last": False},
-                        "p_paths": [f.relative_path for f in files],
-                        "p_sizes": [f.size_bytes for f in files],
-                        "p_shas": [f.sha256 for f in files],
-                        "p_priority": task.priority,
-                    },
-                    self.db.prepared_statements,
-                ).one()
-                if step_id is None:
-                    return False, None
-                return True, Wakeup(outbox_id, task_id, step_index + 1, "think", task.priority)
-            updated = s.connection().execute(
-                sql.COMMIT_STEP,
+            return self._commit(s, task_id, step_index, token, output, is_error, is_last, list(files))
+
+    def _commit(
+        self,
+        s: Tx,
+        task_id: uuid.UUID,
+        step_index: int,
+        token: uuid.UUID,
+        output: str,
+        is_error: bool,
+        is_last: bool,
+        files: list[FileRecord],
+    ) -> tuple[bool, Wakeup | None]:
+        task = _lock_task_phase(s, task_id, self.db.prepared_statements)
+        if task is None:
+            return False, None
+        if not is_last and task.status in ACTIVE_TASK:  # the common case: one statement
+            step_id, outbox_id = phase_sql.run(
+                s.connection(),
+                phase_sql.COMMIT_NEXT,
                 {
                     "p_task_id": task_id,
                     "p_step_index": step_index,
                     "p_token": token,
                     "p_output": output,
                     "p_is_error": is_error,
-                    "p_is_last": is_last,
+                    "p_event_data": {"output": _clip(output), "is_error": is_error, "is_last": False},
+                    "p_paths": [f.relative_path for f in files],
+                    "p_sizes": [f.size_bytes for f in files],
+                    "p_shas": [f.sha256 for f in files],
+                    "p_priority": task.priority,
                 },
-            ).scalar_one_or_none()
-            if updated is None:
+                self.db.prepared_statements,
+            ).one()
+            if step_id is None:
                 return False, None
-            task_status = s.connection().execute(
-                sql.COMMIT_LAST_TASK if is_last else sql.COMMIT_TASK, {"p_task_id": task_id}
-            ).scalar_one()
-            emit(s, task_id, "step.completed", step_index, output=_clip(output), is_error=is_error, is_last=is_last)
-            for f in files:
-                emit(s, task_id, "artifact.written", step_index, relative_path=f.relative_path, size_bytes=f.size_bytes)
-                s.connection().execute(
-                    sql.UPSERT_ARTIFACT,
-                    {
-                        "p_task_id": task_id,
-                        "p_step_index": step_index,
-                        "p_relative_path": f.relative_path,
-                        "p_size_bytes": f.size_bytes,
-                        "p_sha256": f.sha256,
-                    },
-                )
-            if is_last and task_status == "completed":
-                emit(s, task_id, "task.completed", step_index)
-            if is_last or task_status in TERMINAL_TASK:
-                return True, None
-            if task_status == "cancelling":
-                cancel_now(s, task_id, task.error or "cancelled on request")
-                return True, None
-            s.connection().execute(sql.NEXT_STEP, {"p_task_id": task_id, "p_step_index": step_index + 1})
-            if task_status not in ACTIVE_TASK:  # paused: resume re-arms the next step
-                return True, None
-            return True, add_wakeup(s, task_id, step_index + 1, "think", task.priority)
+            return True, Wakeup(outbox_id, task_id, step_index + 1, "think", task.priority)
+        updated = s.connection().execute(
+            sql.COMMIT_STEP,
+            {
+                "p_task_id": task_id,
+                "p_step_index": step_index,
+                "p_token": token,
+                "p_output": output,
+                "p_is_error": is_error,
+                "p_is_last": is_last,
+            },
+        ).scalar_one_or_none()
+        if updated is None:
+            return False, None
+        task_status = s.connection().execute(
+            sql.COMMIT_LAST_TASK if is_last else sql.COMMIT_TASK, {"p_task_id": task_id}
+        ).scalar_one()
+        emit(s, task_id, "step.completed", step_index, output=_clip(output), is_error=is_error, is_last=is_last)
+        for f in files:
+            emit(s, task_id, "artifact.written", step_index, relative_path=f.relative_path, size_bytes=f.size_bytes)
+            s.connection().execute(
+                sql.UPSERT_ARTIFACT,
+                {
+                    "p_task_id": task_id,
+                    "p_step_index": step_index,
+                    "p_relative_path": f.relative_path,
+                    "p_size_bytes": f.size_bytes,
+                    "p_sha256": f.sha256,
+                },
+            )
+        if is_last and task_status == "completed":
+            emit(s, task_id, "task.completed", step_index)
+        if is_last or task_status in TERMINAL_TASK:
+            return True, None
+        if task_status == "cancelling":
+            cancel_now(s, task_id, task.error or "cancelled on request")
+            return True, None
+        s.connection().execute(sql.NEXT_STEP, {"p_task_id": task_id, "p_step_index": step_index + 1})
+        if task_status not in ACTIVE_TASK:  # paused: resume re-arms the next step
+            return True, None
+        return True, add_wakeup(s, task_id, step_index + 1, "think", task.priority)
 
     def fail_task(self, task_id: uuid.UUID, step_index: int, token: uuid.UUID | None, reason: str) -> bool:
         """End the task ``failed`` with a reason, from the worker holding the step's lease."""

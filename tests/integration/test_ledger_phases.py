@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from autogpt_workers.store import phase_sql
 from autogpt_workers.store.db import Database
@@ -209,3 +210,69 @@ def test_a_prepared_statement_on_a_dead_connection_fails_as_a_disconnect_and_the
         assert _claim(ledger, created[0], 0, "think").token is not None
     finally:
         prepared.dispose()
+
+
+FINISH = {**PROPOSAL, "command": "finish", "arguments": {"reason": "done"}}
+
+
+@contextmanager
+def _commits(ledger: Ledger) -> Iterator[list[int]]:
+    """Counts the transactions the ledger's engine commits inside the block (a one-element list)."""
+    count = [0]
+
+    def on_commit(_conn: Any) -> None:
+        count[0] += 1
+
+    event.listen(ledger.db.engine, "commit", on_commit)
+    try:
+        yield count
+    finally:
+        event.remove(ledger.db.engine, "commit", on_commit)
+
+
+def test_a_pure_last_step_is_proposed_and_committed_in_one_transaction(ledger: Ledger, task_id: uuid.UUID) -> None:
+    think = _claim(ledger, task_id, 0, "think")
+    with _commits(ledger) as commits:
+        result, wakeup = ledger.propose_and_commit(task_id, 0, think.token, FINISH, "done", False, True, 30.0)
+    assert result.outcome is ProposeOutcome.acting and wakeup is None
+    assert commits[0] == 1
+    # what propose (acting) and commit_step would have written, in the same order
+    assert [(k, i) for k, i, _ in _events(ledger, task_id)] == [
+        ("task.queued", None), ("task.started", 0), ("step.proposed", 0), ("step.completed", 0),
+        ("task.completed", 0),
+    ]  # fmt: skip
+    assert _events(ledger, task_id)[3][2] == {"output": "done", "is_error": False, "is_last": True}
+    with ledger.db.session() as s:
+        step = s.scalars(select(Step).where(Step.task_id == task_id, Step.step_index == 0)).one()
+        assert (step.status, step.output, step.is_last, step.command) == ("completed", "done", True, "finish")
+        assert (step.llm_calls, step.prompt_tokens, step.cost_usd) == (1, 10, 0.25)
+        assert step.proposed_at and step.act_started_at and step.committed_at and step.lease_token is None
+        task = s.get_one(Task, task_id)
+        assert (task.status, task.steps_completed, task.llm_calls, task.cost_usd) == ("completed", 1, 1, 0.25)
+
+
+def test_a_pure_step_that_is_not_the_last_writes_its_successor(ledger: Ledger, task_id: uuid.UUID) -> None:
+    think = _claim(ledger, task_id, 0, "think")
+    error = {**PROPOSAL, "command": None, "arguments": {}, "error": "you did not call any command."}
+    result, wakeup = ledger.propose_and_commit(task_id, 0, think.token, error, "you did not", True, False, 30.0)
+    assert result.outcome is ProposeOutcome.acting
+    assert wakeup is not None and (wakeup.phase, wakeup.step_index, wakeup.priority) == ("think", 1, 7)
+    with ledger.db.session() as s:
+        assert s.scalar(select(Step.status).where(Step.task_id == task_id, Step.step_index == 0)) == "completed"
+        assert s.scalar(select(Step.status).where(Step.task_id == task_id, Step.step_index == 1)) == "pending"
+        assert s.get_one(Task, task_id).status == "running"
+
+
+def test_a_pure_step_fenced_or_of_a_cancelling_task_commits_no_outcome(ledger: Ledger, task_id: uuid.UUID) -> None:
+    think = _claim(ledger, task_id, 0, "think")
+    result, wakeup = ledger.propose_and_commit(task_id, 0, uuid.uuid4(), FINISH, "done", False, True, 30.0)
+    assert (result.outcome, wakeup) == (ProposeOutcome.fenced, None)
+    with ledger.db.transaction() as s:
+        s.execute(update(Task).where(Task.id == task_id).values(status="cancelling"))
+    result, wakeup = ledger.propose_and_commit(task_id, 0, think.token, FINISH, "done", False, True, 30.0)
+    assert (result.outcome, wakeup) == (ProposeOutcome.cancelled, None)
+    with ledger.db.session() as s:
+        step = s.scalars(select(Step).where(Step.task_id == task_id, Step.step_index == 0)).one()
+        assert step.output is None and step.command == "finish"  # the proposal is kept, the outcome is not
+        assert s.get_one(Task, task_id).status == "cancelled"
+    assert "step.completed" not in [k for k, _, _ in _events(ledger, task_id)]

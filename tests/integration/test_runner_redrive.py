@@ -1,5 +1,6 @@
 """The step runner in-process against real PostgreSQL, a RabbitMQ vhost of its own and the fake LLM over HTTP:
-what a redelivery of a committed step does, and a Retry-After longer than the in-process backoff cap.
+what a redelivery of a committed step does, a Retry-After longer than the in-process backoff cap, and the
+transactions of a pure step (``finish``, a model error).
 
 The vhost (``<test vhost>_rd``) has no consumer, so the wake-ups the runner publishes stay on its queues to be read
 back; it is created through the management API and deleted at the end.
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.broker import Publisher
@@ -28,7 +29,7 @@ from autogpt_workers.lease import LeaseKeeper
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
 from autogpt_workers.runner import StepRunner
 from autogpt_workers.store.ledger import ClaimOutcome, Ledger
-from autogpt_workers.store.models import Outbox, Step
+from autogpt_workers.store.models import Outbox, Step, Task
 from tests.integration.conftest import private_vhost
 
 PROPOSAL = {
@@ -162,3 +163,32 @@ def test_the_hand_back_delay_is_bounded(run_settings: Settings, runner: StepRunn
     bound = min(run_settings.llm_retry_after_max_s, 0.9 * run_settings.redrive_after_s)
     assert runner._retry_after(10_000) == bound
     assert runner._retry_after(None) == 0.0 and runner._retry_after(12.5) == 12.5
+
+
+def test_a_finish_step_takes_two_transactions_and_a_model_error_step_hands_on(
+    runner: StepRunner, broker_url: str, llm: Any
+) -> None:
+    """``finish`` and a model error are pure: the think phase runs them and commits the proposal with the outcome
+    (claim, then one transaction), and a step that is not the last publishes its successor's think wake-up."""
+    llm.register_script("pure", [{"content": "no tool call"}, {"tool": "finish", "arguments": {"reason": "all done"}}])
+    task_id = new_task(runner.ledger, "Be quick [[script:pure]]")
+    commits = [0]
+
+    def on_commit(_conn: Any) -> None:
+        commits[0] += 1
+
+    event.listen(runner.ledger.db.engine, "commit", on_commit)
+    try:
+        assert runner.think(task_id, 0) == "committed step 0"
+        assert commits[0] == 2, commits  # the claim, then the proposal with the outcome
+        assert [args for _, args in queued(broker_url, THINK_QUEUE)] == [[str(task_id), 1]]
+        assert runner.think(task_id, 1) == "finished"
+        assert commits[0] == 4, commits
+    finally:
+        event.remove(runner.ledger.db.engine, "commit", on_commit)
+    first, last = step_row(runner.ledger, task_id, 0), step_row(runner.ledger, task_id, 1)
+    assert (first["status"], first["llm_calls"]) == ("completed", 1) and "did not call any command" in first["output"]
+    assert (last["status"], last["output"], last["llm_calls"]) == ("completed", "all done", 1)
+    assert queued(broker_url, ACT_QUEUE) == []
+    with runner.ledger.db.session() as s:
+        assert s.scalar(select(Task.status).where(Task.id == task_id)) == "completed"
