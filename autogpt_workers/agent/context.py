@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from autogpt_workers.agent.frozen import FrozenMessage
 from autogpt_workers.agent.memory import RecalledMemory
 from autogpt_workers.agent.prompt import Prompt
 from autogpt_workers.agent.types import Message, StepRecord, TaskContext
@@ -47,7 +48,7 @@ def build_messages(
             ),
         },
     ]
-    steps = [(record.index, _step_messages(record, prompt)) for record in sorted(history, key=lambda r: r.index)]
+    steps = [(record.index, _step_group(record, prompt)) for record in sorted(history, key=lambda r: r.index)]
     notes = []
     if memories:
         notes.append(prompt.memories.format(memories=_memory_lines(memories)))
@@ -75,6 +76,25 @@ def _listing(ctx: TaskContext, commands: Sequence[tuple[str, str]]) -> str:
     if ctx.allowed_commands:
         return "\n".join(f"- {name}" for name in ctx.allowed_commands)
     return "(the commands offered as tools)"
+
+
+# a committed step's messages, built once per process: (the record, the prompt text they used, the messages), by
+# the record's identity (the step runner keeps each committed step's record for the life of its process); an entry
+# holds the record, so its ``id`` cannot be reused by another object while the entry lives
+MAX_GROUPS = 50_000
+_groups: dict[int, tuple[StepRecord, str, list[Message]]] = {}
+
+
+def _step_group(record: StepRecord, prompt: Prompt) -> list[Message]:
+    """``_step_messages(record, prompt)`` as ``FrozenMessage``s, from the cache when this record was built before."""
+    hit = _groups.get(id(record))
+    if hit is not None and hit[0] is record and hit[1] == prompt.extra_tool_call:
+        return hit[2]
+    group: list[Message] = [FrozenMessage(m) for m in _step_messages(record, prompt)]
+    if len(_groups) >= MAX_GROUPS:
+        _groups.clear()
+    _groups[id(record)] = (record, prompt.extra_tool_call, group)
+    return group
 
 
 def _step_messages(record: StepRecord, prompt: Prompt) -> list[Message]:

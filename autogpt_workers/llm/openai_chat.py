@@ -33,6 +33,7 @@ import openai
 import structlog
 import tenacity
 
+from autogpt_workers.agent.frozen import messages_json
 from autogpt_workers.agent.tool_json import dumps, tools_json
 from autogpt_workers.agent.types import LLMResponse, Message, ToolCall, ToolSchema, Usage
 from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
@@ -294,7 +295,7 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 def request_body(model: str, messages: list[Message], tools: list[ToolSchema], temperature: float | None) -> bytes:
     """The chat-completions request as JSON bytes, as the SDK would encode it (compact, UTF-8)."""
-    parts = ['{"model":', dumps(model), ',"messages":', dumps(messages)]
+    parts = ['{"model":', dumps(model), ',"messages":', messages_json(messages)]
     if tools:
         parts += [',"tools":', tools_json(tools)]
     if temperature is not None:

@@ -18,6 +18,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from autogpt_workers.agent.frozen import FrozenMessage
+
 Message = dict[str, Any]
 
 MESSAGE_OVERHEAD_TOKENS = 4
@@ -28,7 +30,13 @@ LINE_RESULT_CHARS = 160
 
 
 def estimate_tokens(message: Message) -> int:
-    """A slightly pessimistic token count of one chat message."""
+    """A slightly pessimistic token count of one chat message (a ``FrozenMessage`` keeps its own)."""
+    if type(message) is FrozenMessage:
+        return message.tokens(_estimate)
+    return _estimate(message)
+
+
+def _estimate(message: Message) -> int:
     content = message.get("content")
     if isinstance(content, list):  # content parts
         text = " ".join(str(part.get("text", "")) if isinstance(part, dict) else str(part) for part in content)

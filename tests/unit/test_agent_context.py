@@ -174,3 +174,17 @@ def test_empty_observation_is_shown_as_no_output() -> None:
     record = _valid_step(0, "c1", "")
     messages = build_messages(_ctx(step_index=1), [record], PROMPT)
     assert messages[3]["content"] == "(no output)"
+
+
+def test_a_committed_steps_messages_are_built_once_and_stay_what_a_fresh_build_gives() -> None:
+    history = [_valid_step(0, "c0", "wrote it"), _valid_step(1, "c1", "wrote it again")]
+    first = build_messages(_ctx(step_index=2), history, PROMPT)
+    again = build_messages(_ctx(step_index=3), [*history, _valid_step(2, "c2", "third")], PROMPT)
+    assert all(a is b for a, b in zip(first[2:6], again[2:6], strict=True))  # steps 0 and 1: the same objects
+    fresh = [_valid_step(0, "c0", "wrote it"), _valid_step(1, "c1", "wrote it again"), _valid_step(2, "c2", "third")]
+    rebuilt = build_messages(_ctx(step_index=3), fresh, PROMPT)  # new records: built afresh, equal
+    assert rebuilt == again and all(a is not b for a, b in zip(rebuilt[2:], again[2:], strict=True))
+    assert_valid_openai_history(again)
+    # a prompt whose reply text for extra calls differs does not get the messages built with another one
+    other = PROMPT.model_copy(update={"extra_tool_call": "skipped, {executed} ran"})
+    assert build_messages(_ctx(step_index=2), history, other)[3] is not first[3]

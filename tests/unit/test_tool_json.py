@@ -1,16 +1,21 @@
-"""The request body the LLM adapter builds itself is byte for byte what the OpenAI SDK would send, and a tool
-schema's cached text belongs to that very dict."""
+"""The request body the LLM adapter builds itself is byte for byte what the OpenAI SDK would send, a tool schema's
+cached text belongs to that very dict, and a frozen message's cached text and token estimate stay true."""
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 from typing import Any
 
+import pytest
 from openai._utils._json import openapi_dumps
 
 from autogpt_workers.agent import tool_json
+from autogpt_workers.agent.frozen import FrozenMessage
 from autogpt_workers.commands import default_registry
 from autogpt_workers.llm.openai_chat import request_body
+from autogpt_workers.memory.window import estimate_tokens
 
 
 def test_the_request_body_is_what_the_sdk_would_encode() -> None:
@@ -44,3 +49,24 @@ def test_a_schema_text_is_cached_for_that_dict_only() -> None:
     for _ in range(3):  # a new dict that may land at a freed id is encoded afresh, never given another's text
         fresh = {"type": "function", "function": {"name": "c", "description": "third", "parameters": {}}}
         assert json.loads(tool_json.schema_json(fresh))["function"]["name"] == "c"
+
+
+def test_frozen_messages_encode_as_the_sdk_would_and_refuse_changes() -> None:
+    plain: list[dict[str, Any]] = [
+        {"role": "system", "content": "Ünïcode 日本語 \"quoted\""},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "finish", "arguments": "{\"reason\": \"x\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "x"},
+    ]
+    frozen: list[dict[str, Any]] = [plain[0], FrozenMessage(plain[1]), FrozenMessage(plain[2])]
+    body = request_body("m", frozen, [], None)
+    assert body == openapi_dumps({"model": "m", "messages": plain})
+    assert request_body("m", frozen, [], None) == body  # from the cached texts
+    assert estimate_tokens(frozen[1]) == estimate_tokens(plain[1])
+    for change in (lambda m: m.__setitem__("content", "y"), lambda m: m.pop("content"), lambda m: m.update(a=1),
+                   lambda m: m.clear(), lambda m: m.setdefault("a", 1), lambda m: m.__delitem__("role")):
+        with pytest.raises(TypeError, match="cannot be changed"):
+            change(frozen[2])
+    assert frozen[2] == plain[2]
+    for copied in (copy.copy(frozen[1]), copy.deepcopy(frozen[1]), pickle.loads(pickle.dumps(frozen[1]))):
+        assert type(copied) is FrozenMessage and copied == plain[1]

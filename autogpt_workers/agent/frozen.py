@@ -1,0 +1,57 @@
+"""Chat messages that never change once built (those of committed steps), with their JSON text and their token
+estimate worked out once per process.
+
+Every think sends the task's whole history again. Rebuilt, re-measured and re-encoded each time, the history made a
+step's CPU grow with the number of steps before it, and a task's with the square of its length. The messages of a
+committed step are now built once (``agent.context``), and these two derived values are kept on them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from autogpt_workers.agent.tool_json import dumps
+
+
+class FrozenMessage(dict[str, Any]):
+    """A chat message that refuses to be changed, so what is derived from it stays true."""
+
+    __slots__ = ("_json", "_tokens")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._json: str | None = None
+        self._tokens: int | None = None
+
+    def json_text(self) -> str:
+        """``dumps(self)``, encoded on the first call."""
+        if self._json is None:
+            self._json = dumps(self)
+        return self._json
+
+    def tokens(self, estimate: Callable[[dict[str, Any]], int]) -> int:
+        """``estimate(self)``, worked out on the first call (the estimate is the same function throughout)."""
+        if self._tokens is None:
+            self._tokens = estimate(self)
+        return self._tokens
+
+    def __copy__(self) -> FrozenMessage:
+        return FrozenMessage(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenMessage:
+        return FrozenMessage(copy.deepcopy(dict(self), memo))
+
+    def __reduce__(self) -> tuple[type[FrozenMessage], tuple[dict[str, Any]]]:
+        return FrozenMessage, (dict(self),)
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("a FrozenMessage cannot be changed; copy it with dict(message)")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
+
+
+def messages_json(messages: list[dict[str, Any]]) -> str:
+    """``dumps(messages)``, with each ``FrozenMessage``'s text from its cache."""
+    return "[" + ",".join(m.json_text() if type(m) is FrozenMessage else dumps(m) for m in messages) + "]"
