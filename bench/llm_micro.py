@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from autogpt_workers.agent.loop import Agent
-from autogpt_workers.agent.types import Observation, Spent, StepRecord, TaskContext
+from autogpt_workers.agent.types import Budget, Observation, Spent, StepRecord, TaskContext
 from autogpt_workers.commands import Workspace, default_registry
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
 from autogpt_workers.llm.pricing import price_lookup
@@ -32,7 +32,7 @@ def one_round(agent: Agent, workspace: Workspace, steps: int) -> tuple[int, floa
     cpu = 0.0
     for index in range(steps + 2):
         ctx = TaskContext(task_id=task_id, goal=f"Bench micro [[steps:{steps}]]", step_index=index,
-                          spent=Spent(steps=index))
+                          spent=Spent(steps=index), budget=Budget(max_steps=steps + 2))
         started = time.process_time()
         proposal = agent.think(ctx, history, datetime.now(UTC))
         cpu += time.process_time() - started
