@@ -78,22 +78,14 @@ def _listing(ctx: TaskContext, commands: Sequence[tuple[str, str]]) -> str:
     return "(the commands offered as tools)"
 
 
-# a committed step's messages, built once per process: (the record, the prompt text they used, the messages), by
-# the record's identity (the step runner keeps each committed step's record for the life of its process); an entry
-# holds the record, so its ``id`` cannot be reused by another object while the entry lives
-MAX_GROUPS = 50_000
-_groups: dict[int, tuple[StepRecord, str, list[Message]]] = {}
-
-
 def _step_group(record: StepRecord, prompt: Prompt) -> list[Message]:
-    """``_step_messages(record, prompt)`` as ``FrozenMessage``s, from the cache when this record was built before."""
-    hit = _groups.get(id(record))
-    if hit is not None and hit[0] is record and hit[1] == prompt.extra_tool_call:
-        return hit[2]
+    """``_step_messages(record, prompt)`` as ``FrozenMessage``s, built once per record: the step runner keeps each
+    committed step's record (``runner._Records``), and the messages live as long as it does."""
+    kept = record.built_messages(prompt.extra_tool_call)
+    if kept is not None:
+        return kept
     group: list[Message] = [FrozenMessage(m) for m in _step_messages(record, prompt)]
-    if len(_groups) >= MAX_GROUPS:
-        _groups.clear()
-    _groups[id(record)] = (record, prompt.extra_tool_call, group)
+    record.keep_messages(prompt.extra_tool_call, group)
     return group
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 Message = dict[str, Any]
 ToolSchema = dict[str, Any]
@@ -95,11 +95,23 @@ class Observation(BaseModel):
 
 
 class StepRecord(BaseModel):
-    """One committed step of history (the episodic memory is the ledger)."""
+    """One committed step of history (the episodic memory is the ledger).
+
+    A committed step never changes, so the chat messages built from it are kept on it (``agent.context``), for as
+    long as the record itself is kept: (the prompt text they were built with, the messages)."""
 
     index: int
     proposal: Proposal
     observation: Observation
+    _messages: tuple[str, list[Message]] | None = PrivateAttr(default=None)
+
+    def built_messages(self, prompt_text: str) -> list[Message] | None:
+        """The messages kept on this record, if they were built with ``prompt_text``."""
+        kept = self._messages
+        return kept[1] if kept is not None and kept[0] == prompt_text else None
+
+    def keep_messages(self, prompt_text: str, messages: list[Message]) -> None:
+        self._messages = (prompt_text, messages)
 
 
 class TaskContext(BaseModel):
