@@ -5,7 +5,8 @@ submits K tasks whose LLM answers after L seconds, waits for them to get going, 
 committed steps, the platform's CPU per step (as the throughput figure does) and every process's CPU per step by
 name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each think worker with py-spy
 (``--gil``: only the thread holding the GIL is sampled, so the samples are where the Python CPU goes) into
-``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them). With ``--tasks 0`` the
+``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them), and prints the samples'
+shares by function and by area of the step (``AREAS``). With ``--tasks 0`` the
 platform idles through the window, and the bench database's transactions are counted per second: the platform's
 periodic rounds (dispatcher, reaper), and PostgreSQL's own (autovacuum and analyze count there too). A profiling
 aid: one window, no warm-up discipline; ``make bench`` makes the figures.
@@ -62,6 +63,41 @@ def top(files: list[str], limit: int = 60) -> str:
     return "\n".join([f"{total} samples", *rows])
 
 
+# where a think worker's Python time goes, by the first of these (in this order) that a sample's stack contains: a
+# sample inside the LLM call is the LLM call's, whatever it calls; one inside none is "other"
+AREAS = (
+    ("LLM call (openai client, httpx)", ("OpenAIChatModel.complete",)),
+    ("prompt and proposal (agent)", ("build_messages", "Agent._proposal", "Agent.allowed_commands", "agent/loop.py")),
+    ("claim (ledger)", ("StepRunner._claim",)),
+    ("proposal and commit (ledger)", ("StepRunner._persist",)),
+    ("publish (broker)", ("StepRunner._publish",)),
+    ("command (act)", ("StepRunner._run_command.<locals>.run", "StepRunner._act_pure")),
+    ("history records", ("_Records",)),
+    ("logging", ("logging/__init__.py", "structlog/")),
+    ("metrics", ("PrometheusObserver", "prometheus_client")),
+    ("published marks", ("PublishMarks",)),
+    ("helper threads, lease waits", ("Hold.", "DaemonThreads", "LeaseKeeper")),
+    ("Celery: receive, ack, pool, trace", ("celery/", "kombu/", "amqp/", "concurrent/futures")),
+)
+
+
+def areas(files: list[str]) -> str:
+    """Share of samples per area of the step (``AREAS``), over py-spy raw files of think workers."""
+    counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for name in files:
+        for line in Path(name).read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            total += n
+            area = next((a for a, marks in AREAS if any(m in stack for m in marks)), "other")
+            counts[area] += n
+    rows = [f"{n / total:6.1%} {area}" for area, n in counts.most_common()] if total else []
+    return "\n".join([f"{total} samples, by area of the step", *rows])
+
+
 def _spy_args(spy: str, pid: int, seconds: float) -> list[str]:
     return [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw", "--nonblocking", "--gil"]
 
@@ -79,6 +115,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.top:
         print(top(args.top))
+        print(areas(args.top))
         return
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if args.spy and not Path(spy).exists():
@@ -139,6 +176,7 @@ def main() -> None:
             print("CPU ms per step by process name:", {k: v for k, v in sorted(by_name.items()) if v >= 0.05})
             if spies:
                 print(top([f"{args.spy}-{name}.txt" for name in thinkers], 40))
+                print(areas([f"{args.spy}-{name}.txt" for name in thinkers]))
     finally:
         platform.stop()
 

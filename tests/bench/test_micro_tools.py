@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import prompt_micro
+from bench.profile_run import areas
 
 
 def test_prompt_micro_prints_the_cpu_per_think(capsys: pytest.CaptureFixture[str]) -> None:
     prompt_micro.main(["--steps", "3", "--output-bytes", "100", "--rounds", "2"])
     assert capsys.readouterr().out.startswith("prompt of 3 steps x 100 B: ")
+
+
+def test_profile_areas_take_the_first_area_a_stack_reaches(tmp_path: Path) -> None:
+    raw = tmp_path / "think.txt"
+    raw.write_text(
+        "_run (autogpt_workers/tasks.py:3);OpenAIChatModel.complete (autogpt_workers/llm/openai_chat.py:9);"
+        "Logger.info (logging/__init__.py:1) 3\n"
+        "_run (autogpt_workers/tasks.py:3);StepRunner._claim (autogpt_workers/runner.py:5) 1\n"
+        "Thread.run (threading.py:1) 4\n"
+    )
+    assert areas([str(raw)]).splitlines() == [
+        "8 samples, by area of the step",
+        " 50.0% other",
+        " 37.5% LLM call (openai client, httpx)",
+        " 12.5% claim (ledger)",
+    ]
