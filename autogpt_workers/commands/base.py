@@ -78,7 +78,7 @@ class Command(ABC, Generic[ArgsT]):
     runs_inline: ClassVar[bool] = False
     # no effect outside the ledger and no I/O: its outcome is a function of its arguments, computed in microseconds.
     # The think worker runs it before anything is written and commits the proposal and the outcome in one
-    # transaction (``Ledger.propose_and_commit``); implies ``runs_inline``
+    # transaction (``Ledger.propose_and_commit``); only for a command that also declares ``runs_inline``
     pure: ClassVar[bool] = False
 
     @abstractmethod
