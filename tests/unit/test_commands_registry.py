@@ -121,3 +121,12 @@ def test_a_plugin_whose_constructor_fails_is_skipped(monkeypatch: pytest.MonkeyP
     registry = CommandRegistry()
     assert registry.load_plugins() == [("nc", "RuntimeError: API_TOKEN not set")]
     assert registry.names() == []
+
+
+def test_a_pure_command_runs_inline_and_touches_nothing() -> None:
+    """The think worker runs a pure command before its proposal is written: it must be one it may run itself, with
+    no effect to repeat (``finish`` is one)."""
+    commands = default_registry(10_000, load_plugins=False).select(None)
+    pure = [c.name for c in commands if c.pure]
+    assert "finish" in pure
+    assert all(c.runs_inline and c.side_effect == "read_only" and c.idempotent for c in commands if c.pure)
