@@ -11,6 +11,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.migrate import upgrade
+from autogpt_workers.submit import flush_marks
 
 MGMT = "http://127.0.0.1:15672"
 
@@ -58,6 +59,7 @@ def private_database(database_url: str, suffix: str) -> Iterator[Database]:
     try:
         yield database
     finally:
+        flush_marks(database)  # the submissions' published marks, before the database is dropped under them
         database.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
