@@ -113,6 +113,11 @@ class StepRecord(BaseModel):
     def keep_messages(self, prompt_text: str, messages: list[Message]) -> None:
         self._messages = (prompt_text, messages)
 
+    def __eq__(self, other: object) -> bool:  # the kept messages are a cache, not part of the record
+        if not isinstance(other, StepRecord):
+            return NotImplemented
+        return (self.index, self.proposal, self.observation) == (other.index, other.proposal, other.observation)
+
 
 class TaskContext(BaseModel):
     task_id: str

@@ -184,6 +184,7 @@ def test_a_committed_steps_messages_are_built_once_and_stay_what_a_fresh_build_g
     fresh = [_valid_step(0, "c0", "wrote it"), _valid_step(1, "c1", "wrote it again"), _valid_step(2, "c2", "third")]
     rebuilt = build_messages(_ctx(step_index=3), fresh, PROMPT)  # new records: built afresh, equal
     assert rebuilt == again and all(a is not b for a, b in zip(rebuilt[2:], again[2:], strict=True))
+    assert history[0] == _valid_step(0, "c0", "wrote it") != _valid_step(0, "c0", "other")  # the cache is no field
     assert_valid_openai_history(again)
     # a prompt whose reply text for extra calls differs does not get the messages built with another one
     other = PROMPT.model_copy(update={"extra_tool_call": "skipped, {executed} ran"})
