@@ -259,17 +259,8 @@ class StepRunner:
                     task_id, step_index, token, payload, await_approval=gate, act_lease_ttl_s=act_lease
                 )
             )
-            if result.outcome is ProposeOutcome.fenced:
-                bound.warning("fenced", detail="lease taken over before the proposal was persisted")
-                self.observer.phase_finished("think", time.monotonic() - started, "fenced")
+            if not self._proposal_written(result.outcome, proposal, started, llm_seconds, bound):
                 return "fenced"
-            self.observer.proposal(
-                proposal.model,
-                proposal.usage.prompt_tokens,
-                proposal.usage.completion_tokens,
-                proposal.cost_usd,
-                llm_seconds,
-            )
             self.crash.maybe("proposed", task_id=task_id, step_index=step_index, phase="think", goal=task.goal)
             if result.wakeup is not None:
                 self._publish([result.wakeup])
@@ -327,28 +318,17 @@ class StepRunner:
                 self.settings.lease_ttl_s,
             )
         )  # fmt: skip
-        if result.outcome is ProposeOutcome.fenced:
-            bound.warning("fenced", detail="lease taken over before the proposal was persisted")
-            self.observer.phase_finished("think", time.monotonic() - started, "fenced")
+        if not self._proposal_written(result.outcome, proposal, started, llm_seconds, bound):
             return "fenced"
-        self.observer.proposal(
-            proposal.model,
-            proposal.usage.prompt_tokens,
-            proposal.usage.completion_tokens,
-            proposal.cost_usd,
-            llm_seconds,
-        )
-        command = proposal.command or "nothing (model error)"
-        if result.outcome is not ProposeOutcome.acting:  # cancelled or parked: the proposal alone was kept
-            self.observer.phase_finished("think", time.monotonic() - started, result.outcome.value)
-            if result.outcome is ProposeOutcome.cancelled:
-                self.observer.task_ended("cancelled", _age(task))
-            bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
-                       tokens=proposal.usage.total_tokens)
-            return f"{result.outcome.value}: {command}"
-        self.observer.phase_finished("think", time.monotonic() - started, "proposed")
+        acting = result.outcome is ProposeOutcome.acting  # else cancelled or parked: the proposal alone was kept
+        think_result = "proposed" if acting else result.outcome.value
+        self.observer.phase_finished("think", time.monotonic() - started, think_result)
         bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
                    tokens=proposal.usage.total_tokens)
+        if not acting:
+            if result.outcome is ProposeOutcome.cancelled:
+                self.observer.task_ended("cancelled", _age(task))
+            return f"{result.outcome.value}: {proposal.command or 'nothing (model error)'}"
         self.hand_on("act", "proposed")
         acted = time.monotonic()
         self.crash.maybe("committed", task_id=task_id, step_index=step_index, phase="act", goal=task.goal)
@@ -363,6 +343,21 @@ class StepRunner:
         log.info("step_committed", task_id=str(task_id), step=step_index, phase="act", command=proposal.command,
                  is_last=observation.is_last, is_error=observation.is_error)
         return "finished" if observation.is_last else f"committed step {step_index}"
+
+    def _proposal_written(
+        self, outcome: ProposeOutcome, proposal: Proposal, started: float, llm_seconds: float, bound: Any
+    ) -> bool:
+        """After the proposal's transaction: False if our lease had been taken over (nothing was written; logged and
+        counted as fenced), else True, with the model's tokens and cost counted."""
+        if outcome is ProposeOutcome.fenced:
+            bound.warning("fenced", detail="lease taken over before the proposal was persisted")
+            self.observer.phase_finished("think", time.monotonic() - started, "fenced")
+            return False
+        self.observer.proposal(
+            proposal.model, proposal.usage.prompt_tokens, proposal.usage.completion_tokens, proposal.cost_usd,
+            llm_seconds,
+        )  # fmt: skip
+        return True
 
     def _apply_recorded_request(self, task_id: uuid.UUID, step_index: int) -> None:
         """An Agent Protocol request for this step recorded before the proposal existed approves (or answers) it
@@ -589,19 +584,22 @@ class StepRunner:
             return False
         if proposal.error is not None:
             return True
-        command = proposal.command
-        return command is not None and command in self.agent.registry and self.agent.registry.get(command).runs_inline
+        return self._declares(proposal.command, "runs_inline")
 
     def _is_pure(self, proposal: Proposal) -> bool:
         """Is the act phase of this (inline) proposal pure: a model error, or a command declaring ``pure``?"""
         if proposal.error is not None:
             return True
-        command = proposal.command
-        return command is not None and command in self.agent.registry and self.agent.registry.get(command).pure
+        return self._declares(proposal.command, "pure")
 
     def _awaits_human(self, command: str | None) -> bool:
         """Does the command ask a human (``ask_user``)? Then its step waits for the answer, whatever the policy."""
-        return command is not None and command in self.agent.registry and self.agent.registry.get(command).awaits_human
+        return self._declares(command, "awaits_human")
+
+    def _declares(self, command: str | None, flag: str) -> bool:
+        """Is ``command`` one of this worker's commands, and does it set the class flag ``flag``?"""
+        registry = self.agent.registry
+        return command is not None and command in registry and bool(getattr(registry.get(command), flag))
 
     def _check_edit(self, ctx: TaskContext, proposal: Proposal) -> str | None:
         """A human edited the command: is it one this task may run (the allow-list the agent offered: the task's,

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.env import BenchEnv, xact_counts
@@ -46,19 +47,23 @@ def cpu_by_name() -> dict[str, float]:
     return out
 
 
+def _stacks(files: list[str]) -> Iterator[tuple[str, int]]:
+    """(stack, samples) of each line of py-spy raw files."""
+    for name in files:
+        for line in Path(name).read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if stack:
+                yield stack, int(count)
+
+
 def top(files: list[str], limit: int = 60) -> str:
     """Inclusive share of samples per function (line numbers dropped), over py-spy raw files."""
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    for name in files:
-        for line in Path(name).read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack:
-                continue
-            n = int(count)
-            total += n
-            for frame in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}:
-                inclusive[frame] += n
+    for stack, n in _stacks(files):
+        total += n
+        for frame in {re.sub(r":\d+\)$", ")", f) for f in stack.split(";")}:
+            inclusive[frame] += n
     rows = [f"{n / total:6.1%} {frame}" for frame, n in inclusive.most_common(limit)] if total else []
     return "\n".join([f"{total} samples", *rows])
 
@@ -85,15 +90,9 @@ def areas(files: list[str]) -> str:
     """Share of samples per area of the step (``AREAS``), over py-spy raw files of think workers."""
     counts: collections.Counter[str] = collections.Counter()
     total = 0
-    for name in files:
-        for line in Path(name).read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            if not stack:
-                continue
-            n = int(count)
-            total += n
-            area = next((a for a, marks in AREAS if any(m in stack for m in marks)), "other")
-            counts[area] += n
+    for stack, n in _stacks(files):
+        total += n
+        counts[next((a for a, marks in AREAS if any(m in stack for m in marks)), "other")] += n
     rows = [f"{n / total:6.1%} {area}" for area, n in counts.most_common()] if total else []
     return "\n".join([f"{total} samples, by area of the step", *rows])
 

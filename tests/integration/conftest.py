@@ -7,7 +7,7 @@ import urllib.parse
 from collections.abc import Iterator
 
 import httpx
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, event, make_url, text
 
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.migrate import upgrade
@@ -64,3 +64,19 @@ def private_database(database_url: str, suffix: str) -> Iterator[Database]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@contextlib.contextmanager
+def counted(target: object, name: str) -> Iterator[list[int]]:
+    """``[n]``: how many times SQLAlchemy fired event ``name`` on ``target`` (an engine's ``commit``, a pool's
+    ``checkout``) inside the block."""
+    seen = [0]
+
+    def count(*_: object) -> None:
+        seen[0] += 1
+
+    event.listen(target, name, count)
+    try:
+        yield seen
+    finally:
+        event.remove(target, name, count)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from redis import Redis
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from autogpt_workers import lifecycle
 from autogpt_workers.admission import FLAG_GRACE_S, Admitter, Policy
@@ -27,7 +27,7 @@ from autogpt_workers.submit import submit_task
 from autogpt_workers.wake import Wake
 from autogpt_workers.webhooks import Result, WebhookDispatcher
 from tests.conftest import free_port
-from tests.integration.conftest import private_database, private_vhost
+from tests.integration.conftest import counted, private_database, private_vhost
 
 ROUND_S = 0.05
 BUSY = Policy(backlog=lambda: "the workers are busy")  # a submission under it is held for admission
@@ -55,19 +55,9 @@ def wait_for(condition: Callable[[], object], what: str, timeout_s: float = 10.0
         time.sleep(ROUND_S)
 
 
-@contextlib.contextmanager
-def checkouts(db: Database) -> Iterator[list[int]]:
+def checkouts(db: Database) -> contextlib.AbstractContextManager[list[int]]:
     """``[n]``: the connections checked out of ``db``'s pool since entering."""
-    seen = [0]
-
-    def count(*_: object) -> None:
-        seen[0] += 1
-
-    event.listen(db.engine.pool, "checkout", count)
-    try:
-        yield seen
-    finally:
-        event.remove(db.engine.pool, "checkout", count)
+    return counted(db.engine.pool, "checkout")
 
 
 def test_idle_admission_rounds_leave_the_database_alone_and_a_held_task_waits_at_most_the_idle_look(

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from autogpt_workers.store import phase_sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome
 from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
+from tests.integration.conftest import counted
 
 PROPOSAL = {
     "assistant_message": {"role": "assistant", "content": "write them"},
@@ -215,24 +215,9 @@ def test_a_prepared_statement_on_a_dead_connection_fails_as_a_disconnect_and_the
 FINISH = {**PROPOSAL, "command": "finish", "arguments": {"reason": "done"}}
 
 
-@contextmanager
-def _commits(ledger: Ledger) -> Iterator[list[int]]:
-    """Counts the transactions the ledger's engine commits inside the block (a one-element list)."""
-    count = [0]
-
-    def on_commit(_conn: Any) -> None:
-        count[0] += 1
-
-    event.listen(ledger.db.engine, "commit", on_commit)
-    try:
-        yield count
-    finally:
-        event.remove(ledger.db.engine, "commit", on_commit)
-
-
 def test_a_pure_last_step_is_proposed_and_committed_in_one_transaction(ledger: Ledger, task_id: uuid.UUID) -> None:
     think = _claim(ledger, task_id, 0, "think")
-    with _commits(ledger) as commits:
+    with counted(ledger.db.engine, "commit") as commits:
         result, wakeup = ledger.propose_and_commit(task_id, 0, think.token, FINISH, "done", False, True, 30.0)
     assert result.outcome is ProposeOutcome.acting and wakeup is None
     assert commits[0] == 1

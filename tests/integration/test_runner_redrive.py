@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.broker import Publisher
@@ -30,7 +30,7 @@ from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
 from autogpt_workers.runner import StepRunner
 from autogpt_workers.store.ledger import ClaimOutcome, Ledger
 from autogpt_workers.store.models import Outbox, Step, Task
-from tests.integration.conftest import private_vhost
+from tests.integration.conftest import counted, private_vhost
 
 PROPOSAL = {
     "assistant_message": {"role": "assistant", "content": "write it"},
@@ -172,20 +172,12 @@ def test_a_finish_step_takes_two_transactions_and_a_model_error_step_hands_on(
     (claim, then one transaction), and a step that is not the last publishes its successor's think wake-up."""
     llm.register_script("pure", [{"content": "no tool call"}, {"tool": "finish", "arguments": {"reason": "all done"}}])
     task_id = new_task(runner.ledger, "Be quick [[script:pure]]")
-    commits = [0]
-
-    def on_commit(_conn: Any) -> None:
-        commits[0] += 1
-
-    event.listen(runner.ledger.db.engine, "commit", on_commit)
-    try:
+    with counted(runner.ledger.db.engine, "commit") as commits:
         assert runner.think(task_id, 0) == "committed step 0"
         assert commits[0] == 2, commits  # the claim, then the proposal with the outcome
         assert [args for _, args in queued(broker_url, THINK_QUEUE)] == [[str(task_id), 1]]
         assert runner.think(task_id, 1) == "finished"
         assert commits[0] == 4, commits
-    finally:
-        event.remove(runner.ledger.db.engine, "commit", on_commit)
     first, last = step_row(runner.ledger, task_id, 0), step_row(runner.ledger, task_id, 1)
     assert (first["status"], first["llm_calls"]) == ("completed", 1) and "did not call any command" in first["output"]
     assert (last["status"], last["output"], last["llm_calls"]) == ("completed", "all done", 1)
