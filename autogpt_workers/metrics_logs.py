@@ -4,8 +4,10 @@ Installed in a worker process group (``install_step_logging``), through Celery s
 
 - ``setup_logging``: a receiver tells Celery the logging is configured (``logs.configure_logging``), so it adds
   no handler of its own and redirects nothing: its lines go through the JSON formatter like ours.
-- ``task_prerun``: binds ``task_id``, ``step``, ``phase`` (from the wake-up's arguments) and ``tenant`` (from the
-  ledger: one primary-key read per task, cached, since a task never changes tenant) into structlog's contextvars.
+- ``task_prerun``: binds ``task_id``, ``step``, ``phase`` (from the wake-up's arguments) and ``tenant`` into
+  structlog's contextvars. The tenant comes from what this process's claims have read (``task_facts``); on a
+  task's first delivery to the process the step runner binds it right after its claim (``bind_tenant``), so
+  every line from the claim on carries it, and no line costs a read of the ledger.
 - ``task_postrun``: unbinds them. Celery logs "Task ... succeeded" (or failed, retry) before ``task_postrun``,
   so those lines carry them too.
 """
@@ -13,8 +15,6 @@ Installed in a worker process group (``install_step_logging``), through Celery s
 from __future__ import annotations
 
 import contextlib
-import functools
-import uuid
 from typing import Any
 
 import structlog
@@ -25,16 +25,12 @@ _PHASE_OF = {name: phase for phase, name in PHASE_TASKS.items()}
 STEP_FIELDS = ("task_id", "step", "phase", "tenant")
 
 
-@functools.lru_cache(maxsize=20_000)
 def _tenant_of(task_id: str) -> str | None:
-    from sqlalchemy import select
-
+    """The task's tenant if this process has claimed it before (``task_facts``); no read of the ledger here."""
     from autogpt_workers.runtime import get_runner
-    from autogpt_workers.store.models import Task
 
-    with get_runner().ledger.db.session() as s:
-        tenant = s.execute(select(Task.tenant_id).where(Task.id == uuid.UUID(task_id))).scalar_one_or_none()
-    return str(tenant) if tenant is not None else None
+    facts = get_runner().facts.known(task_id)
+    return facts.tenant if facts is not None else None
 
 
 def step_fields(task_name: str | None, args: Any) -> dict[str, Any]:
@@ -51,12 +47,17 @@ def step_fields(task_name: str | None, args: Any) -> dict[str, Any]:
 
 def _tenant(task_id: str) -> str | None:
     try:
-        tenant = _tenant_of(task_id)
-    except Exception:  # a malformed id or the database away: the step itself will say so
+        return _tenant_of(task_id)
+    except Exception:  # the runner cannot be built: the step itself will say so
         return None
-    if tenant is None:  # not (yet) in the ledger: do not cache the miss
-        _tenant_of.cache_clear()
-    return tenant
+
+
+def bind_tenant(tenant: str) -> None:
+    """Add the tenant to the log context of the step phase running in this thread, if one was bound at prerun (a
+    task's first delivery to this process: its claim has just read the tenant). Outside a step, nothing."""
+    bound = structlog.contextvars.get_contextvars()
+    if "task_id" in bound and bound.get("tenant") != tenant:
+        structlog.contextvars.bind_contextvars(tenant=tenant)
 
 
 def _bind(sender: Any = None, args: Any = None, **_: Any) -> None:

@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from autogpt_workers import preapproval
+from autogpt_workers import metrics_logs, preapproval
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.agent.types import Budget, Observation, Proposal, Spent, StepRecord, TaskContext
 from autogpt_workers.artifacts import ArtifactStore, LocalArtifactStore, changed_paths, snapshot
@@ -76,6 +76,7 @@ from autogpt_workers.store.ledger import (
     Wakeup,
 )
 from autogpt_workers.store.models import Step, Task
+from autogpt_workers.task_facts import TaskFacts
 
 log = structlog.get_logger(__name__)
 
@@ -176,6 +177,7 @@ class StepRunner:
         leases: LeaseKeeper,
         observer: RunObserver | None = None,
         artifacts: ArtifactStore | None = None,
+        facts: TaskFacts | None = None,
     ) -> None:
         self.observer = observer or RunObserver()
         self.artifacts = artifacts or LocalArtifactStore(settings.workspace_root)
@@ -190,6 +192,8 @@ class StepRunner:
         self._calls = DaemonThreads("llm-call")  # reused threads for LLM calls, not one started per call
         self.marks = PublishMarks(ledger.mark_published)
         self._records = _Records()
+        # a task's tenant and profile, as its claims read them (the agent's and the memory's lookups use it)
+        self.facts = facts or TaskFacts(lambda task_id: None)
         # called when a think delivery goes on to run its command itself: ("act", think's outcome); the worker
         # sets it to end the think span and open the act span (tracing)
         self.hand_on: Callable[[str, str], None] = lambda phase, outcome: None
@@ -562,6 +566,9 @@ class StepRunner:
         )  # fmt: skip
         wait = (datetime.now(UTC) - claim.queued_at).total_seconds() if claim.queued_at else None
         self.observer.delivery(phase, claim.outcome.value, wait)
+        if claim.task is not None:
+            self.facts.learn(str(task_id), claim.task.tenant_id, claim.task.profile)
+            metrics_logs.bind_tenant(claim.task.tenant_id)
         return claim
 
     def _side_effect(self, command: str | None) -> str | None:

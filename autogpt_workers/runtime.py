@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import threading
@@ -33,6 +32,7 @@ from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import TaskOptions
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.store.models import Task
+from autogpt_workers.task_facts import Facts, TaskFacts
 
 log = structlog.get_logger("autogpt_workers.worker")
 _lock = threading.Lock()
@@ -63,7 +63,8 @@ def build_runner(settings: Settings) -> StepRunner:
         backoff_max_s=settings.llm_backoff_max_s,
         on_retry=observer.on_llm_retry,
     )
-    memory = build_memory(settings, tenant_lookup(db))
+    facts = TaskFacts(facts_reader(db))
+    memory = build_memory(settings, facts.tenant_of)
     window = settings.llm_context_tokens
     agent = Agent(
         traced(llm, settings.llm_model),  # a span per LLM call when tracing is on
@@ -71,7 +72,7 @@ def build_runner(settings: Settings) -> StepRunner:
         settings.price_per_1k,
         max_observation_chars=settings.max_observation_chars,
         profiles=ProfileCatalog(settings.profiles_dir),
-        profile_of=profile_lookup(db),
+        profile_of=facts.profile_of,
         memory=memory,
         memory_top_k=settings.memory_top_k,
         context_tokens=window - settings.llm_completion_reserve_tokens if window is not None else None,
@@ -85,7 +86,8 @@ def build_runner(settings: Settings) -> StepRunner:
         settings.lease_heartbeat_s,
         settings.lease_ttl_s,
     )
-    runner = StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer, artifact_store(settings))
+    runner = StepRunner(ledger, Publisher(app), agent, settings, owner, leases, observer, artifact_store(settings),
+                        facts=facts)
     runner.hand_on = tracing_celery.hand_on  # a think delivery that runs its command: the act span beside think's
     return runner
 
@@ -169,31 +171,19 @@ def check_sandbox(settings: Settings) -> str | None:
     return reason
 
 
-def tenant_lookup(db: Database) -> Callable[[str], str]:
-    """Task id -> its tenant (memory is scoped by it); cached, a task's tenant never changes."""
+def facts_reader(db: Database) -> Callable[[str], Facts | None]:
+    """Task id -> its tenant and profile's name from the ledger (``TaskFacts`` reads a task it has not claimed)."""
 
-    @functools.lru_cache(maxsize=4096)
-    def tenant_of(task_id: str) -> str:
+    def read(task_id: str) -> Facts | None:
         with db.session() as s:
-            tenant = s.execute(select(Task.tenant_id).where(Task.id == uuid.UUID(task_id))).scalar_one_or_none()
-        if tenant is None:
-            raise LookupError(f"no task {task_id}")
-        return str(tenant)
+            row = s.execute(
+                select(Task.tenant_id, TaskOptions.profile)
+                .outerjoin(TaskOptions, TaskOptions.task_id == Task.id)
+                .where(Task.id == uuid.UUID(task_id))
+            ).one_or_none()
+        return None if row is None else Facts(str(row[0]), row[1])
 
-    return tenant_of
-
-
-def profile_lookup(db: Database) -> Callable[[str], str | None]:
-    """Task id -> the name of its profile (``task_options.profile``); cached, a task's profile never changes."""
-
-    @functools.lru_cache(maxsize=4096)
-    def profile_of(task_id: str) -> str | None:
-        with db.session() as s:
-            return s.execute(
-                select(TaskOptions.profile).where(TaskOptions.task_id == uuid.UUID(task_id))
-            ).scalar_one_or_none()
-
-    return profile_of
+    return read
 
 
 def get_runner() -> StepRunner:

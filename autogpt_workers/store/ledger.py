@@ -92,6 +92,8 @@ class RunTask:
     allowed_commands: list[Any] | None
     approval: Any  # the approval policy as stored (JSONB: "never", "always" or a list of side-effect classes)
     priority: int
+    tenant_id: str = ""  # these two never change: the runner keeps them (``task_facts``)
+    profile: str | None = None  # its ``task_options.profile``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,8 +373,8 @@ class Ledger:
             if locked is None or locked[_RUN_COLUMNS_END] is None:  # no such task, or no such step
                 return Claim(ClaimOutcome.missing)
             task = TaskState(*locked[:_STATE_COLUMNS])
-            run = RunTask(*locked[_STATE_COLUMNS:_RUN_COLUMNS_END])
-            step_status, token, expires, deliveries, think_deliveries = locked[_RUN_COLUMNS_END:]
+            step_status, token, expires, deliveries, think_deliveries, profile = locked[_RUN_COLUMNS_END:]
+            run = RunTask(*(*locked[_STATE_COLUMNS:_RUN_COLUMNS_END], task.tenant_id, profile))
             if step_status in ("completed", "failed"):
                 return Claim(ClaimOutcome.committed)
             if task.status in TERMINAL_TASK or step_status == "cancelled":

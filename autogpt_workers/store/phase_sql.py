@@ -192,7 +192,8 @@ LOCK_TASK = PhaseStatement(
 
 # the claim's read: the task's state and run columns (``hot_sql.TASK_STATE_COLUMNS`` then ``RUN_TASK_COLUMNS``),
 # locked first; then the step's lease columns and its think deliveries, locked after it through the lateral
-# subquery, NULL if the step does not exist. No row if the task does not exist.
+# subquery, NULL if the step does not exist; last the task's profile (``task_options``, not locked: it never
+# changes). No row if the task does not exist.
 CLAIM_READ = PhaseStatement(
     "autogpt_claim_read",
     f"""
@@ -201,7 +202,8 @@ CLAIM_READ = PhaseStatement(
         FROM tasks WHERE id = :p_task_id FOR NO KEY UPDATE
     )
     SELECT t.*, s.status, s.lease_token, s.lease_expires_at, s.deliveries,
-        CAST(s.proposal ->> '{hot_sql.THINK_DELIVERIES}' AS integer)
+        CAST(s.proposal ->> '{hot_sql.THINK_DELIVERIES}' AS integer),
+        (SELECT profile FROM task_options WHERE task_id = :p_task_id)
     FROM t LEFT JOIN LATERAL (
         SELECT status, lease_token, lease_expires_at, deliveries, proposal FROM steps
         WHERE task_id = :p_task_id AND step_index = :p_step_index FOR UPDATE

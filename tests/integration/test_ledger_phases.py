@@ -261,3 +261,19 @@ def test_a_pure_step_fenced_or_of_a_cancelling_task_commits_no_outcome(ledger: L
         assert step.output is None and step.command == "finish"  # the proposal is kept, the outcome is not
         assert s.get_one(Task, task_id).status == "cancelled"
     assert "step.completed" not in [k for k, _, _ in _events(ledger, task_id)]
+
+
+def test_a_claim_reads_the_tasks_tenant_and_profile(ledger: Ledger, task_id: uuid.UUID) -> None:
+    """What the runner keeps per process (``task_facts``), so nothing on the step's path reads them again."""
+    with ledger.db.transaction() as s:
+        created = ledger.create_task(
+            s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 5},
+            options={"source": "native", "base_priority": 5, "profile": "researcher", "webhook_url": None,
+                     "webhook_events": [], "additional_input": None},
+        )  # fmt: skip
+        tenant = s.scalar(select(Task.tenant_id).where(Task.id == task_id))
+    assert created is not None
+    with_profile = _claim(ledger, created[0], 0, "think").task
+    assert (with_profile.tenant_id, with_profile.profile) == (tenant, "researcher")
+    without = _claim(ledger, task_id, 0, "think").task  # no task_options row at all
+    assert (without.tenant_id, without.profile) == (tenant, None)

@@ -28,8 +28,10 @@ from autogpt_workers.contracts import ACT_QUEUE, THINK_QUEUE
 from autogpt_workers.lease import LeaseKeeper
 from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
 from autogpt_workers.runner import StepRunner
+from autogpt_workers.runtime import facts_reader
 from autogpt_workers.store.ledger import ClaimOutcome, Ledger
 from autogpt_workers.store.models import Outbox, Step, Task
+from autogpt_workers.task_facts import Facts, TaskFacts
 from tests.integration.conftest import counted, private_vhost
 
 PROPOSAL = {
@@ -61,10 +63,11 @@ def runner(db, run_settings: Settings, fake_llm: str) -> Iterator[StepRunner]:  
     llm = OpenAIChatModel(make_client(f"{fake_llm}/v1", "test-key", 10.0, 10), "scripted-demo", max_attempts=3,
                           backoff_max_s=run_settings.llm_backoff_max_s)
     registry = default_registry(run_settings.max_file_bytes, load_plugins=False)
-    agent = Agent(llm, registry, run_settings.price_per_1k)
+    facts = TaskFacts(facts_reader(db))  # as the worker wires them: the agent's profile lookup reads the facts
+    agent = Agent(llm, registry, run_settings.price_per_1k, profile_of=facts.profile_of)
     leases = LeaseKeeper(lambda tokens: ledger.renew(tokens, run_settings.lease_ttl_s),
                          run_settings.lease_heartbeat_s, run_settings.lease_ttl_s)
-    yield StepRunner(ledger, Publisher(app), agent, run_settings, "test-runner", leases)
+    yield StepRunner(ledger, Publisher(app), agent, run_settings, "test-runner", leases, facts=facts)
     with Connection(run_settings.broker_url) as conn:
         for q in (THINK_QUEUE, ACT_QUEUE):
             conn.default_channel.queue_purge(q)
@@ -184,3 +187,20 @@ def test_a_finish_step_takes_two_transactions_and_a_model_error_step_hands_on(
     assert queued(broker_url, ACT_QUEUE) == []
     with runner.ledger.db.session() as s:
         assert s.scalar(select(Task.status).where(Task.id == task_id)) == "completed"
+
+
+def test_a_tasks_tenant_and_profile_come_with_its_claim(runner: StepRunner, llm: Any) -> None:
+    """The agent looks the task's profile up on every think; the claim already read it (and the tenant), so a
+    step reads neither on its own: no read-only transaction besides the step's own."""
+    llm.register_script("facts", [{"content": "no tool call"}, {"tool": "finish", "arguments": {"reason": "done"}}])
+    task_id = new_task(runner.ledger, "Know me [[script:facts]]")
+    with counted(runner.ledger.db.engine, "rollback") as reads:
+        assert runner.think(task_id, 0) == "committed step 0"
+        assert runner.think(task_id, 1) == "finished"
+    assert reads[0] == 0, reads
+    with runner.ledger.db.session() as s:
+        tenant = s.scalar(select(Task.tenant_id).where(Task.id == task_id))
+    assert runner.facts.known(str(task_id)) == Facts(tenant, None) and runner.facts.reads == 0
+    other = new_task(runner.ledger, "Never claimed here")
+    assert runner.facts.profile_of(str(other)) is None and runner.facts.reads == 1  # read once, then kept
+    assert runner.facts.tenant_of(str(other)) == tenant and runner.facts.reads == 1

@@ -121,6 +121,35 @@ def test_celery_task_lines_carry_task_step_phase_and_tenant(stream: io.StringIO,
     assert "task_id" not in lines[-1] and structlog.contextvars.get_contextvars() == {}, "cleared at postrun"
 
 
+def test_the_runner_binds_the_tenant_of_a_task_first_claimed_in_this_process(
+    stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metrics_logs, "_tenant_of", lambda task_id: None)  # not yet claimed in this process
+    metrics_logs.install_step_logging()
+    app = Celery("unit-logs-first", set_as_current=False)
+    app.conf.update(task_store_eager_result=False)
+    try:
+
+        @app.task(name="autogpt.think")
+        def think(task_id: str, step_index: int) -> str:
+            structlog.get_logger("x").info("before_claim")
+            metrics_logs.bind_tenant("acme")  # what the runner does with its claim's tenant
+            structlog.get_logger("x").info("after_claim")
+            return "proposed"
+
+        assert think.apply(args=[str(uuid.uuid4()), 0]).get() == "proposed"
+    finally:
+        signals.setup_logging.disconnect(dispatch_uid="autogpt-log-setup")
+        signals.task_prerun.disconnect(dispatch_uid="autogpt-log-step-bind")
+        signals.task_postrun.disconnect(dispatch_uid="autogpt-log-step-unbind")
+    lines = {line["event"]: line for line in _lines(stream) if line["event"] in ("before_claim", "after_claim")}
+    assert "tenant" not in lines["before_claim"] and lines["after_claim"]["tenant"] == "acme"
+    succeeded = next(line for line in _lines(stream) if "succeeded" in line["event"])
+    assert succeeded["tenant"] == "acme" and structlog.contextvars.get_contextvars() == {}
+    metrics_logs.bind_tenant("acme")  # outside a step: nothing bound
+    assert structlog.contextvars.get_contextvars() == {}
+
+
 def test_celery_leaves_the_configured_logging_alone(stream: io.StringIO, step_logging: None) -> None:
     root = logging.getLogger()
     before, stdout = root.handlers[:], sys.stdout
