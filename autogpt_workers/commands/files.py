@@ -123,7 +123,7 @@ class ListFiles(Command[ListFilesArgs]):
             raise CommandError(f"no such directory: {args.path!r}")
         if not top.is_dir():
             return CommandResult(output=ctx.workspace.relative(top))
-        root = ctx.workspace.root.resolve()
+        root = ctx.workspace.resolved_root()
         entries = list(itertools.islice(_iter_tree(top, root), self.max_entries + 1))
         if not entries:
             return CommandResult(output=f"({args.path} is empty)")

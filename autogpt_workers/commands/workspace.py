@@ -20,6 +20,7 @@ class Workspace:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._resolved: Path | None = None  # the root resolved, once per workspace (each resolve walks every part)
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -27,7 +28,13 @@ class Workspace:
     def create(self) -> Path:
         """Make the directory (and its parents) if missing; return its resolved path."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return self.root.resolve()
+        return self.resolved_root()
+
+    def resolved_root(self) -> Path:
+        """The root with every symlink resolved (the platform's own directory: resolved once, then kept)."""
+        if self._resolved is None:
+            self._resolved = self.root.resolve()
+        return self._resolved
 
     def resolve(self, relative: str) -> Path:
         """The absolute path for ``relative``, guaranteed to lie inside the workspace.
@@ -41,7 +48,7 @@ class Workspace:
             raise WorkspaceEscape(
                 f"path {relative!r} is absolute; use a path relative to the workspace, e.g. 'notes/todo.md'"
             )
-        root = self.root.resolve()
+        root = self.resolved_root()
         try:
             target = (root / relative).resolve()
         except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
@@ -52,4 +59,4 @@ class Workspace:
 
     def relative(self, path: Path) -> str:
         """``path`` (inside the workspace) as a POSIX path relative to the root (``.`` is the root)."""
-        return path.resolve().relative_to(self.root.resolve()).as_posix()
+        return path.resolve().relative_to(self.resolved_root()).as_posix()

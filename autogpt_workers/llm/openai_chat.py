@@ -25,6 +25,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,8 @@ class OpenAIChatModel:
         self.provider = self.providers[0]
         self._dealt = threading.local()
         self._deal = itertools.count()
+        self._key_prefix = f"autogpt-{uuid.uuid4().hex}"
+        self._keys = itertools.count(1)
         self.model = model
         self.max_attempts = max_attempts
         self.backoff_initial_s = backoff_initial_s
@@ -198,7 +201,9 @@ class OpenAIChatModel:
             # process, see ``tool_json``) and the reply comes back as bytes we decode: the SDK's TypedDict
             # transform, its JSON encoder and its model construction cost more of the think worker's CPU than
             # the rest of the call
-            raw = self._client().post("/chat/completions", content=body, cast_to=bytes)
+            raw = self._client().post(
+                "/chat/completions", content=body, cast_to=bytes, options={"idempotency_key": self._request_key()}
+            )
             completion = json.loads(raw)
         except openai.APITimeoutError as exc:
             raise _Retryable("timeout", f"the LLM request to {self._where()} timed out") from exc
@@ -214,6 +219,12 @@ class OpenAIChatModel:
         except openai.OpenAIError as exc:
             raise LLMPermanentError(f"the LLM client refused the request: {exc}") from exc
         return _to_response(completion, self.model)
+
+    def _request_key(self) -> str:
+        """A key unique to this request: the SDK draws a ``uuid4`` for every POST that has none (and sends it only on
+        clients with an idempotency header, which ``openai.OpenAI`` has not); a process prefix and a counter cost a
+        fraction of that, and stay unique if a client ever sends it."""
+        return f"{self._key_prefix}-{next(self._keys)}"
 
     def _client(self) -> openai.OpenAI:
         if len(self.providers) == 1:

@@ -141,6 +141,20 @@ def test_success_is_parsed_into_an_llm_response(stub: StubLLM) -> None:
     assert sent["model"] == "gpt-4o-mini" and sent["messages"] == MESSAGES and sent["tools"] == TOOLS
 
 
+def test_a_request_draws_no_uuid(stub: StubLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK draws a ``uuid4`` per POST for an idempotency key it does not send; each request brings its own."""
+    import openai._base_client
+
+    def no_uuid() -> None:
+        raise AssertionError("the SDK drew a uuid4")
+
+    model = _model(stub.base_url)
+    monkeypatch.setattr(openai._base_client.uuid, "uuid4", no_uuid)
+    stub.replies = [Reply(body=completion("one")), Reply(body=completion("two"))]
+    assert [model.complete(MESSAGES, []).content for _ in range(2)] == ["one", "two"]
+    assert model._request_key() != model._request_key()
+
+
 def test_no_tools_means_no_tools_field(stub: StubLLM) -> None:
     stub.replies = [Reply(body=completion("plain"))]
     assert _model(stub.base_url).complete(MESSAGES, []).content == "plain"
