@@ -12,6 +12,9 @@ How a step stays durable (see README "How a step is made durable"):
   step ``awaiting_approval`` in approval mode).
 * ``commit_step`` persists the observation, the artifacts and the next step's wake-up in one transaction, fenced
   on the token: a zombie whose lease was taken over commits nothing.
+* For a running task, ``propose`` and ``commit_step`` are each one statement that is its own transaction
+  (``phase_sql.run_alone``), the task row locked in it before the step's; for any other state they take the general
+  path, a transaction that reads the task's state under its lock first.
 * Wake-ups are outbox rows; the caller publishes them after commit and marks them published. The reaper publishes
   rows nobody published, re-drives steps whose lease expired and fails tasks past their deadline.
 
@@ -307,6 +310,52 @@ def _read_run(
     return [], RunStep(conn.execute(sql.STEP_PROPOSAL, at).scalar_one())
 
 
+def _proposal_values(task_id: uuid.UUID, step_index: int, token: uuid.UUID, proposal: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of a proposal's statements (``phase_sql.PROPOSE_*``), its event's data among them."""
+    usage = proposal.get("usage") or {}
+    prompt_tokens = int(usage.get("prompt_tokens", 0))
+    completion_tokens = int(usage.get("completion_tokens", 0))
+    cost = float(proposal.get("cost_usd", 0.0))
+    return {
+        "p_task_id": task_id,
+        "p_step_index": step_index,
+        "p_token": token,
+        "p_proposal": proposal,
+        "p_command": proposal.get("command"),
+        "p_arguments": proposal.get("arguments"),
+        "p_model": proposal.get("model"),
+        "p_prompt_tokens": prompt_tokens,
+        "p_completion_tokens": completion_tokens,
+        "p_cost": cost,
+        "p_event_data": {
+            "command": proposal.get("command"),
+            "arguments": proposal.get("arguments"),
+            "thought": _clip((proposal.get("assistant_message") or {}).get("content")),
+            "error": _clip(proposal.get("error")),
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "cost_usd": cost,
+        },
+    }
+
+
+def _commit_values(
+    task_id: uuid.UUID, step_index: int, token: uuid.UUID, output: str, is_error: bool, files: list[FileRecord]
+) -> dict[str, Any]:
+    """The parameters of ``phase_sql.COMMIT_NEXT`` (and its ``_ALONE`` variant), but the priority."""
+    return {
+        "p_task_id": task_id,
+        "p_step_index": step_index,
+        "p_token": token,
+        "p_output": output,
+        "p_is_error": is_error,
+        "p_event_data": {"output": _clip(output), "is_error": is_error, "is_last": False},
+        "p_paths": [f.relative_path for f in files],
+        "p_sizes": [f.size_bytes for f in files],
+        "p_shas": [f.sha256 for f in files],
+    }
+
+
 def deadline_reason(deadline: datetime, where: str) -> str:
     return f"deadline: the task passed its deadline ({deadline.isoformat()}) {where}"
 
@@ -486,8 +535,37 @@ class Ledger:
 
         The tokens it cost are counted whatever the outcome (they were spent), unless we were fenced.
         """
+        if not (await_approval and proposal.get("error") is None):
+            proposed = self._propose_alone(task_id, step_index, token, proposal, act_lease_ttl_s)
+            if proposed is not None:
+                return proposed
         with self.db.core_transaction() as s:
             return self._propose(s, task_id, step_index, token, proposal, await_approval, act_lease_ttl_s)
+
+    def _propose_alone(
+        self,
+        task_id: uuid.UUID,
+        step_index: int,
+        token: uuid.UUID,
+        proposal: dict[str, Any],
+        act_lease_ttl_s: float | None,
+    ) -> Proposed | None:
+        """The common case (the task running, no approval to wait for) in one statement that is its own transaction
+        (``phase_sql.run_alone``). ``None`` if the task was not running: nothing was written, and the caller takes
+        the general path, which reads the task's state under its lock and does what that state asks."""
+        acting = act_lease_ttl_s is not None
+        values = _proposal_values(task_id, step_index, token, proposal)
+        if act_lease_ttl_s is not None:
+            values["p_expires"] = _now() + timedelta(seconds=act_lease_ttl_s)
+        statement = phase_sql.PROPOSE_ACTING_ALONE if acting else phase_sql.PROPOSE_WAKE_ALONE
+        step_id, outbox_id, task_status, priority = phase_sql.run_alone(self.db, statement, values).one()
+        if task_status not in ACTIVE_TASK:  # not running, or no such task
+            return None
+        if step_id is None:
+            return Proposed(ProposeOutcome.fenced)
+        if acting:
+            return Proposed(ProposeOutcome.acting)
+        return Proposed(ProposeOutcome.proposed, Wakeup(outbox_id, task_id, step_index, "act", priority))
 
     def propose_and_commit(
         self,
@@ -523,10 +601,8 @@ class Ledger:
         await_approval: bool,
         act_lease_ttl_s: float | None,
     ) -> Proposed:
-        usage = proposal.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens", 0))
-        completion_tokens = int(usage.get("completion_tokens", 0))
-        cost = float(proposal.get("cost_usd", 0.0))
+        values = _proposal_values(task_id, step_index, token, proposal)
+        spent = {k: values[k] for k in ("p_prompt_tokens", "p_completion_tokens", "p_cost")}
         task = _lock_task_phase(s, task_id, self.db.prepared_statements)
         if task is None:
             return Proposed(ProposeOutcome.fenced)
@@ -536,35 +612,13 @@ class Ledger:
             status = "awaiting_approval"
         else:
             status = "proposed"
-        spent = {"p_prompt_tokens": prompt_tokens, "p_completion_tokens": completion_tokens, "p_cost": cost}
         acting = act_lease_ttl_s is not None and status == "proposed" and task.status in ACTIVE_TASK
         lease = {"p_expires": _now() + timedelta(seconds=act_lease_ttl_s)} if acting and act_lease_ttl_s else {}
-        event = {
-            "command": proposal.get("command"),
-            "arguments": proposal.get("arguments"),
-            "thought": _clip((proposal.get("assistant_message") or {}).get("content")),
-            "error": _clip(proposal.get("error")),
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "cost_usd": cost,
-        }
         if status == "proposed" and task.status in ACTIVE_TASK:  # the common case: one statement
             step_id, outbox_id = phase_sql.run(
                 s.connection(),
                 phase_sql.PROPOSE_ACTING if acting else phase_sql.PROPOSE_WAKE,
-                {
-                    **lease,
-                    **({} if acting else {"p_priority": task.priority}),
-                    "p_task_id": task_id,
-                    "p_step_index": step_index,
-                    "p_token": token,
-                    "p_proposal": proposal,
-                    "p_command": proposal.get("command"),
-                    "p_arguments": proposal.get("arguments"),
-                    "p_model": proposal.get("model"),
-                    "p_event_data": event,
-                    **spent,
-                },
+                {**values, **lease, **({} if acting else {"p_priority": task.priority})},
                 self.db.prepared_statements,
             ).one()
             if step_id is None:
@@ -590,7 +644,7 @@ class Ledger:
         if updated is None:
             return Proposed(ProposeOutcome.fenced)
         s.connection().execute(sql.PROPOSE_TASK, {"p_task_id": task_id, **spent})
-        emit(s, task_id, "step.proposed", step_index, **event)
+        emit(s, task_id, "step.proposed", step_index, **values["p_event_data"])
         if status == "cancelled":
             cancel_now(s, task_id, task.error or "cancelled on request")
             return Proposed(ProposeOutcome.cancelled)
@@ -630,8 +684,19 @@ class Ledger:
         ``None`` for the last step and when the task is paused (resume re-arms it) or was cancelling (the command
         ran, so its step is committed; then the task is cancelled and no further step starts).
         """
+        files = list(files)
+        if not is_last:  # the common case, in one statement that is its own transaction
+            values = _commit_values(task_id, step_index, token, output, is_error, files)
+            step_id, outbox_id, task_status, priority = phase_sql.run_alone(
+                self.db, phase_sql.COMMIT_NEXT_ALONE, values
+            ).one()
+            if task_status in ACTIVE_TASK:
+                if step_id is None:
+                    return False, None
+                return True, Wakeup(outbox_id, task_id, step_index + 1, "think", priority)
+            # not running (paused, cancelling; or no such task): nothing was written; the general path below
         with self.db.core_transaction() as s:
-            return self._commit(s, task_id, step_index, token, output, is_error, is_last, list(files))
+            return self._commit(s, task_id, step_index, token, output, is_error, is_last, files)
 
     def _commit(
         self,
@@ -651,18 +716,7 @@ class Ledger:
             step_id, outbox_id = phase_sql.run(
                 s.connection(),
                 phase_sql.COMMIT_NEXT,
-                {
-                    "p_task_id": task_id,
-                    "p_step_index": step_index,
-                    "p_token": token,
-                    "p_output": output,
-                    "p_is_error": is_error,
-                    "p_event_data": {"output": _clip(output), "is_error": is_error, "is_last": False},
-                    "p_paths": [f.relative_path for f in files],
-                    "p_sizes": [f.size_bytes for f in files],
-                    "p_shas": [f.sha256 for f in files],
-                    "p_priority": task.priority,
-                },
+                {**_commit_values(task_id, step_index, token, output, is_error, files), "p_priority": task.priority},
                 self.db.prepared_statements,
             ).one()
             if step_id is None:

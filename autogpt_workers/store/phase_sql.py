@@ -18,6 +18,13 @@ A sub-statement that depends on the fenced update reads its ``RETURNING`` rows, 
 and returns NULL. The ledger uses these only where the task's state (read under its lock) makes the outcome
 certain: ``running``/``queued``, not the last step, no approval; every other transition takes the general path.
 
+The proposal and the commit run as ``PROPOSE_ACTING_ALONE`` / ``PROPOSE_WAKE_ALONE`` / ``COMMIT_NEXT_ALONE``:
+the same statements with the task's lock (``LOCK_TASK``'s) taken in a first CTE and their writes gated on the task
+running, each executed alone in autocommit (``run_alone``): one round trip instead of four (BEGIN, the lock, the
+statement, COMMIT). A statement whose task was not running writes nothing and says so (the task's status comes
+back); the ledger then takes the general path in a transaction. The plain variants serve a transaction that holds
+more (``Ledger.propose_and_commit``, a pure step).
+
 Each is also a server-side prepared statement (``PREPARE`` on every new connection of the workers' engine,
 ``EXECUTE`` per call; ``Database.from_url(..., prepare=...)``): PostgreSQL plans these CTEs once per connection
 instead of per call (about 100 microseconds of its CPU each), and the worker binds six positional values instead
@@ -27,6 +34,7 @@ turns it off (a PgBouncer in transaction pooling mode does not keep a session's 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
@@ -164,6 +172,24 @@ def _execute_raw(conn: Connection, sql: str, args: tuple[Any, ...]) -> _Rows:
         cursor.close()
 
 
+def run_alone(db: Database, statement: PhaseStatement, values: Mapping[str, Any]) -> _Rows:
+    """Execute one statement as a transaction of its own, its rows fetched. Prepared: in autocommit on a pooled
+    DBAPI connection, one round trip (a transaction's BEGIN and COMMIT are two more, and the Python around them).
+    Otherwise in a transaction of the engine's."""
+    if not db.prepared_statements:
+        with db.core_transaction() as s:
+            return _Rows(list(run(s.connection(), statement, values, False).all()))
+    with db.engine.connect() as conn:
+        dbapi_connection = conn.connection.dbapi_connection
+        assert dbapi_connection is not None
+        dbapi_connection.autocommit = True
+        try:
+            return _execute_raw(conn, statement.execute_sql, statement.args(values))
+        finally:
+            with contextlib.suppress(Exception):  # invalidated on a disconnect: the pool drops it anyway
+                dbapi_connection.autocommit = False
+
+
 def prepare_all(dbapi_connection: Any, statements: Sequence[PhaseStatement]) -> None:
     """``PREPARE`` every statement on a new DBAPI connection (a pool ``connect`` event). A prepared statement belongs
     to the session, not to the transaction (a rollback keeps it), and writes nothing: the transaction ends with a
@@ -269,50 +295,82 @@ _PROPOSAL_REST = """
         INSERT INTO task_events (task_id, kind, step_index, data)
         SELECT :p_task_id, 'step.proposed', :p_step_index, CAST(:p_event_data AS jsonb) FROM proposed
     )"""
-# the proposal and the act phase claimed at once under the same lease (the think worker runs the command itself)
-PROPOSE_ACTING = PhaseStatement(
-    "autogpt_propose_acting",
-    f"""
-        WITH proposed AS (
+# A statement that runs alone (``run_alone``: its own transaction, no BEGIN and COMMIT round trips) locks the task's
+# row itself, as ``LOCK_TASK`` does, in a first CTE: its writes are gated on the task running (the step's are a
+# one-time filter above the step's scan, so the task row is locked before the step row, the ledger's lock order),
+# and it returns the task's status, so that a caller whose write did not happen because the task was not running
+# takes the general path instead. The plain variants run after ``LOCK_TASK`` in the caller's transaction.
+_GATE = "t AS (SELECT status, priority FROM tasks WHERE id = :p_task_id FOR KEY SHARE), "
+_RUNNING = " AND EXISTS (SELECT 1 FROM t WHERE status IN ('queued', 'running'))"
+_STATE = ", (SELECT status FROM t) AS task_status, (SELECT priority FROM t) AS priority"
+
+
+def _gated(sql: str, gated: bool) -> str:
+    """``sql`` with the task's lock and gate (``_GATE``, ``{running}``, ``{state}``) when ``gated``."""
+    return sql.format(
+        gate=_GATE if gated else "",
+        running=_RUNNING if gated else "",
+        state=_STATE if gated else "",
+        priority="(SELECT priority FROM t)" if gated else ":p_priority",
+    )
+
+
+def _propose_acting(gated: bool) -> PhaseStatement:
+    """The proposal and the act phase claimed at once under the same lease (the think worker runs the command)."""
+    return PhaseStatement(
+        "autogpt_propose_acting" + ("_alone" if gated else ""),
+        _gated(
+            f"""
+        WITH {{gate}}proposed AS (
             UPDATE steps SET {_PROPOSAL_SET}, status = 'acting', lease_expires_at = :p_expires,
                 deliveries = deliveries + 1, act_started_at = now()
             WHERE task_id = :p_task_id AND step_index = :p_step_index AND lease_token = :p_token
-              AND status = 'thinking'
+              AND status = 'thinking'{{running}}
             RETURNING id
         ), {_PROPOSAL_REST}
-        SELECT (SELECT id FROM proposed) AS step_id, NULL::bigint AS outbox_id
+        SELECT (SELECT id FROM proposed) AS step_id, NULL::bigint AS outbox_id{{state}}
         """,
-)
+            gated,
+        ),
+    )
 
-# the proposal, the lease released, and the act wake-up (the act queue runs the command)
-PROPOSE_WAKE = PhaseStatement(
-    "autogpt_propose_wake",
-    f"""
-        WITH proposed AS (
+
+def _propose_wake(gated: bool) -> PhaseStatement:
+    """The proposal, the lease released, and the act wake-up (the act queue runs the command)."""
+    return PhaseStatement(
+        "autogpt_propose_wake" + ("_alone" if gated else ""),
+        _gated(
+            f"""
+        WITH {{gate}}proposed AS (
             UPDATE steps SET {_PROPOSAL_SET}, status = 'proposed', lease_owner = NULL, lease_token = NULL,
                 lease_expires_at = NULL
             WHERE task_id = :p_task_id AND step_index = :p_step_index AND lease_token = :p_token
-              AND status = 'thinking'
+              AND status = 'thinking'{{running}}
             RETURNING id
         ), {_PROPOSAL_REST}, wakeup AS (
             INSERT INTO outbox (task_id, step_index, phase, priority)
-            SELECT :p_task_id, :p_step_index, 'act', :p_priority FROM proposed
+            SELECT :p_task_id, :p_step_index, 'act', {{priority}} FROM proposed
             ON CONFLICT ON CONSTRAINT uq_outbox_task_step_phase DO UPDATE SET published_at = NULL, created_at = now()
             RETURNING id
         )
-        SELECT (SELECT id FROM proposed) AS step_id, (SELECT id FROM wakeup) AS outbox_id
+        SELECT (SELECT id FROM proposed) AS step_id, (SELECT id FROM wakeup) AS outbox_id{{state}}
         """,
-)
+            gated,
+        ),
+    )
 
-# a step that is not the last one, of a task that goes on: its outcome, its artifacts, the next step's wake-up
-COMMIT_NEXT = PhaseStatement(
-    "autogpt_commit_next",
-    """
-        WITH done AS (
+
+PROPOSE_ACTING = _propose_acting(gated=False)
+PROPOSE_WAKE = _propose_wake(gated=False)
+PROPOSE_ACTING_ALONE = _propose_acting(gated=True)
+PROPOSE_WAKE_ALONE = _propose_wake(gated=True)
+
+_COMMIT_NEXT_SQL = """
+        WITH {gate}done AS (
             UPDATE steps SET status = 'completed', output = :p_output, is_error = :p_is_error, is_last = false,
                 committed_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
             WHERE task_id = :p_task_id AND step_index = :p_step_index AND lease_token = :p_token
-              AND status = 'acting'
+              AND status = 'acting'{running}
             RETURNING id
         ), counted AS (
             UPDATE tasks SET steps_completed = steps_completed + 1
@@ -343,12 +401,23 @@ COMMIT_NEXT = PhaseStatement(
             ON CONFLICT DO NOTHING
         ), wakeup AS (
             INSERT INTO outbox (task_id, step_index, phase, priority)
-            SELECT :p_task_id, :p_step_index + 1, 'think', :p_priority FROM done
+            SELECT :p_task_id, :p_step_index + 1, 'think', {priority} FROM done
             ON CONFLICT ON CONSTRAINT uq_outbox_task_step_phase DO UPDATE SET published_at = NULL, created_at = now()
             RETURNING id
         )
-        SELECT (SELECT id FROM done) AS step_id, (SELECT id FROM wakeup) AS outbox_id
-        """,
-)
+        SELECT (SELECT id FROM done) AS step_id, (SELECT id FROM wakeup) AS outbox_id{state}
+    """
 
-PHASE_STATEMENTS = (LOCK_TASK, CLAIM_READ, *CLAIM_WRITE.values(), PROPOSE_ACTING, PROPOSE_WAKE, COMMIT_NEXT)
+
+def _commit_next(gated: bool) -> PhaseStatement:
+    """A step that is not the last one, of a task that goes on: its outcome, its artifacts, the next step's wake-up."""
+    return PhaseStatement("autogpt_commit_next" + ("_alone" if gated else ""), _gated(_COMMIT_NEXT_SQL, gated))
+
+
+COMMIT_NEXT = _commit_next(gated=False)
+COMMIT_NEXT_ALONE = _commit_next(gated=True)
+
+PHASE_STATEMENTS = (
+    LOCK_TASK, CLAIM_READ, *CLAIM_WRITE.values(), PROPOSE_ACTING, PROPOSE_WAKE, COMMIT_NEXT,
+    PROPOSE_ACTING_ALONE, PROPOSE_WAKE_ALONE, COMMIT_NEXT_ALONE,
+)

@@ -277,3 +277,55 @@ def test_a_claim_reads_the_tasks_tenant_and_profile(ledger: Ledger, task_id: uui
     assert (with_profile.tenant_id, with_profile.profile) == (tenant, "researcher")
     without = _claim(ledger, task_id, 0, "think").task  # no task_options row at all
     assert (without.tenant_id, without.profile) == (tenant, None)
+
+
+def test_a_running_tasks_proposal_and_commit_each_run_alone(ledger: Ledger, task_id: uuid.UUID) -> None:
+    """Prepared, a running task's proposal and commit are each one statement in autocommit: no transaction is begun
+    on the engine (its BEGIN and COMMIT would be two more round trips); as text, one transaction each."""
+    prepared = ledger.db.prepared_statements
+    think = _claim(ledger, task_id, 0, "think")
+    with counted(ledger.db.engine, "begin") as begins:
+        assert ledger.propose(task_id, 0, think.token, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.acting
+        committed, wakeup = ledger.commit_step(task_id, 0, think.token, "wrote it", False, False)
+        assert committed and wakeup is not None
+        assert (wakeup.step_index, wakeup.phase, wakeup.priority) == (1, "think", 7)
+    assert begins[0] == (0 if prepared else 2)
+    fenced = ledger.commit_step(task_id, 0, think.token, "again", False, False)  # committed: the lease is gone
+    assert fenced == (False, None)
+    with ledger.db.session() as s:
+        assert s.scalar(select(Step.output).where(Step.task_id == task_id, Step.step_index == 0)) == "wrote it"
+
+
+@pytest.mark.parametrize("status", ["paused", "cancelling"])
+def test_a_task_that_stopped_running_takes_the_general_path(
+    ledger: Ledger, task_id: uuid.UUID, status: str
+) -> None:
+    """The single statement writes nothing unless the task runs; the general path then does what the state asks:
+    a paused task's running step is committed and its successor parked (no wake-up); a cancelling task's step is
+    committed and the task cancelled, and a proposal made while it is cancelling ends it."""
+    think = _claim(ledger, task_id, 0, "think")
+    assert ledger.propose(task_id, 0, think.token, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.acting
+    with ledger.db.transaction() as s:
+        s.execute(update(Task).where(Task.id == task_id).values(status=status))
+    values = {"p_task_id": task_id, "p_step_index": 0, "p_token": think.token, "p_output": "x", "p_is_error": False,
+              "p_event_data": {}, "p_paths": [], "p_sizes": [], "p_shas": []}  # fmt: skip
+    gated = phase_sql.run_alone(ledger.db, phase_sql.COMMIT_NEXT_ALONE, values).one()
+    assert (gated[0], gated[1], gated[2]) == (None, None, status)  # nothing written, the state says why
+    assert ledger.commit_step(task_id, 0, think.token, "wrote it", False, False) == (True, None)
+    with ledger.db.session() as s:
+        assert s.scalar(select(Step.output).where(Step.task_id == task_id, Step.step_index == 0)) == "wrote it"
+        after = s.scalar(select(Task.status).where(Task.id == task_id))
+        successor = s.scalar(select(Step.status).where(Step.task_id == task_id, Step.step_index == 1))
+    if status == "paused":
+        assert (after, successor) == ("paused", "pending")
+        return
+    assert (after, successor) == ("cancelled", None)
+    with ledger.db.transaction() as s:  # another task, cancelling while its model thinks
+        other = ledger.create_task(s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 7})
+    assert other is not None
+    claim = _claim(ledger, other[0], 0, "think")
+    with ledger.db.transaction() as s:
+        s.execute(update(Task).where(Task.id == other[0]).values(status="cancelling"))
+    assert ledger.propose(other[0], 0, claim.token, PROPOSAL).outcome is ProposeOutcome.cancelled
+    with ledger.db.session() as s:
+        assert s.scalar(select(Task.status).where(Task.id == other[0])) == "cancelled"
