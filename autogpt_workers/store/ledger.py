@@ -415,6 +415,9 @@ class Ledger:
         """Take the lease on (task, step, phase), or say why not. Claimed, the run comes with it: the task, for
         think the committed steps from ``history_from`` on (a caller that keeps the earlier ones skips them), for
         act the step's proposal."""
+        claimed = self._claim_alone(task_id, step_index, phase, owner, lease_ttl_s, max_deliveries, history_from)
+        if claimed is not None:
+            return claimed
         with self.db.core_transaction() as s:
             at = {"p_task_id": task_id, "p_step_index": step_index}
             prepared = self.db.prepared_statements
@@ -489,6 +492,54 @@ class Ledger:
                 ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
                 task=run, history=history, current=current,
             )
+
+    def _claim_alone(
+        self,
+        task_id: uuid.UUID,
+        step_index: int,
+        phase: str,
+        owner: str,
+        lease_ttl_s: float,
+        max_deliveries: int,
+        history_from: int,
+    ) -> Claim | None:
+        """The common claim (a running task's step ready for the phase, free, under its budget and deadline) in one
+        statement that is its own transaction (``phase_sql.CLAIM_ALONE``); ``None`` if it did not apply (nothing was
+        written): the caller takes the general path, which reads the state under the locks and says why."""
+        now = _now()
+        token = uuid.uuid4()
+        rows = phase_sql.run_alone(
+            self.db,
+            phase_sql.CLAIM_ALONE[phase],
+            {
+                "p_task_id": task_id,
+                "p_step_index": step_index,
+                "p_status": "thinking" if phase == "think" else "acting",
+                "p_owner": owner,
+                "p_token": token,
+                "p_expires": now + timedelta(seconds=lease_ttl_s),
+                "p_now": now,
+                "p_phase": phase,
+                "p_max_deliveries": max_deliveries,
+                **({"p_history_from": history_from} if phase == "think" else {}),
+            },
+        ).all()
+        if not rows:
+            return None
+        first = rows[0]
+        run = RunTask(*(*first[_STATE_COLUMNS:_RUN_COLUMNS_END], first[1], first[_RUN_COLUMNS_END]))
+        if first[0] == "queued":  # started by this claim
+            run = dataclasses.replace(run, started_at=run.started_at or now)
+        spent, queued_at = first[_RUN_COLUMNS_END + 1], first[_RUN_COLUMNS_END + 2]
+        claimed = [r[_RUN_COLUMNS_END + 3 :] for r in rows]  # (step_index, proposal, output, is_error, is_last)
+        if phase == "think":
+            history, current = [HistoryRow(*r) for r in claimed if r[0] is not None], None
+        else:
+            history, current = [], RunStep(claimed[0][1])
+        return Claim(
+            ClaimOutcome.claimed, token=token, deliveries=spent, queued_at=queued_at,
+            task=run, history=history, current=current,
+        )  # fmt: skip
 
     def history(self, task_id: uuid.UUID, before: int) -> list[HistoryRow]:
         """The task's committed steps before step ``before``."""

@@ -69,6 +69,7 @@ _TYPES: dict[str, tuple[TypeEngine[Any], str]] = {
     "p_task_id": (Uuid(), "uuid"),
     "p_step_index": (Integer(), "integer"),
     "p_history_from": (Integer(), "integer"),
+    "p_max_deliveries": (Integer(), "integer"),
     "p_token": (Uuid(), "uuid"),
     "p_expires": (DateTime(timezone=True), "timestamptz"),
     "p_now": (DateTime(timezone=True), "timestamptz"),
@@ -209,11 +210,14 @@ def prepare_on_connect(db: Database) -> None:
 
 _RUN_COLUMNS = [*hot_sql.TASK_STATE_COLUMNS, *hot_sql.RUN_TASK_COLUMNS]
 
-# the task's state (``hot_sql.TASK_STATE_COLUMNS``), locked as ``hot_sql.LOCK_TASK`` locks it: the first statement of
-# a proposal's and a commit's transaction
+# the task's state (``hot_sql.TASK_STATE_COLUMNS``), locked as ``hot_sql.LOCK_TASK`` locks it (SQLAlchemy's
+# ``key_share=True`` is ``FOR NO KEY UPDATE``): the first statement of a proposal's and a commit's transaction. Not
+# ``FOR KEY SHARE``: that does not conflict with the API's cancel, which updates the task and then locks its steps,
+# so a proposal could lock the step, then wait to update the task row the cancel holds (a deadlock, seen in CI)
 LOCK_TASK = PhaseStatement(
     "autogpt_lock_task",
-    f"SELECT {', '.join(c.name for c in hot_sql.TASK_STATE_COLUMNS)} FROM tasks WHERE id = :p_task_id FOR KEY SHARE",
+    f"SELECT {', '.join(c.name for c in hot_sql.TASK_STATE_COLUMNS)} FROM tasks WHERE id = :p_task_id "
+    "FOR NO KEY UPDATE",
 )
 
 # the claim's read: the task's state and run columns (``hot_sql.TASK_STATE_COLUMNS`` then ``RUN_TASK_COLUMNS``),
@@ -280,6 +284,62 @@ def _claim_write(phase: str) -> PhaseStatement:
 # holding the step's proposal
 CLAIM_WRITE = {"think": _claim_write("think"), "act": _claim_write("act")}
 
+
+def _claim_alone(phase: str) -> PhaseStatement:
+    """``CLAIM_READ`` and ``CLAIM_WRITE[phase]`` in one statement (``run_alone``), for the common case only: a task
+    ``running`` or ``queued`` (then started, with its ``task.started`` event), before its deadline, whose step is
+    ready for the phase (``pending`` for think, ``proposed`` for act), held by no live lease and under its delivery
+    budget. Rows: the task's columns (``CLAIM_READ``'s ``t``, the profile last), then the phase's spent deliveries
+    and ``CLAIM_WRITE``'s columns, on each row. No row, and nothing written, when any of that does not hold: the
+    ledger then takes the general path, which says why."""
+    names = [c.name for c in _RUN_COLUMNS]
+    status, deadline = f"c{names.index('status')}", f"c{names.index('deadline')}"
+    write = _claim_write(phase).sql
+    started = "think_started_at" if phase == "think" else "act_started_at"
+    ready = "pending" if phase == "think" else "proposed"
+    spent = (
+        "deliveries"
+        if phase == "think"
+        else f"deliveries - coalesce(CAST(proposal ->> '{hot_sql.THINK_DELIVERIES}' AS integer), 0)"
+    )
+    run_rows = write[write.index("FROM (SELECT 1 FROM claimed) c") + len("FROM (SELECT 1 FROM claimed) c") :]
+    return PhaseStatement(
+        f"autogpt_claim_{phase}_alone",
+        f"""
+        WITH t AS (
+            SELECT {", ".join(f"{c.name} AS c{i}" for i, c in enumerate(_RUN_COLUMNS))},
+                (SELECT profile FROM task_options WHERE task_id = :p_task_id) AS profile
+            FROM tasks WHERE id = :p_task_id FOR NO KEY UPDATE
+        ), claimed AS (
+            UPDATE steps SET status = :p_status, lease_owner = :p_owner, lease_token = :p_token,
+                lease_expires_at = :p_expires, deliveries = deliveries + 1, {started} = :p_now
+            WHERE task_id = :p_task_id AND step_index = :p_step_index AND status = '{ready}'
+              AND (lease_expires_at IS NULL OR lease_expires_at <= :p_now) AND {spent} < :p_max_deliveries
+              AND EXISTS (SELECT 1 FROM t WHERE {status} IN ('queued', 'running')
+                          AND ({deadline} IS NULL OR {deadline} > :p_now))
+            RETURNING id, {spent} AS spent
+        ), started AS (
+            UPDATE tasks SET status = 'running', started_at = coalesce(started_at, now())
+            WHERE id = :p_task_id AND status = 'queued' AND EXISTS (SELECT 1 FROM claimed)
+            RETURNING id
+        ), started_event AS (
+            INSERT INTO task_events (task_id, kind, step_index, data)
+            SELECT :p_task_id, 'task.started', :p_step_index, '{{}}'::jsonb FROM started
+        ), wakeup AS (
+            UPDATE outbox SET published_at = coalesce(published_at, now())
+            WHERE task_id = :p_task_id AND step_index = :p_step_index AND phase = :p_phase
+              AND EXISTS (SELECT 1 FROM claimed)
+            RETURNING created_at
+        )
+        SELECT t.*, (SELECT spent FROM claimed) AS spent, (SELECT created_at FROM wakeup) AS queued_at,
+            h.step_index, h.proposal, h.output, h.is_error, h.is_last
+        FROM t CROSS JOIN (SELECT 1 FROM claimed) c {run_rows}
+        """,
+    )
+
+
+CLAIM_ALONE = {"think": _claim_alone("think"), "act": _claim_alone("act")}
+
 _PROPOSAL_SET = """
     proposal = CAST(:p_proposal AS jsonb) || jsonb_build_object('think_deliveries', deliveries),
     command = :p_command, arguments = CAST(:p_arguments AS jsonb), prompt_tokens = :p_prompt_tokens,
@@ -300,7 +360,7 @@ _PROPOSAL_REST = """
 # one-time filter above the step's scan, so the task row is locked before the step row, the ledger's lock order),
 # and it returns the task's status, so that a caller whose write did not happen because the task was not running
 # takes the general path instead. The plain variants run after ``LOCK_TASK`` in the caller's transaction.
-_GATE = "t AS (SELECT status, priority FROM tasks WHERE id = :p_task_id FOR KEY SHARE), "
+_GATE = "t AS (SELECT status, priority FROM tasks WHERE id = :p_task_id FOR NO KEY UPDATE), "
 _RUNNING = " AND EXISTS (SELECT 1 FROM t WHERE status IN ('queued', 'running'))"
 _STATE = ", (SELECT status FROM t) AS task_status, (SELECT priority FROM t) AS priority"
 
@@ -419,5 +479,5 @@ COMMIT_NEXT_ALONE = _commit_next(gated=True)
 
 PHASE_STATEMENTS = (
     LOCK_TASK, CLAIM_READ, *CLAIM_WRITE.values(), PROPOSE_ACTING, PROPOSE_WAKE, COMMIT_NEXT,
-    PROPOSE_ACTING_ALONE, PROPOSE_WAKE_ALONE, COMMIT_NEXT_ALONE,
+    *CLAIM_ALONE.values(), PROPOSE_ACTING_ALONE, PROPOSE_WAKE_ALONE, COMMIT_NEXT_ALONE,
 )

@@ -3,16 +3,18 @@ nothing at all when fenced; as text statements and as server-side prepared state
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from autogpt_workers.store import phase_sql
 from autogpt_workers.store.db import Database
-from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome
+from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome, lock_task
 from autogpt_workers.store.models import Artifact, Outbox, Step, Task, TaskEvent
 from tests.integration.conftest import counted
 
@@ -40,7 +42,7 @@ def ledger(request, db, settings) -> Iterator[Ledger]:  # type: ignore[no-untype
                 conn.exec_driver_sql("SELECT name, generic_plans + custom_plans FROM pg_prepared_statements").all()
             )
             assert {s.name for s in phase_sql.PHASE_STATEMENTS} <= set(runs)
-            assert runs[phase_sql.CLAIM_READ.name] > 0 and runs[phase_sql.CLAIM_WRITE["think"].name] > 0
+            assert runs[phase_sql.CLAIM_ALONE["think"].name] > 0
     finally:
         prepared.dispose()
 
@@ -279,21 +281,31 @@ def test_a_claim_reads_the_tasks_tenant_and_profile(ledger: Ledger, task_id: uui
     assert (without.tenant_id, without.profile) == (tenant, None)
 
 
-def test_a_running_tasks_proposal_and_commit_each_run_alone(ledger: Ledger, task_id: uuid.UUID) -> None:
-    """Prepared, a running task's proposal and commit are each one statement in autocommit: no transaction is begun
-    on the engine (its BEGIN and COMMIT would be two more round trips); as text, one transaction each."""
+def test_a_running_tasks_claim_proposal_and_commit_each_run_alone(ledger: Ledger, task_id: uuid.UUID) -> None:
+    """Prepared, the claim (the first one starting the task), the proposal and the commit of a running task are each
+    one statement in autocommit: no transaction is begun on the engine (BEGIN and COMMIT would be two more round
+    trips each); as text, one transaction each."""
     prepared = ledger.db.prepared_statements
-    think = _claim(ledger, task_id, 0, "think")
     with counted(ledger.db.engine, "begin") as begins:
+        think = _claim(ledger, task_id, 0, "think")
+        assert think.deliveries == 1 and think.history == [] and think.task.started_at is not None
         assert ledger.propose(task_id, 0, think.token, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.acting
         committed, wakeup = ledger.commit_step(task_id, 0, think.token, "wrote it", False, False)
         assert committed and wakeup is not None
         assert (wakeup.step_index, wakeup.phase, wakeup.priority) == (1, "think", 7)
-    assert begins[0] == (0 if prepared else 2)
+        second = _claim(ledger, task_id, 1, "think")
+    assert begins[0] == (0 if prepared else 4)
+    assert [(h.step_index, h.output) for h in second.history] == [(0, "wrote it")] and second.deliveries == 1
+    assert [(k, i) for k, i, _ in _events(ledger, task_id)] == [
+        ("task.queued", None), ("task.started", 0), ("step.proposed", 0), ("step.completed", 0),
+    ]  # fmt: skip
+    with ledger.db.session() as s:
+        task = s.get_one(Task, task_id)
+        assert task.status == "running" and task.started_at is not None
     fenced = ledger.commit_step(task_id, 0, think.token, "again", False, False)  # committed: the lease is gone
     assert fenced == (False, None)
-    with ledger.db.session() as s:
-        assert s.scalar(select(Step.output).where(Step.task_id == task_id, Step.step_index == 0)) == "wrote it"
+    # a claim that is not the common case (a live lease) takes the general path, which says why
+    assert ledger.claim(task_id, 1, "think", "w2", 30.0, 3).outcome is ClaimOutcome.lease_held
 
 
 @pytest.mark.parametrize("status", ["paused", "cancelling"])
@@ -329,3 +341,26 @@ def test_a_task_that_stopped_running_takes_the_general_path(
     assert ledger.propose(other[0], 0, claim.token, PROPOSAL).outcome is ProposeOutcome.cancelled
     with ledger.db.session() as s:
         assert s.scalar(select(Task.status).where(Task.id == other[0])) == "cancelled"
+
+
+def test_a_proposal_waits_for_a_transaction_holding_the_task_before_it_touches_the_step(
+    ledger: Ledger, task_id: uuid.UUID, db: Database
+) -> None:
+    """The API's cancel locks the task (``lock_task``), then the task's steps. A proposal must wait at the task, not
+    lock the step first and then wait to update the task row (each waiting for the other: a deadlock, seen in CI
+    when the phase statements locked the task ``FOR KEY SHARE``, which does not conflict with that lock)."""
+    think = _claim(ledger, task_id, 0, "think")
+    done: list[Any] = []
+    with db.transaction() as holder:
+        assert lock_task(holder, task_id) is not None  # as lifecycle.cancel does first
+        worker = threading.Thread(target=lambda: done.append(ledger.propose(task_id, 0, think.token, PROPOSAL)))
+        worker.start()
+        time.sleep(0.5)
+        assert done == [], "the proposal went past a task row another transaction holds"
+        # the step is still free: the cancel could go on to lock it without waiting for the proposal
+        holder.execute(text("SET LOCAL lock_timeout = '1s'"))
+        holder.execute(
+            select(Step.id).where(Step.task_id == task_id, Step.step_index == 0).with_for_update(nowait=True)
+        ).one()
+    worker.join(timeout=10)
+    assert done and done[0].outcome is ProposeOutcome.proposed
