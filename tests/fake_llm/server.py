@@ -61,6 +61,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 
 from tests.fake_llm.embeddings import add_embedding_routes
@@ -144,6 +145,8 @@ async def _chat_completions(state: FakeLLMState, request: Request) -> Response:
         body = await request.json()
     except ValueError:
         return _error(400, "fake LLM: request body is not JSON", "invalid_request_error", None)
+    except ClientDisconnect:  # the caller went away mid-request (a worker killed by the chaos suite): nobody to answer
+        return Response(status_code=499)
     messages = body.get("messages") if isinstance(body, dict) else None
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         return _error(400, "fake LLM: 'messages' must be a list of objects", "invalid_request_error", None)
