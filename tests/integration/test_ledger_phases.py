@@ -343,24 +343,35 @@ def test_a_task_that_stopped_running_takes_the_general_path(
         assert s.scalar(select(Task.status).where(Task.id == other[0])) == "cancelled"
 
 
-def test_a_proposal_waits_for_a_transaction_holding_the_task_before_it_touches_the_step(
-    ledger: Ledger, task_id: uuid.UUID, db: Database
+@pytest.mark.parametrize("phase", ["claim", "propose", "commit"])
+def test_a_phase_waits_for_a_transaction_holding_the_task_before_it_touches_the_step(
+    ledger: Ledger, task_id: uuid.UUID, db: Database, phase: str
 ) -> None:
-    """The API's cancel locks the task (``lock_task``), then the task's steps. A proposal must wait at the task, not
+    """The API's cancel locks the task (``lock_task``), then the task's steps. A phase must wait at the task, not
     lock the step first and then wait to update the task row (each waiting for the other: a deadlock, seen in CI
     when the phase statements locked the task ``FOR KEY SHARE``, which does not conflict with that lock)."""
-    think = _claim(ledger, task_id, 0, "think")
+    token = None
+    if phase != "claim":
+        token = _claim(ledger, task_id, 0, "think").token
+    if phase == "commit":
+        assert ledger.propose(task_id, 0, token, PROPOSAL, act_lease_ttl_s=30.0).outcome is ProposeOutcome.acting
+    run = {
+        "claim": lambda: ledger.claim(task_id, 0, "think", "w1", 30.0, 3).outcome,
+        "propose": lambda: ledger.propose(task_id, 0, token, PROPOSAL).outcome,
+        "commit": lambda: ledger.commit_step(task_id, 0, token, "wrote it", False, False)[0],
+    }[phase]
     done: list[Any] = []
     with db.transaction() as holder:
         assert lock_task(holder, task_id) is not None  # as lifecycle.cancel does first
-        worker = threading.Thread(target=lambda: done.append(ledger.propose(task_id, 0, think.token, PROPOSAL)))
+        worker = threading.Thread(target=lambda: done.append(run()))
         worker.start()
         time.sleep(0.5)
-        assert done == [], "the proposal went past a task row another transaction holds"
-        # the step is still free: the cancel could go on to lock it without waiting for the proposal
+        assert done == [], f"the {phase} went past a task row another transaction holds"
+        # the step is still free: the cancel could go on to lock it without waiting for the phase
         holder.execute(text("SET LOCAL lock_timeout = '1s'"))
         holder.execute(
             select(Step.id).where(Step.task_id == task_id, Step.step_index == 0).with_for_update(nowait=True)
         ).one()
     worker.join(timeout=10)
-    assert done and done[0].outcome is ProposeOutcome.proposed
+    expected = {"claim": ClaimOutcome.claimed, "propose": ProposeOutcome.proposed, "commit": True}[phase]
+    assert done == [expected]
