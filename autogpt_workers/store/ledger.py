@@ -12,9 +12,9 @@ How a step stays durable (see README "How a step is made durable"):
   step ``awaiting_approval`` in approval mode).
 * ``commit_step`` persists the observation, the artifacts and the next step's wake-up in one transaction, fenced
   on the token: a zombie whose lease was taken over commits nothing.
-* For a running task, ``propose`` and ``commit_step`` are each one statement that is its own transaction
-  (``phase_sql.run_alone``), the task row locked in it before the step's; for any other state they take the general
-  path, a transaction that reads the task's state under its lock first.
+* For a running task, ``claim`` (which also starts a queued one), ``propose`` and ``commit_step`` are each one
+  statement that is its own transaction (``phase_sql.run_alone``), the task row locked in it before the step's; for
+  any other state they take the general path, a transaction that reads the task's state under its lock first.
 * Wake-ups are outbox rows; the caller publishes them after commit and marks them published. The reaper publishes
   rows nobody published, re-drives steps whose lease expired and fails tasks past their deadline.
 
