@@ -310,6 +310,32 @@ def _read_run(
     return [], RunStep(conn.execute(sql.STEP_PROPOSAL, at).scalar_one())
 
 
+def _lease_values(
+    task_id: uuid.UUID, step_index: int, phase: str, owner: str, token: uuid.UUID, now: datetime, lease_ttl_s: float,
+    history_from: int,
+) -> dict[str, Any]:
+    """The parameters of a claim's write (``phase_sql.CLAIM_WRITE``; ``CLAIM_ALONE`` adds the delivery budget)."""
+    return {
+        "p_task_id": task_id,
+        "p_step_index": step_index,
+        "p_status": "thinking" if phase == "think" else "acting",
+        "p_owner": owner,
+        "p_token": token,
+        "p_expires": now + timedelta(seconds=lease_ttl_s),
+        "p_now": now,
+        "p_phase": phase,
+        **({"p_history_from": history_from} if phase == "think" else {}),
+    }
+
+
+def _run_of(phase: str, rows: list[Any]) -> tuple[list[HistoryRow], RunStep | None]:
+    """A claim's run from its rows of (step_index, proposal, output, is_error, is_last): for think the history
+    (a row of NULLs when there is none), for act the step's proposal."""
+    if phase == "think":
+        return [HistoryRow(*r) for r in rows if r[0] is not None], None
+    return [], RunStep(rows[0][1])
+
+
 def _proposal_values(task_id: uuid.UUID, step_index: int, token: uuid.UUID, proposal: dict[str, Any]) -> dict[str, Any]:
     """The parameters of a proposal's statements (``phase_sql.PROPOSE_*``), its event's data among them."""
     usage = proposal.get("usage") or {}
@@ -470,28 +496,14 @@ class Ledger:
             rows = phase_sql.run(
                 s.connection(),
                 phase_sql.CLAIM_WRITE[phase],
-                {
-                    **at,
-                    "p_status": "thinking" if phase == "think" else "acting",
-                    "p_owner": owner,
-                    "p_token": new_token,
-                    "p_expires": now + timedelta(seconds=lease_ttl_s),
-                    "p_now": now,
-                    "p_phase": phase,
-                    **({"p_history_from": history_from} if phase == "think" else {}),
-                },
+                _lease_values(task_id, step_index, phase, owner, new_token, now, lease_ttl_s, history_from),
                 prepared,
             ).all()
-            queued_at = rows[0][0]
-            if phase == "think":
-                history = [HistoryRow(*r[1:]) for r in rows if r[1] is not None]
-                current = None
-            else:
-                history, current = [], RunStep(rows[0][2])
+            history, current = _run_of(phase, [r[1:] for r in rows])
             return Claim(
-                ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=queued_at,
+                ClaimOutcome.claimed, token=new_token, deliveries=spent + 1, queued_at=rows[0][0],
                 task=run, history=history, current=current,
-            )
+            )  # fmt: skip
 
     def _claim_alone(
         self,
@@ -508,21 +520,9 @@ class Ledger:
         written): the caller takes the general path, which reads the state under the locks and says why."""
         now = _now()
         token = uuid.uuid4()
+        values = _lease_values(task_id, step_index, phase, owner, token, now, lease_ttl_s, history_from)
         rows = phase_sql.run_alone(
-            self.db,
-            phase_sql.CLAIM_ALONE[phase],
-            {
-                "p_task_id": task_id,
-                "p_step_index": step_index,
-                "p_status": "thinking" if phase == "think" else "acting",
-                "p_owner": owner,
-                "p_token": token,
-                "p_expires": now + timedelta(seconds=lease_ttl_s),
-                "p_now": now,
-                "p_phase": phase,
-                "p_max_deliveries": max_deliveries,
-                **({"p_history_from": history_from} if phase == "think" else {}),
-            },
+            self.db, phase_sql.CLAIM_ALONE[phase], {**values, "p_max_deliveries": max_deliveries}
         ).all()
         if not rows:
             return None
@@ -531,11 +531,7 @@ class Ledger:
         if first[0] == "queued":  # started by this claim
             run = dataclasses.replace(run, started_at=run.started_at or now)
         spent, queued_at = first[_RUN_COLUMNS_END + 1], first[_RUN_COLUMNS_END + 2]
-        claimed = [r[_RUN_COLUMNS_END + 3 :] for r in rows]  # (step_index, proposal, output, is_error, is_last)
-        if phase == "think":
-            history, current = [HistoryRow(*r) for r in claimed if r[0] is not None], None
-        else:
-            history, current = [], RunStep(claimed[0][1])
+        history, current = _run_of(phase, [r[_RUN_COLUMNS_END + 3 :] for r in rows])
         return Claim(
             ClaimOutcome.claimed, token=token, deliveries=spent, queued_at=queued_at,
             task=run, history=history, current=current,

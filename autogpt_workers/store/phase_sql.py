@@ -375,12 +375,15 @@ def _gated(sql: str, gated: bool) -> str:
     )
 
 
-def _propose_acting(gated: bool) -> PhaseStatement:
-    """The proposal and the act phase claimed at once under the same lease (the think worker runs the command)."""
-    return PhaseStatement(
-        "autogpt_propose_acting" + ("_alone" if gated else ""),
-        _gated(
-            f"""
+def _variants(name: str, sql: str) -> tuple[PhaseStatement, PhaseStatement]:
+    """The plain statement (after ``LOCK_TASK`` in the caller's transaction) and its ``_alone`` variant (``_gated``)."""
+    return PhaseStatement(name, _gated(sql, False)), PhaseStatement(f"{name}_alone", _gated(sql, True))
+
+
+# the proposal and the act phase claimed at once under the same lease (the think worker runs the command)
+PROPOSE_ACTING, PROPOSE_ACTING_ALONE = _variants(
+    "autogpt_propose_acting",
+    f"""
         WITH {{gate}}proposed AS (
             UPDATE steps SET {_PROPOSAL_SET}, status = 'acting', lease_expires_at = :p_expires,
                 deliveries = deliveries + 1, act_started_at = now()
@@ -390,17 +393,12 @@ def _propose_acting(gated: bool) -> PhaseStatement:
         ), {_PROPOSAL_REST}
         SELECT (SELECT id FROM proposed) AS step_id, NULL::bigint AS outbox_id{{state}}
         """,
-            gated,
-        ),
-    )
+)
 
-
-def _propose_wake(gated: bool) -> PhaseStatement:
-    """The proposal, the lease released, and the act wake-up (the act queue runs the command)."""
-    return PhaseStatement(
-        "autogpt_propose_wake" + ("_alone" if gated else ""),
-        _gated(
-            f"""
+# the proposal, the lease released, and the act wake-up (the act queue runs the command)
+PROPOSE_WAKE, PROPOSE_WAKE_ALONE = _variants(
+    "autogpt_propose_wake",
+    f"""
         WITH {{gate}}proposed AS (
             UPDATE steps SET {_PROPOSAL_SET}, status = 'proposed', lease_owner = NULL, lease_token = NULL,
                 lease_expires_at = NULL
@@ -415,17 +413,12 @@ def _propose_wake(gated: bool) -> PhaseStatement:
         )
         SELECT (SELECT id FROM proposed) AS step_id, (SELECT id FROM wakeup) AS outbox_id{{state}}
         """,
-            gated,
-        ),
-    )
+)
 
-
-PROPOSE_ACTING = _propose_acting(gated=False)
-PROPOSE_WAKE = _propose_wake(gated=False)
-PROPOSE_ACTING_ALONE = _propose_acting(gated=True)
-PROPOSE_WAKE_ALONE = _propose_wake(gated=True)
-
-_COMMIT_NEXT_SQL = """
+# a step that is not the last one, of a task that goes on: its outcome, its artifacts, the next step's wake-up
+COMMIT_NEXT, COMMIT_NEXT_ALONE = _variants(
+    "autogpt_commit_next",
+    """
         WITH {gate}done AS (
             UPDATE steps SET status = 'completed', output = :p_output, is_error = :p_is_error, is_last = false,
                 committed_at = now(), lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL
@@ -466,16 +459,9 @@ _COMMIT_NEXT_SQL = """
             RETURNING id
         )
         SELECT (SELECT id FROM done) AS step_id, (SELECT id FROM wakeup) AS outbox_id{state}
-    """
+    """,
+)
 
-
-def _commit_next(gated: bool) -> PhaseStatement:
-    """A step that is not the last one, of a task that goes on: its outcome, its artifacts, the next step's wake-up."""
-    return PhaseStatement("autogpt_commit_next" + ("_alone" if gated else ""), _gated(_COMMIT_NEXT_SQL, gated))
-
-
-COMMIT_NEXT = _commit_next(gated=False)
-COMMIT_NEXT_ALONE = _commit_next(gated=True)
 
 PHASE_STATEMENTS = (
     LOCK_TASK, CLAIM_READ, *CLAIM_WRITE.values(), PROPOSE_ACTING, PROPOSE_WAKE, COMMIT_NEXT,
