@@ -49,6 +49,7 @@ from autogpt_workers.store.models import Outbox, Step, Task
 from autogpt_workers.store.submit_sql import CreatedTask
 
 OPEN_STEP = ("pending", "thinking", "proposed", "acting", "awaiting_approval")
+LEASED_STEP = ("thinking", "acting")  # the only statuses in which a step holds a lease
 CLOSED_STEP = ("completed", "failed", "cancelled")
 ACTIVE_TASK = ("queued", "running")  # the statuses in which wake-ups are written and steps start
 
@@ -554,7 +555,10 @@ class Ledger:
         with self.db.transaction() as s:
             rows = s.connection().execute(
                 update(Step)
-                .where(Step.lease_token.in_(list(tokens)))
+                # a leased step is thinking or acting (every other status clears the lease): the status lets
+                # PostgreSQL find the tokens among the open steps (``ix_steps_lease_open``) instead of scanning
+                # every step ever run, which cost 40-60 ms per heartbeat at 300k steps (``bench.history_micro``)
+                .where(Step.lease_token.in_(list(tokens)), Step.status.in_(LEASED_STEP))
                 .values(lease_expires_at=_now() + timedelta(seconds=lease_ttl_s))
                 .returning(
                     Step.lease_token,
@@ -898,7 +902,7 @@ class Ledger:
         with self.db.session() as s:
             candidates = s.connection().execute(
                 select(Step.task_id, Step.step_index)
-                .where(Step.status.in_(("thinking", "acting")), Step.lease_expires_at < _now())
+                .where(Step.status.in_(LEASED_STEP), Step.lease_expires_at < _now())
                 .limit(limit)
             ).all()
         wakeups: list[Wakeup] = []
@@ -918,7 +922,7 @@ class Ledger:
                 .where(
                     Step.task_id == task_id,
                     Step.step_index == step_index,
-                    Step.status.in_(("thinking", "acting")),
+                    Step.status.in_(LEASED_STEP),
                     Step.lease_expires_at < _now(),
                 )
                 .with_for_update(skip_locked=True)

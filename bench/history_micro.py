@@ -1,0 +1,141 @@
+"""``python -m bench.history_micro``: what the periodic queries cost as the history grows.
+
+A running platform's lease heartbeat (``Ledger.renew``, every ``lease_heartbeat_s`` in every worker process) and the
+reaper's rounds (``reap_expired_leases``, ``rearm_orphans``, ``due_wakeups``) look for the few steps in flight among
+every step ever run. This fills the bench database with ``--history`` finished steps (finished tasks of 100 steps,
+each with its published wake-up, as the platform leaves them) beside ``--running`` running tasks whose current step
+is leased, then times each query (median of ``--rounds`` calls, PostgreSQL's buffer hits from ``EXPLAIN``). A query
+whose cost grows with the history rather than with the steps in flight shows here. The rows are removed at the end.
+A profiling aid, not a figure of ``make bench``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+
+from sqlalchemy import text
+
+from autogpt_workers.store.db import Database
+from autogpt_workers.store.ledger import Ledger
+from bench.env import DEFAULT_DATABASE_URL
+
+GOAL = "history micro"
+GOAL_RUNNING = "history micro, running"
+STEPS_PER_TASK = 100
+
+
+def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> list[uuid.UUID]:
+    """``history`` finished steps and ``running`` running tasks with a leased step each; their lease tokens."""
+    tasks = max(1, history // STEPS_PER_TASK)
+    with db.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO tasks (id, goal, status, budget, metadata, steps_completed) "
+                "SELECT gen_random_uuid(), :goal, 'completed', '{}', '{}', :n FROM generate_series(1, :tasks)"
+            ),
+            {"goal": GOAL, "n": STEPS_PER_TASK, "tasks": tasks},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO steps (task_id, step_index, status, proposal, output, committed_at, think_started_at, "
+                "act_started_at) SELECT t.id, i, 'completed', '{\"command\": \"write_file\"}', 'wrote a.txt', "
+                "now(), now(), now() FROM tasks t, generate_series(0, :n - 1) i WHERE t.goal = :goal"
+            ),
+            {"goal": GOAL, "n": STEPS_PER_TASK},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO outbox (task_id, step_index, phase, priority, published_at) "
+                "SELECT t.id, i, 'think', 5, now() FROM tasks t, generate_series(0, :n - 1) i WHERE t.goal = :goal"
+            ),
+            {"goal": GOAL, "n": STEPS_PER_TASK},
+        )
+        tokens = [uuid.uuid4() for _ in range(running)]
+        conn.execute(
+            text(
+                "INSERT INTO tasks (id, goal, status, budget, metadata, steps_completed) "
+                "SELECT gen_random_uuid(), :goal, 'running', '{}', '{}', :done FROM generate_series(1, :n)"
+            ),
+            {"goal": GOAL_RUNNING, "n": running, "done": done},
+        )
+        # each running task: ``done`` finished steps with their published wake-ups, then its current step, leased
+        conn.execute(
+            text(
+                "INSERT INTO steps (task_id, step_index, status, proposal, output, committed_at, think_started_at, "
+                "act_started_at) SELECT t.id, i, 'completed', '{\"command\": \"write_file\"}', 'wrote a.txt', "
+                "now(), now(), now() FROM tasks t, generate_series(0, :done - 1) i WHERE t.goal = :goal"
+            ),
+            {"goal": GOAL_RUNNING, "done": done},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO outbox (task_id, step_index, phase, priority, published_at, created_at) "
+                "SELECT t.id, i, 'think', 5, now() - interval '1 minute', now() - interval '1 minute' "
+                "FROM tasks t, generate_series(0, :done) i WHERE t.goal = :goal"
+            ),
+            {"goal": GOAL_RUNNING, "done": done},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO steps (task_id, step_index, status, lease_owner, lease_token, lease_expires_at, "
+                "think_started_at) SELECT t.id, :done, 'thinking', 'history-micro', tok, now() + interval '1 hour', "
+                "now() FROM (SELECT id, row_number() OVER () AS n FROM tasks WHERE goal = :goal) t "
+                "JOIN unnest(CAST(:tokens AS uuid[])) WITH ORDINALITY AS k(tok, n) ON k.n = t.n"
+            ),
+            {"goal": GOAL_RUNNING, "done": done, "tokens": tokens},
+        )
+    if vacuum:
+        with db.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE steps, outbox, tasks"))
+    return tokens
+
+
+def timed(call: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=os.environ.get("AUTOGPT_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
+    parser.add_argument("--history", type=int, default=300_000, help="finished steps already in the database")
+    parser.add_argument("--running", type=int, default=200, help="running tasks, each with a leased step")
+    parser.add_argument("--running-steps", type=int, default=100, help="finished steps of each running task")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--keep", action="store_true", help="leave the rows in place (to EXPLAIN the queries)")
+    parser.add_argument("--no-vacuum", action="store_true", help="time the queries before autovacuum has run")
+    args = parser.parse_args()
+    db = Database.from_url(args.database_url, pool_size=2, max_overflow=0, pre_ping=False)
+    ledger = Ledger(db)
+    try:
+        t0 = time.perf_counter()
+        tokens = fill(db, args.history, args.running, args.running_steps, not args.no_vacuum)
+        print(f"filled {args.history} finished steps and {args.running} leased ones in {time.perf_counter() - t0:.1f}s")
+        queries: dict[str, Callable[[], object]] = {
+            "Ledger.renew (lease heartbeat)": lambda: ledger.renew(tokens, 3600.0),
+            "Ledger.reap_expired_leases": ledger.reap_expired_leases,
+            "Ledger.rearm_orphans": lambda: ledger.rearm_orphans(3600.0),
+            "Ledger.due_wakeups": lambda: ledger.due_wakeups(3600.0),
+        }
+        sizes = f"{args.history} finished steps, {args.running} in flight, {args.running_steps} done each"
+        print(f"| query ({sizes}) | ms per call, median of {args.rounds} |\n|---|---|")
+        for name, call in queries.items():
+            print(f"| {name} | {timed(call, args.rounds):.2f} |")
+    finally:
+        with db.engine.begin() as conn:
+            if not args.keep:
+                conn.execute(text("DELETE FROM tasks WHERE goal IN (:a, :b)"), {"a": GOAL, "b": GOAL_RUNNING})
+        db.dispose()
+
+
+if __name__ == "__main__":
+    main()
