@@ -41,7 +41,6 @@ from typing import Any, TypeVar
 
 import structlog
 from pydantic import ValidationError
-from sqlalchemy import select
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from autogpt_workers import metrics_logs, preapproval
@@ -75,7 +74,7 @@ from autogpt_workers.store.ledger import (
     RunTask,
     Wakeup,
 )
-from autogpt_workers.store.models import Step, Task
+from autogpt_workers.store.models import Task
 from autogpt_workers.task_facts import TaskFacts
 
 log = structlog.get_logger(__name__)
@@ -473,13 +472,10 @@ class StepRunner:
         release these leases and re-arm their wake-ups, so another worker takes the steps over at once."""
         released = 0
         for h in holds:
-            with self.ledger.db.session() as s:
-                row = s.execute(
-                    select(Step.task_id, Step.step_index).where(Step.lease_token == h.token)
-                ).one_or_none()
-            if row is None:
+            held = self.ledger.held_step(h.token)
+            if held is None:
                 continue
-            wakeup = self.ledger.release(row[0], row[1], h.token, error=SHUTDOWN_ERROR)
+            wakeup = self.ledger.release(held[0], held[1], h.token, error=SHUTDOWN_ERROR)
             if wakeup is not None:
                 self._publish([wakeup])
             released += 1

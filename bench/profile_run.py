@@ -139,8 +139,11 @@ def main() -> None:
             if args.tasks == 0:
                 time.sleep(12)  # idle backends flush their statistics within 10 s
                 (commits0, rollbacks0), t0 = xact_counts(env.database_url, env.database), time.perf_counter()
+                meters = {name: CpuMeter([proc.pid]).start() for name, proc in platform.workers.items()}
                 time.sleep(args.seconds + 11)
                 (commits1, rollbacks1), elapsed = xact_counts(env.database_url, env.database), time.perf_counter() - t0
+                idle_cpu = {name: round(meter.stop() / elapsed * 1000, 1) for name, meter in meters.items()}
+                print(f"idle platform, CPU ms per second by process: {idle_cpu}")
                 print(f"idle platform, the bench database's counters: {(commits1 - commits0) / elapsed:.1f} commits/s, "
                       f"{(rollbacks1 - rollbacks0) / elapsed:.1f} read-only transactions/s")  # fmt: skip
                 return

@@ -567,6 +567,14 @@ class Ledger:
             ).all()
             return {token: status for token, status in rows}
 
+    def held_step(self, token: uuid.UUID) -> tuple[uuid.UUID, int] | None:
+        """The ``(task_id, step_index)`` of the step lease ``token`` holds; None if it holds none any more."""
+        with self.db.session() as s:
+            row = s.connection().execute(
+                select(Step.task_id, Step.step_index).where(Step.lease_token == token, Step.status.in_(LEASED_STEP))
+            ).one_or_none()
+        return None if row is None else (row[0], row[1])
+
     def propose(
         self,
         task_id: uuid.UUID,

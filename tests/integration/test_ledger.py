@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,6 +11,7 @@ from sqlalchemy import event, select, update
 
 from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome
 from autogpt_workers.store.models import Artifact, Outbox, Step, Task
+from tests.integration.conftest import private_database
 
 PROPOSAL = {
     "assistant_message": {"role": "assistant", "content": "write it"},
@@ -204,29 +205,57 @@ def _plans_of(ledger: Ledger, call: Callable[[], object]) -> list[str]:
     return plans
 
 
-def test_the_lease_heartbeat_finds_its_leases_without_scanning_every_step(ledger: Ledger, task_id: uuid.UUID) -> None:
+@pytest.fixture(scope="module")
+def own_ledger(settings) -> Iterator[Ledger]:  # type: ignore[no-untyped-def]
+    """A ledger on a database of its own: the reaper's rounds called here act on every task in their database, and
+    must not re-arm the wake-ups other tests left behind (another test's stack would publish them)."""
+    with private_database(settings.database_url, "plans") as database:
+        yield Ledger(database)
+
+
+@pytest.fixture
+def own_task(own_ledger: Ledger) -> uuid.UUID:
+    with own_ledger.db.transaction() as s:
+        created = own_ledger.create_task(s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 3})
+    assert created is not None
+    return created[0]
+
+
+def test_the_lease_heartbeat_finds_its_leases_without_scanning_every_step(
+    own_ledger: Ledger, own_task: uuid.UUID
+) -> None:
     """Every worker renews its leases every few seconds: the renewal must cost what the steps in flight cost, not what
     the whole history does (a scan of ``steps`` took 40-60 ms at 300k steps, ``python -m bench.history_micro``)."""
-    c = claim(ledger, task_id, 0, "think")
+    c = claim(own_ledger, own_task, 0, "think")
     assert c.token is not None
-    [plan] = _plans_of(ledger, lambda: ledger.renew([c.token], 30.0))  # type: ignore[list-item]
+    [plan] = _plans_of(own_ledger, lambda: own_ledger.renew([c.token], 30.0))  # type: ignore[list-item]
     assert "Seq Scan on steps" not in plan, plan
     assert "ix_steps_lease_open" in plan, plan
-    assert ledger.renew([c.token], 30.0) == {c.token: "running"}
+    assert own_ledger.renew([c.token], 30.0) == {c.token: "running"}
 
 
 @pytest.mark.parametrize("round_", ["reap_expired_leases", "rearm_orphans", "due_wakeups"])
 def test_the_reapers_rounds_look_only_at_open_steps_and_unpublished_wakeups(
-    ledger: Ledger, task_id: uuid.UUID, round_: str
+    own_ledger: Ledger, own_task: uuid.UUID, round_: str
 ) -> None:
     """The reaper's rounds run every few seconds whatever the load: none of them may read every step or every
     wake-up ever written (both tables grow with each step run)."""
     calls: dict[str, Callable[[], object]] = {
-        "reap_expired_leases": ledger.reap_expired_leases,
-        "rearm_orphans": lambda: ledger.rearm_orphans(60.0),
-        "due_wakeups": lambda: ledger.due_wakeups(60.0),
+        "reap_expired_leases": own_ledger.reap_expired_leases,
+        "rearm_orphans": lambda: own_ledger.rearm_orphans(60.0),
+        "due_wakeups": lambda: own_ledger.due_wakeups(60.0),
     }
-    plans = _plans_of(ledger, calls[round_])
+    plans = _plans_of(own_ledger, calls[round_])
     assert plans
     for plan in plans:
         assert "Seq Scan on steps" not in plan and "Seq Scan on outbox" not in plan, plan
+
+
+def test_the_step_a_lease_holds_is_found_through_the_open_steps(own_ledger: Ledger, own_task: uuid.UUID) -> None:
+    """A worker handing its steps back at shutdown looks each lease up by its token alone."""
+    c = claim(own_ledger, own_task, 0, "think")
+    assert c.token is not None
+    [plan] = _plans_of(own_ledger, lambda: own_ledger.held_step(c.token))  # type: ignore[arg-type]
+    assert "Seq Scan on steps" not in plan, plan
+    assert own_ledger.held_step(c.token) == (own_task, 0)
+    assert own_ledger.held_step(uuid.uuid4()) is None
