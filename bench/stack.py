@@ -113,16 +113,35 @@ class Platform:
         if act_concurrency:
             act += ["--concurrency", str(act_concurrency)]
         self.workers = {}
+        # the act worker, reaper and dispatcher first, and the think workers once the act worker is ready: a figure
+        # that starts measuring at the first committed step (cpu) must not count the act worker's start-up (its
+        # imports and pool children, about a second of CPU) as the steps' cost, nor have it slow the think workers
+        self.workers["act"] = self._proc("worker-act", act).start()
+        self.workers["reaper"] = self._proc("reaper", ["reaper"]).start()
+        if importlib.util.find_spec("autogpt_workers.dispatcher") is not None:  # admission and webhooks, if any
+            self.workers["dispatcher"] = self._proc("dispatcher", ["dispatcher"]).start()
+        self._wait_ready(self.workers["act"], f"act-bench-{tag}@")
         for i in range(1, n + 1):
             think = ["worker", "--queue", "think", "--hostname", f"think-bench-{tag}-{i}@%h"]
             if think_concurrency:
                 think += ["--concurrency", str(max(1, think_concurrency // n))]
             name = "think" if i == 1 else f"think-{i}"
             self.workers[name] = self._proc(f"worker-{name}", think).start()
-        self.workers["act"] = self._proc("worker-act", act).start()
-        self.workers["reaper"] = self._proc("reaper", ["reaper"]).start()
-        if importlib.util.find_spec("autogpt_workers.dispatcher") is not None:  # admission and webhooks, if any
-            self.workers["dispatcher"] = self._proc("dispatcher", ["dispatcher"]).start()
+
+    @staticmethod
+    def _wait_ready(proc: Proc, hostname: str, timeout_s: float = 90.0) -> None:
+        """Until Celery logs ``<hostname> ready.`` in ``proc``'s log (the log is appended to across starts)."""
+
+        def ready() -> bool:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited while starting; see {proc.log_path}")
+            try:
+                text = proc.log_path.read_text(errors="replace")
+            except OSError:
+                return False
+            return any(hostname in line and " ready." in line for line in text.splitlines())
+
+        wait_until(ready, timeout_s, 0.1, f"{proc.name} ready")
 
     def think_workers(self) -> list[Proc]:
         return [proc for name, proc in self.workers.items() if name == "think" or name.startswith("think-")]
