@@ -107,6 +107,8 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=1.0, help="the fake LLM's answer time, seconds")
     parser.add_argument("--seconds", type=float, default=20.0, help="the measured window")
     parser.add_argument("--steps", type=int, default=0, help="steps per task (default: enough for the window)")
+    parser.add_argument("--think-workers", type=int, help="think processes (default: one per core)")
+    parser.add_argument("--think-concurrency", type=int, help="think threads in all, shared out among the processes")
     parser.add_argument("--spy", metavar="PREFIX", help="record the think workers with py-spy into PREFIX-*.txt")
     parser.add_argument("--top", nargs="+", metavar="FILE", help="only sum py-spy raw files, then exit")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a platform setting")
@@ -134,7 +136,7 @@ def main() -> None:
     try:
         with env.sql() as db:
             env.truncate(db)
-            platform.start_workers(None, None)
+            platform.start_workers(args.think_concurrency, None, args.think_workers)
             platform.warm_up(db)
             if args.tasks == 0:
                 time.sleep(12)  # idle backends flush their statistics within 10 s
