@@ -70,7 +70,11 @@ class StuckTask:
 def find_stuck(db: Database, older_than_s: float, *, now: datetime | None = None, limit: int = 1000) -> list[StuckTask]:
     """Unfinished tasks idle for at least ``older_than_s`` seconds, most idle first, each with its reason."""
     now = now or datetime.now(UTC)
-    step = (
+    # the task's open step is its last one (a step is created when the one before it commits): read the last step
+    # by the index, backwards, and keep it if it is open. Filtering on the status inside the LIMIT let PostgreSQL
+    # read every step of each task instead (a bitmap scan, then a sort): 173 ms a scrape for 200 running tasks of
+    # 1000 steps each, against 1.5 ms now (``python -m bench.history_micro --running-steps 1000``)
+    last = (
         select(
             Step.step_index,
             Step.status,
@@ -80,11 +84,13 @@ def find_stuck(db: Database, older_than_s: float, *, now: datetime | None = None
                 Step.created_at, Step.think_started_at, Step.proposed_at, Step.act_started_at
             ).label("touched_at"),
         )
-        .where(Step.task_id == Task.id, Step.status.in_(OPEN_STEP))
+        .where(Step.task_id == Task.id)
         .order_by(Step.step_index.desc())
         .limit(1)
-        .lateral("open_step")
+        .correlate(Task)
+        .subquery("last_step")
     )
+    step = select(last).where(last.c.status.in_(OPEN_STEP)).lateral("open_step")
     last_event = (
         select(TaskEvent.created_at.label("at"))
         .where(TaskEvent.task_id == Task.id)

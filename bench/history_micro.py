@@ -1,12 +1,13 @@
 """``python -m bench.history_micro``: what the periodic queries cost as the history grows.
 
-A running platform's lease heartbeat (``Ledger.renew``, every ``lease_heartbeat_s`` in every worker process) and the
-reaper's rounds (``reap_expired_leases``, ``rearm_orphans``, ``due_wakeups``) look for the few steps in flight among
-every step ever run. This fills the bench database with ``--history`` finished steps (finished tasks of 100 steps,
-each with its published wake-up, as the platform leaves them) beside ``--running`` running tasks whose current step
-is leased, then times each query (median of ``--rounds`` calls, PostgreSQL's buffer hits from ``EXPLAIN``). A query
-whose cost grows with the history rather than with the steps in flight shows here. The rows are removed at the end.
-A profiling aid, not a figure of ``make bench``.
+A running platform's lease heartbeat (``Ledger.renew``, every ``lease_heartbeat_s`` in every worker process), the
+reaper's rounds (``reap_expired_leases``, ``rearm_orphans``, ``due_wakeups``) and the stuck-task detector (each
+metrics scrape) look for the few steps in flight among every step ever run. This fills the bench database with
+``--history`` finished steps (finished tasks of 100 steps, each with its published wake-up, as the platform leaves
+them) beside ``--running`` running tasks with ``--running-steps`` finished steps each (their wake-ups and events too)
+and a leased current step, then times each query (median of ``--rounds`` calls). A query whose cost grows with the
+history rather than with the steps in flight shows here. The rows are removed at the end (``--keep`` leaves them, to
+``EXPLAIN`` the queries). A profiling aid, not a figure of ``make bench``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import text
 
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import Ledger
+from autogpt_workers.stuck import find_stuck
 from bench.env import DEFAULT_DATABASE_URL
 
 GOAL = "history micro"
@@ -82,6 +84,14 @@ def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> l
         )
         conn.execute(
             text(
+                "INSERT INTO task_events (task_id, kind, step_index, data) "
+                "SELECT t.id, k, i, '{}' FROM tasks t, generate_series(0, :done - 1) i, "
+                "unnest(ARRAY['step.proposed', 'step.completed', 'artifact.written']) k WHERE t.goal = :goal"
+            ),
+            {"goal": GOAL_RUNNING, "done": done},
+        )
+        conn.execute(
+            text(
                 "INSERT INTO steps (task_id, step_index, status, lease_owner, lease_token, lease_expires_at, "
                 "think_started_at) SELECT t.id, :done, 'thinking', 'history-micro', tok, now() + interval '1 hour', "
                 "now() FROM (SELECT id, row_number() OVER () AS n FROM tasks WHERE goal = :goal) t "
@@ -91,7 +101,7 @@ def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> l
         )
     if vacuum:
         with db.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE steps, outbox, tasks"))
+            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE steps, outbox, tasks, task_events"))
     return tokens
 
 
@@ -125,6 +135,7 @@ def main() -> None:
             "Ledger.reap_expired_leases": ledger.reap_expired_leases,
             "Ledger.rearm_orphans": lambda: ledger.rearm_orphans(3600.0),
             "Ledger.due_wakeups": lambda: ledger.due_wakeups(3600.0),
+            "stuck.find_stuck (each metrics scrape, the stuck view)": lambda: find_stuck(db, 600.0),
         }
         sizes = f"{args.history} finished steps, {args.running} in flight, {args.running_steps} done each"
         print(f"| query ({sizes}) | ms per call, median of {args.rounds} |\n|---|---|")
