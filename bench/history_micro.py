@@ -101,7 +101,8 @@ def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> l
         )
     if vacuum:
         with db.engine.connect() as conn:
-            conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("VACUUM ANALYZE steps, outbox, tasks, task_events"))
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(text("VACUUM ANALYZE steps, outbox, tasks, task_events"))
     return tokens
 
 
