@@ -75,6 +75,12 @@ class Task(Base):
         Index("ix_tasks_status_created", "status", "created_at"),
         Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
         Index("ix_tasks_deadline", "deadline", postgresql_where=text("deadline IS NOT NULL")),
+        # the unfinished tasks only (migration 0009): admission, priority refresh, deadlines, metrics and the stuck
+        # detector read these, and must not read every task ever run
+        Index(
+            "ix_tasks_unfinished", "tenant_id", "status",
+            postgresql_where=text("status NOT IN ('completed', 'failed', 'cancelled')"),
+        ),
     )
 
 

@@ -287,3 +287,16 @@ def test_the_stuck_detector_reads_the_last_step_of_each_task_not_all_of_them(
     assert plans
     assert "Index Scan Backward using uq_steps_task_step on steps" in plans[0], plans[0]
     assert "Sort Key: steps.step_index DESC" not in plans[0], plans[0]
+
+
+def test_the_unfinished_tasks_are_read_from_their_own_index(own_ledger: Ledger, own_task: uuid.UUID) -> None:
+    """Each metrics scrape counts the tasks by status and looks for stuck ones; only the unfinished tasks matter, and
+    the finished ones (nearly every task ever run) must not be read to find them (``ix_tasks_unfinished``, migration
+    0009: at 500k finished tasks the count took 22 ms, 0.04 ms with it)."""
+    from autogpt_workers.metrics_platform import PlatformCollector
+
+    plans = _plans_of(own_ledger, lambda: list(PlatformCollector(own_ledger.db, None, 60.0).collect()))
+    on_tasks = [p for p in plans if " on tasks" in p]
+    assert len(on_tasks) >= 2, plans  # the count by status and the stuck detector
+    for plan in on_tasks:
+        assert "ix_tasks_unfinished" in plan, plan
