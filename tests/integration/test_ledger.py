@@ -225,7 +225,7 @@ def test_the_lease_heartbeat_finds_its_leases_without_scanning_every_step(
     own_ledger: Ledger, own_task: uuid.UUID
 ) -> None:
     """Every worker renews its leases every few seconds: the renewal must cost what the steps in flight cost, not what
-    the whole history does (a scan of ``steps`` took 40-60 ms at 300k steps, ``python -m bench.history_micro``)."""
+    the whole history does (a scan of ``steps`` took 31 ms at 300k steps and 107 ms at 1M, ``bench.history_micro``)."""
     c = claim(own_ledger, own_task, 0, "think")
     assert c.token is not None
     [plan] = _plans_of(own_ledger, lambda: own_ledger.renew([c.token], 30.0))  # type: ignore[list-item]
