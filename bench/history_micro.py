@@ -24,7 +24,7 @@ from sqlalchemy import text
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.stuck import find_stuck
-from bench.env import DEFAULT_DATABASE_URL
+from bench.env import DEFAULT_DATABASE_URL, REPO_ROOT, BenchEnv
 
 GOAL = "history micro"
 GOAL_RUNNING = "history micro, running"
@@ -32,7 +32,8 @@ STEPS_PER_TASK = 100
 
 
 def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> list[uuid.UUID]:
-    """``history`` finished steps and ``running`` running tasks with a leased step each; their lease tokens."""
+    """``history`` finished steps, and ``running`` running tasks of ``done`` finished steps and a leased one each;
+    the leases' tokens."""
     tasks = max(1, history // STEPS_PER_TASK)
     with db.engine.begin() as conn:
         conn.execute(
@@ -125,6 +126,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the rows in place (to EXPLAIN the queries)")
     parser.add_argument("--no-vacuum", action="store_true", help="time the queries before autovacuum has run")
     args = parser.parse_args()
+    # the bench's database and vhost, created and migrated if missing (as ``python -m bench`` does)
+    BenchEnv.from_environ(args.database_url, None, None, REPO_ROOT / "var" / "bench").ensure_services()
     db = Database.from_url(args.database_url, pool_size=2, max_overflow=0, pre_ping=False)
     ledger = Ledger(db)
     try:
