@@ -28,12 +28,16 @@ def ledger(db) -> Ledger:  # type: ignore[no-untyped-def]
     return Ledger(db)
 
 
-@pytest.fixture
-def task_id(ledger: Ledger) -> uuid.UUID:
+def new_task(ledger: Ledger) -> uuid.UUID:
     with ledger.db.transaction() as s:
         created = ledger.create_task(s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 3})
     assert created is not None
     return created[0]
+
+
+@pytest.fixture
+def task_id(ledger: Ledger) -> uuid.UUID:
+    return new_task(ledger)
 
 
 def claim(ledger: Ledger, task_id: uuid.UUID, step: int, phase: str, ttl: float = 30.0, owner: str = "w1"):  # type: ignore[no-untyped-def]
@@ -196,12 +200,14 @@ def _plans_of(ledger: Ledger, call: Callable[[], object]) -> list[str]:
         event.remove(ledger.db.engine, "before_cursor_execute", seen)
     plans = []
     with ledger.db.engine.connect() as conn:
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute("SET LOCAL enable_seqscan = off")
+        dbapi_connection = conn.connection.dbapi_connection
+        assert dbapi_connection is not None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET LOCAL enable_seqscan = off")  # for this transaction only, which the rollback ends
         for statement, parameters in statements:
             cursor.execute(f"EXPLAIN {statement}", parameters)
             plans.append("\n".join(row[0] for row in cursor.fetchall()))
-        conn.rollback()
+        dbapi_connection.rollback()
     return plans
 
 
@@ -215,10 +221,7 @@ def own_ledger(settings) -> Iterator[Ledger]:  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def own_task(own_ledger: Ledger) -> uuid.UUID:
-    with own_ledger.db.transaction() as s:
-        created = own_ledger.create_task(s, {"goal": "g", "budget": {}, "metadata_": {}, "priority": 3})
-    assert created is not None
-    return created[0]
+    return new_task(own_ledger)
 
 
 def test_the_lease_heartbeat_finds_its_leases_without_scanning_every_step(
