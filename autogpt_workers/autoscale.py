@@ -312,8 +312,9 @@ def _signal(popen: subprocess.Popen[bytes], sig: int) -> None:
             os.kill(popen.pid, sig)
 
 
-def _terminate_with_parent() -> None:
-    """In the child before exec: SIGTERM (warm shutdown) when the scaler dies, even by SIGKILL (Linux only)."""
+def terminate_with_parent() -> None:
+    """In the child before exec: SIGTERM (warm shutdown) when the parent dies, even by SIGKILL (Linux only). The
+    signal follows the death of the parent's *thread* that started the child: start children from one that lives."""
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -339,7 +340,7 @@ def worker_launcher(log_dir: Path, extra_args: list[str] | None = None) -> Launc
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C on the scaler's terminal must not reach the workers directly
-                preexec_fn=_terminate_with_parent,
+                preexec_fn=terminate_with_parent,
             )
         finally:
             out.close()

@@ -133,7 +133,10 @@ def llm(fake_llm: str):  # type: ignore[no-untyped-def]
 
 
 class Proc:
-    """A platform process started from the CLI, in its own process group, logging to artifacts/logs."""
+    """A platform process started from the CLI, in its own process group, logging to artifacts/logs. It gets
+    SIGTERM if the pytest process dies (``terminate_with_parent``): a session killed from outside must not leave
+    workers consuming the test vhost's wake-ups, where the next session's tests would lose them. Start it from
+    the main thread (the signal follows the starting thread's death)."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
         self.name = name
@@ -143,6 +146,8 @@ class Proc:
         self.log_path = ARTIFACTS / "logs" / f"{name}.log"
 
     def start(self) -> Proc:
+        from autogpt_workers.autoscale import terminate_with_parent
+
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.popen = subprocess.Popen(
@@ -152,6 +157,7 @@ class Proc:
             env=self.env,
             cwd=REPO_ROOT,
             start_new_session=True,
+            preexec_fn=terminate_with_parent,
         )
         return self
 

@@ -1,0 +1,42 @@
+"""The test harness's processes do not outlive a killed test session: a worker left behind would consume the test
+vhost's wake-ups and fail the next session's tests (seen on 2026-12-06, after a pytest run was killed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+from tests.conftest import REPO_ROOT, TEST_ENV
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def test_a_proc_gets_sigterm_when_the_session_that_started_it_is_killed() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import os, sys, time
+            from tests.conftest import Proc, TEST_ENV
+            proc = Proc("harness-orphan-check", ["reaper"], {**os.environ, **TEST_ENV}).start()
+            print(proc.popen.pid, flush=True)
+            time.sleep(120)
+        """)],
+        cwd=REPO_ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, text=True,
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 30  # the reaper's warm shutdown
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), f"process {child} outlived the session that started it"
