@@ -4,12 +4,13 @@ vhost's wake-ups and fail the next session's tests (seen on 2026-12-06, after a 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 
-from tests.conftest import REPO_ROOT, TEST_ENV
+from tests.conftest import REPO_ROOT, TEST_ENV, free_port
 
 
 def _alive(pid: int) -> bool:
@@ -21,22 +22,29 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_proc_gets_sigterm_when_the_session_that_started_it_is_killed() -> None:
+    # the API, which touches nothing until asked (a reaper or a worker would act on the shared test database)
     parent = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent("""
-            import os, sys, time
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import os, time
             from tests.conftest import Proc, TEST_ENV
-            proc = Proc("harness-orphan-check", ["reaper"], {**os.environ, **TEST_ENV}).start()
-            print(proc.popen.pid, flush=True)
+            proc = Proc("harness-orphan-check", ["api", "--port", "{free_port()}"], {{**os.environ, **TEST_ENV}})
+            print(proc.start().popen.pid, flush=True)
             time.sleep(120)
         """)],
         cwd=REPO_ROOT, env={**os.environ, **TEST_ENV}, stdout=subprocess.PIPE, text=True,
     )
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
-    assert _alive(child)
-    parent.kill()
-    parent.wait(timeout=10)
-    deadline = time.monotonic() + 30  # the reaper's warm shutdown
-    while _alive(child) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(child), f"process {child} outlived the session that started it"
+    try:
+        assert _alive(child)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 30  # the API's graceful shutdown
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), f"process {child} outlived the session that started it"
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+        parent.kill()
+        parent.wait(timeout=10)
