@@ -3,6 +3,7 @@ vhost's wake-ups and fail the next session's tests (seen on 2026-12-06, after a 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -44,7 +45,8 @@ def test_a_proc_gets_sigterm_when_the_session_that_started_it_is_killed() -> Non
             time.sleep(0.1)
         assert not _alive(child), f"process {child} outlived the session that started it"
     finally:
-        if _alive(child):
-            os.kill(child, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may end between the look and the kill
+            if _alive(child):
+                os.kill(child, signal.SIGKILL)
         parent.kill()
         parent.wait(timeout=10)
