@@ -11,6 +11,8 @@ import sys
 import textwrap
 import time
 
+import httpx
+
 from tests.conftest import REPO_ROOT, TEST_ENV, free_port
 
 
@@ -22,13 +24,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _wait_serving(port: int, timeout_s: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"the API on port {port} did not come up within {timeout_s:.0f}s")
+
+
 def test_a_proc_gets_sigterm_when_the_session_that_started_it_is_killed() -> None:
     # the API, which touches nothing until asked (a reaper or a worker would act on the shared test database)
+    port = free_port()
     parent = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import os, time
             from tests.conftest import Proc, TEST_ENV
-            proc = Proc("harness-orphan-check", ["api", "--port", "{free_port()}"], {{**os.environ, **TEST_ENV}})
+            proc = Proc("harness-orphan-check", ["api", "--port", "{port}"], {{**os.environ, **TEST_ENV}})
             print(proc.start().popen.pid, flush=True)
             time.sleep(120)
         """)],
@@ -37,6 +52,7 @@ def test_a_proc_gets_sigterm_when_the_session_that_started_it_is_killed() -> Non
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     try:
+        _wait_serving(port)  # up, not dying of something else: only the parent's death may end it
         assert _alive(child)
         parent.kill()
         parent.wait(timeout=10)
