@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 
 import psycopg2
@@ -215,14 +215,24 @@ class BenchEnv:
             db.close()
 
 
-def xact_counts(database_url: str, database: str) -> tuple[int, int]:
-    """(xact_commit, xact_rollback) of ``database``, read over a connection to another database."""
+class XactCounts(NamedTuple):
+    """A database's counters in ``pg_stat_database``."""
+
+    commits: int  # xact_commit
+    rollbacks: int  # xact_rollback
+    sessions: int  # connections opened: each also adds one commit, its backend's start-up (catalog) transaction
+
+
+def xact_counts(database_url: str, database: str) -> XactCounts:
+    """The counters of ``database``, read over a connection to another database."""
     parsed = urlparse(libpq_url(database_url))
     conn = psycopg2.connect(parsed._replace(path="/postgres").geturl(), application_name="autogpt-bench")
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s", (database,))
+            cur.execute(
+                "SELECT xact_commit, xact_rollback, sessions FROM pg_stat_database WHERE datname = %s", (database,)
+            )
             row = cur.fetchone()
     finally:
         conn.close()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
+    return XactCounts(int(row[0]), int(row[1]), int(row[2])) if row else XactCounts(0, 0, 0)

@@ -8,7 +8,7 @@ name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each 
 ``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them), and prints the samples'
 shares by function and by area of the step (``AREAS``). With ``--tasks 0`` the
 platform idles through the window, and the bench database's transactions are counted per second: the platform's
-periodic rounds (dispatcher, reaper), and PostgreSQL's own (autovacuum and analyze count there too). A profiling
+periodic rounds (dispatcher, reaper), and one per connection opened (a backend's start-up counts as a commit). A profiling
 aid: one window, no warm-up discipline; ``make bench`` makes the figures.
 """
 
@@ -140,14 +140,15 @@ def main() -> None:
             platform.warm_up(db)
             if args.tasks == 0:
                 time.sleep(12)  # idle backends flush their statistics within 10 s
-                (commits0, rollbacks0), t0 = xact_counts(env.database_url, env.database), time.perf_counter()
+                x0, t0 = xact_counts(env.database_url, env.database), time.perf_counter()
                 meters = {name: CpuMeter([proc.pid]).start() for name, proc in platform.workers.items()}
                 time.sleep(args.seconds + 11)
-                (commits1, rollbacks1), elapsed = xact_counts(env.database_url, env.database), time.perf_counter() - t0
+                x1, elapsed = xact_counts(env.database_url, env.database), time.perf_counter() - t0
                 idle_cpu = {name: round(meter.stop() / elapsed * 1000, 1) for name, meter in meters.items()}
                 print(f"idle platform, CPU ms per second by process: {idle_cpu}")
-                print(f"idle platform, the bench database's counters: {(commits1 - commits0) / elapsed:.1f} commits/s, "
-                      f"{(rollbacks1 - rollbacks0) / elapsed:.1f} read-only transactions/s")  # fmt: skip
+                commits, rollbacks = (x1.commits - x0.commits) / elapsed, (x1.rollbacks - x0.rollbacks) / elapsed
+                print(f"idle platform, the bench database's counters: {commits:.1f} commits/s, "
+                      f"{rollbacks:.1f} read-only transactions/s")  # fmt: skip
                 return
             platform.set_llm_latency(args.latency)
             steps = args.steps or int((args.seconds + 30) / max(args.latency, 0.05)) + 5
