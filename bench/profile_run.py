@@ -8,8 +8,8 @@ name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each 
 ``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them), and prints the samples'
 shares by function and by area of the step (``AREAS``). With ``--tasks 0`` the
 platform idles through the window, and the bench database's transactions are counted per second: the platform's
-periodic rounds (dispatcher, reaper), and one per connection opened (a backend's start-up counts as a commit). A profiling
-aid: one window, no warm-up discipline; ``make bench`` makes the figures.
+periodic rounds (dispatcher, reaper), and one per connection opened (a backend's start-up counts as a commit). A
+profiling aid: one window, no warm-up discipline; ``make bench`` makes the figures.
 """
 
 from __future__ import annotations
