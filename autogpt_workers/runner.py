@@ -275,8 +275,9 @@ class StepRunner:
                 self.observer.task_ended("cancelled", _age(task))
             if result.outcome is ProposeOutcome.awaiting_approval:
                 self._apply_recorded_request(task_id, step_index)
-            bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
-                       tokens=proposal.usage.total_tokens)
+            if not acting:  # else the act phase goes on here: its step_committed line carries the proposal's facts
+                bound.info("step_proposed", command=proposal.command, error=proposal.error,
+                           outcome=result.outcome.value, tokens=proposal.usage.total_tokens)
             if acting:  # the act phase goes on here, under the same lease
                 self.hand_on("act", think_result)
                 if cut_short is not None:  # as if the command had been cut short on the usual inline path
@@ -326,9 +327,9 @@ class StepRunner:
         acting = result.outcome is ProposeOutcome.acting  # else cancelled or parked: the proposal alone was kept
         think_result = "proposed" if acting else result.outcome.value
         self.observer.phase_finished("think", time.monotonic() - started, think_result)
-        bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
-                   tokens=proposal.usage.total_tokens)
         if not acting:
+            bound.info("step_proposed", command=proposal.command, error=proposal.error, outcome=result.outcome.value,
+                       tokens=proposal.usage.total_tokens)
             if result.outcome is ProposeOutcome.cancelled:
                 self.observer.task_ended("cancelled", _age(task))
             return f"{result.outcome.value}: {proposal.command or 'nothing (model error)'}"
@@ -344,7 +345,8 @@ class StepRunner:
         if observation.is_last:
             self.observer.task_ended("completed", _age(task))
         log.info("step_committed", task_id=str(task_id), step=step_index, phase="act", command=proposal.command,
-                 is_last=observation.is_last, is_error=observation.is_error)
+                 is_last=observation.is_last, is_error=observation.is_error, error=proposal.error,
+                 tokens=proposal.usage.total_tokens, inline=True)
         return "finished" if observation.is_last else f"committed step {step_index}"
 
     def _proposal_written(
@@ -458,8 +460,9 @@ class StepRunner:
         if observation.is_last:
             self.observer.task_ended("completed", _age(task))
         bound.info(
-            "step_committed", command=proposal.command, is_last=observation.is_last, is_error=observation.is_error
-        )
+            "step_committed", command=proposal.command, is_last=observation.is_last, is_error=observation.is_error,
+            tokens=proposal.usage.total_tokens, inline=inline,
+        )  # one line per step when the act phase went on in the think worker (no step_proposed line before it)
         return "finished" if observation.is_last else f"committed step {step_index}"
 
     def workspace_dir(self, task_id: uuid.UUID) -> Path:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog.testing
 from kombu import Connection
 from sqlalchemy import select
 
@@ -204,3 +205,20 @@ def test_a_tasks_tenant_and_profile_come_with_its_claim(runner: StepRunner, llm:
     other = new_task(runner.ledger, "Never claimed here")
     assert runner.facts.profile_of(str(other)) is None and runner.facts.reads == 1  # read once, then kept
     assert runner.facts.tenant_of(str(other)) == tenant and runner.facts.reads == 1
+
+
+def test_a_step_run_through_in_one_worker_logs_one_line(runner: StepRunner, llm: Any) -> None:
+    """When the act phase goes on in the think worker (inline ``write_file``, pure ``finish``), the step logs one
+    ``step_committed`` line that carries the proposal's facts, and no ``step_proposed`` line before it."""
+    llm.register_script("one-line", [
+        {"tool": "write_file", "arguments": {"path": "a.txt", "content": "x"}},
+        {"tool": "finish", "arguments": {"reason": "done"}},
+    ])  # fmt: skip
+    task_id = new_task(runner.ledger, "Write a file [[script:one-line]]")
+    with structlog.testing.capture_logs() as logs:
+        assert runner.think(task_id, 0) == "committed step 0"
+        assert runner.think(task_id, 1) == "finished"
+    lines = [(e["event"], e.get("step"), e.get("inline"), e.get("command")) for e in logs
+             if e["event"] in ("step_proposed", "step_committed")]  # fmt: skip
+    assert lines == [("step_committed", 0, True, "write_file"), ("step_committed", 1, True, "finish")]
+    assert all(isinstance(e.get("tokens"), int) for e in logs if e["event"] == "step_committed")
