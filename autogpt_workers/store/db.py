@@ -22,6 +22,11 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, pre_ping:
         # glue's database-down retry, the next round).
         pool_pre_ping=pre_ping,
         pool_recycle=1800,
+        # last in, first out: a checkout takes the connection returned most recently, so at light load a process
+        # keeps reusing the few backends that are hot (in PostgreSQL's caches, scheduled) instead of cycling through
+        # all of its pool; the rest idle. One task of 50 steps: p50 10.3-10.7 ms against 12.4-13.8 ms first in,
+        # first out, p99 14.0-14.7 against 15.7-21.0 ms (``python -m bench --only cpu,latency``, three runs each)
+        pool_use_lifo=True,
         connect_args={"connect_timeout": 5, "application_name": "autogpt-workers"},
     )
 
