@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from urllib.parse import urlparse
 
@@ -37,10 +36,11 @@ def test_the_steps_own_commits_still_miss_when_over_three() -> None:
 
 
 @pytest.mark.integration
-def test_postgresql_counts_one_commit_per_connection_opened() -> None:
+def test_postgresql_counts_one_commit_per_connection_opened(settings) -> None:  # type: ignore[no-untyped-def]
     """The premise of the figure, on this machine's PostgreSQL: opening and closing a connection with no statement
-    adds one to ``xact_commit`` and one to ``sessions``. On a database of its own, which nothing else uses."""
-    url = libpq_url(os.environ.get("AUTOGPT_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/autogpt_test"))
+    adds one to ``xact_commit`` and one to ``sessions``. On a database of its own, which nothing else uses (created
+    on first use, kept between runs)."""
+    url = libpq_url(settings.database_url)
     admin = urlparse(url)._replace(path="/postgres").geturl()
     database = "autogpt_test_pgstats"
     conn = psycopg2.connect(admin)

@@ -16,10 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import structlog
 import structlog.testing
 from kombu import Connection
 from sqlalchemy import select
 
+from autogpt_workers import runner as runner_module
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import declare_topology, make_celery
@@ -207,7 +209,24 @@ def test_a_tasks_tenant_and_profile_come_with_its_claim(runner: StepRunner, llm:
     assert runner.facts.tenant_of(str(other)) == tenant and runner.facts.reads == 1
 
 
-def test_a_step_run_through_in_one_worker_logs_one_line(runner: StepRunner, llm: Any) -> None:
+@pytest.fixture
+def runner_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """The step runner's structlog events. Another test of the session may have configured structlog (the CLI run
+    in-process) with loggers cached on first use, which ``capture_logs`` cannot see into: the runner gets a fresh
+    logger on the default configuration for the test, and the configuration is restored after."""
+    old = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        with structlog.testing.capture_logs() as logs:
+            monkeypatch.setattr(runner_module, "log", structlog.get_logger(runner_module.__name__))
+            yield logs
+    finally:
+        structlog.configure(**old)
+
+
+def test_a_step_run_through_in_one_worker_logs_one_line(
+    runner: StepRunner, llm: Any, runner_logs: list[dict[str, Any]]
+) -> None:
     """When the act phase goes on in the think worker (inline ``write_file``, pure ``finish``), the step logs one
     ``step_committed`` line that carries the proposal's facts, and no ``step_proposed`` line before it."""
     llm.register_script("one-line", [
@@ -215,9 +234,9 @@ def test_a_step_run_through_in_one_worker_logs_one_line(runner: StepRunner, llm:
         {"tool": "finish", "arguments": {"reason": "done"}},
     ])  # fmt: skip
     task_id = new_task(runner.ledger, "Write a file [[script:one-line]]")
-    with structlog.testing.capture_logs() as logs:
-        assert runner.think(task_id, 0) == "committed step 0"
-        assert runner.think(task_id, 1) == "finished"
+    assert runner.think(task_id, 0) == "committed step 0"
+    assert runner.think(task_id, 1) == "finished"
+    logs = runner_logs
     lines = [(e["event"], e.get("step"), e.get("inline"), e.get("command")) for e in logs
              if e["event"] in ("step_proposed", "step_committed")]  # fmt: skip
     assert lines == [("step_committed", 0, True, "write_file"), ("step_committed", 1, True, "finish")]
