@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float = 45, auth: Any = None) -> None:
+    """Until ``url`` answers 200; AssertionError after ``timeout_s``, with the last status or error."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(url, timeout=2, auth=auth)
+            if resp.status_code == 200:
+                return
+            last = resp.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer 200 within {timeout_s}s (last: {last})")
 
 
 def _reachable(port: int) -> bool:

@@ -11,9 +11,7 @@ import sys
 import textwrap
 import time
 
-import httpx
-
-from tests.conftest import REPO_ROOT, TEST_ENV, free_port
+from tests.conftest import REPO_ROOT, TEST_ENV, free_port, wait_http
 
 
 def _alive(pid: int) -> bool:
@@ -22,18 +20,6 @@ def _alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"  # a zombie has exited
     except (FileNotFoundError, IndexError):
         return False
-
-
-def _wait_serving(port: int, timeout_s: float = 45.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"the API on port {port} did not come up within {timeout_s:.0f}s")
 
 
 def test_a_proc_gets_sigterm_when_the_session_that_started_it_is_killed() -> None:
@@ -52,7 +38,8 @@ def test_a_proc_gets_sigterm_when_the_session_that_started_it_is_killed() -> Non
     assert parent.stdout is not None
     child = int(parent.stdout.readline())
     try:
-        _wait_serving(port)  # up, not dying of something else: only the parent's death may end it
+        # up, not dying of something else: only the parent's death may end it
+        wait_http(f"http://127.0.0.1:{port}/healthz")
         assert _alive(child)
         parent.kill()
         parent.wait(timeout=10)

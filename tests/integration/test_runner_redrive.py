@@ -236,8 +236,7 @@ def test_a_step_run_through_in_one_worker_logs_one_line(
     task_id = new_task(runner.ledger, "Write a file [[script:one-line]]")
     assert runner.think(task_id, 0) == "committed step 0"
     assert runner.think(task_id, 1) == "finished"
-    logs = runner_logs
-    lines = [(e["event"], e.get("step"), e.get("inline"), e.get("command")) for e in logs
+    lines = [(e["event"], e.get("step"), e.get("inline"), e.get("command")) for e in runner_logs
              if e["event"] in ("step_proposed", "step_committed")]  # fmt: skip
     assert lines == [("step_committed", 0, True, "write_file"), ("step_committed", 1, True, "finish")]
-    assert all(isinstance(e.get("tokens"), int) for e in logs if e["event"] == "step_committed")
+    assert all(isinstance(e.get("tokens"), int) for e in runner_logs if e["event"] == "step_committed")

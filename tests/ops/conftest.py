@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, Proc, free_port
+from tests.conftest import REPO_ROOT, Proc, free_port, wait_http
 
 MGMT = "http://127.0.0.1:15672"
 FLOWER_AUTH = ("ops", "ops-secret")
@@ -97,21 +97,6 @@ def migrate(env: dict[str, str]) -> None:
     with Connection(env["AUTOGPT_BROKER_URL"]) as conn:
         for q in (THINK_QUEUE, ACT_QUEUE, DEAD_LETTER_QUEUE):
             conn.default_channel.queue_purge(q)
-
-
-def wait_http(url: str, timeout_s: float = 45, auth: Any = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            resp = httpx.get(url, timeout=2, auth=auth)
-            if resp.status_code == 200:
-                return
-            last = resp.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer 200 within {timeout_s}s (last: {last})")
 
 
 def wait_consumers(broker_url: str, queues: set[str], timeout_s: float = 60) -> None:
