@@ -1,6 +1,7 @@
 """The thin submit API: validates, records the task in PostgreSQL, enqueues its first wake-up, never runs agents.
 
-``create_app()`` builds the FastAPI application; ``autogpt-workers api`` serves it with uvicorn.
+``create_app()`` builds the FastAPI application; ``autogpt-workers api`` serves it with uvicorn, through
+``create_server_app``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,18 @@ from autogpt_workers import tracing, tracing_celery
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app as celery_app
 from autogpt_workers.config import Settings, get_settings
+from autogpt_workers.gc_tuning import tune as tune_gc
 from autogpt_workers.store.db import Database
 from autogpt_workers.submit import BackgroundPublisher, IdempotencyConflict
+
+
+def create_server_app() -> FastAPI:
+    """The factory uvicorn calls in each API process: ``create_app``, then the process's garbage collector tuned
+    (``gc_tuning``: what imports and the app made is frozen). Not for an app built inside another program."""
+    settings = get_settings()
+    app = create_app(settings)
+    tune_gc(settings.gc_young_threshold)
+    return app
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

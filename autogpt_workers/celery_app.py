@@ -185,6 +185,16 @@ def _refuse_unsafe_worker(sender: Any = None, conf: Any = None, options: Any = N
     declare_topology(app)
 
 
+@signals.worker_ready.connect
+@signals.worker_process_init.connect
+def _tune_gc(**_: Any) -> None:
+    """Once a worker has started (the thread pool's process), and in each prefork child as it starts: start-up's
+    objects frozen out of the collector's way, the young generation's threshold raised (``gc_tuning``)."""
+    from autogpt_workers.gc_tuning import tune
+
+    tune(get_settings().gc_young_threshold)
+
+
 # -- graceful shutdown ---------------------------------------------------------------------------------------------
 
 

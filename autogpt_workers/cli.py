@@ -190,7 +190,7 @@ def api(
 
         use_multiprocess_dir("api", s.metrics_dir)
     uvicorn.run(
-        "api_shim.app:create_app",
+        "api_shim.app:create_server_app",
         factory=True,
         host=host or s.api_host,
         port=port or s.api_port,
