@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import pickle
@@ -346,3 +347,43 @@ def test_parse_retry_after(headers: dict[str, str], expected: float | None) -> N
 def test_parse_retry_after_http_date() -> None:
     value = parse_retry_after({"retry-after": formatdate(time.time() + 30, usegmt=True)})
     assert value is not None and 28 <= value <= 31
+
+
+def test_a_call_leaves_no_reference_cycle_behind(stub: StubLLM) -> None:
+    """What a call makes is freed by reference counting: a worker's garbage collector has nothing to find."""
+    model = _model(stub.base_url)
+    stub.replies = [Reply(body=completion("ok")) for _ in range(60)]
+    model.complete(MESSAGES, TOOLS)  # warm: the client's connection, the thread's retry state
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            assert model.complete(MESSAGES, TOOLS).content == "ok"
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+    assert unreachable < 50  # one Retrying per call left about 15 objects in cycles each: 750
+
+
+def test_threads_sharing_a_model_retry_each_on_its_own_count(stub: StubLLM) -> None:
+    """One model's retry policy serves every thread at once: each call counts its own attempts."""
+    model = _model(stub.base_url, max_attempts=10, backoff_max_s=0.02)  # more attempts than failures
+    events: dict[int, list[int]] = {}
+    model.on_retry = lambda event: events.setdefault(threading.get_ident(), []).append(event.attempt)
+    stub.replies = [Reply(500, error_body("busy")) if n % 2 == 0 else Reply(body=completion("ok")) for n in range(16)]
+    barrier = threading.Barrier(8)
+    answers: list[str | None] = []
+
+    def call() -> None:
+        barrier.wait()
+        answers.append(model.complete(MESSAGES, TOOLS).content)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == ["ok"] * 8
+    assert len(stub.requests) == 16
+    assert all(attempts == list(range(1, len(attempts) + 1)) for attempts in events.values())
+    assert sum(len(attempts) for attempts in events.values()) == 8
