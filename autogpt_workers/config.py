@@ -94,8 +94,8 @@ class Settings(BaseSettings):
     inline_act: bool = True
     # an inline command running longer than this is handed to the act queue (whose prefork workers can kill it)
     inline_act_time_limit_s: float = Field(default=30.0, gt=0)
-    # the workers' and the API's garbage collector (``gc_tuning``): start-up's objects frozen, and a full
-    # collection of the youngest generation only after this many more container objects live than before; 0 keeps
+    # the workers' and the API's garbage collector (``gc_tuning``): start-up's objects frozen, and the youngest
+    # generation collected once this many more container objects are alive than after the last collection; 0 keeps
     # Python's own collector (threshold 700, nothing frozen)
     gc_young_threshold: int = Field(default=100_000, ge=0)
     # lifecycle: on SIGTERM a worker finishes its in-flight step within this grace, else hands it back
