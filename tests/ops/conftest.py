@@ -64,6 +64,10 @@ def ops_env(broker_url: str, fake_llm: str, tmp: Path, **extra: str) -> dict[str
         AUTOGPT_FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH),
         AUTOGPT_THINK_CONCURRENCY="8",
         AUTOGPT_API_AUTH="disabled",  # the tenant and key machinery is tested elsewhere
+        # and the rate limit too (tests/api): at the default 20 requests/s (burst 100) a test's 200 reads one after
+        # another ran into it once the API answered them in 3.7 s
+        AUTOGPT_API_RATE_PER_S="1000",
+        AUTOGPT_API_RATE_BURST="1000",
         # every command through the act queue: these tests read the act worker's own series, logs and Flower rows
         # (the think worker running quick commands itself is tested in tests/e2e and tests/lifecycle)
         AUTOGPT_INLINE_ACT="false",

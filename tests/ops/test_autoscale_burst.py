@@ -178,7 +178,12 @@ def test_a_burst_scales_out_then_back_in_and_loses_no_step(scaled: Scaled, db, f
     at_minimum = scaled.workers()
 
     # every task completed; every step committed exactly once; every completion bought once
-    statuses = Counter(httpx.get(f"{scaled.api_url}/v1/tasks/{t}", timeout=10).json()["status"] for t in ids)
+    def status(task_id: str) -> str:
+        resp = httpx.get(f"{scaled.api_url}/v1/tasks/{task_id}", timeout=10)
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["status"])
+
+    statuses = Counter(status(t) for t in ids)
     with db.session() as s:
         task_uuids = [uuid.UUID(t) for t in ids]
         steps = s.execute(select(Step.task_id, Step.step_index, Step.status).where(Step.task_id.in_(task_uuids))).all()
