@@ -189,32 +189,21 @@ def api(
         from autogpt_workers.metrics_server import use_multiprocess_dir
 
         use_multiprocess_dir("api", s.metrics_dir)
-    options: dict[str, Any] = {
-        "app": "api_shim.app:create_server_app",
-        "factory": True,
-        "host": host or s.api_host,
-        "port": port or s.api_port,
+    uvicorn.run(
+        "api_shim.app:create_server_app",
+        factory=True,
+        host=host or s.api_host,
+        port=port or s.api_port,
+        workers=workers,
         # uvloop's event loop and httptools' C parser (uvicorn's defaults when installed; named, so a missing
         # one fails at start instead of falling back): the health endpoint answered 4671-5476 requests/s against
         # 1999-3940 on asyncio and h11, the submit 431-547 tasks/s against 355-454 (``python -m bench --only submit``)
-        "loop": "uvloop",
-        "http": "httptools",
-        "log_level": "warning",
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
         # one process: uvicorn's loggers propagate to the root handler (JSON); spawned workers keep uvicorn's own
-        "log_config": None if workers == 1 else uvicorn.config.LOGGING_CONFIG,
-    }
-    if workers == 1:
-        uvicorn.run(**options)
-        return
-    # several processes, each listening on the port with a socket of its own (see api_server)
-    from autogpt_workers.api_server import serve
-
-    try:
-        code = serve(workers, options)
-    except OSError as exc:
-        err.print(f"[red]autogpt-workers api: cannot listen on {options['host']}:{options['port']}: {exc}[/]")
-        raise typer.Exit(1) from exc
-    raise typer.Exit(code)
+        log_config=None if workers == 1 else uvicorn.config.LOGGING_CONFIG,
+    )
 
 
 @app.command()
