@@ -2,8 +2,8 @@
 
 Two documented uses of the ``gc`` module, applied once the process has started (``tune``):
 
-- ``gc.freeze()``: the objects start-up made (imports, Celery, SQLAlchemy, openai; about 350,000 in a think
-  worker) move to the permanent generation, which no collection walks again.
+- ``gc.freeze()``: the objects start-up made (imports, Celery, SQLAlchemy, openai; about 150,000 after a think
+  worker's imports) move to the permanent generation, which no collection walks again.
 - a higher threshold for the youngest generation (``gc_young_threshold``; Python's default is 700). The count is
   container objects allocated less those freed, so a worker with dozens of steps in flight crossed 700 on the
   steps' transient objects alone, 14 to 17 times a second, and each time promoted the live ones towards the
