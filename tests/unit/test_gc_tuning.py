@@ -56,3 +56,19 @@ def test_the_api_factory_uvicorn_calls_tunes_the_collector_and_create_app_does_n
     frozen, threshold = _run("from api_shim.app import create_server_app; create_server_app()")
     assert threshold == 100_000 and frozen > 10_000  # the default
     assert _run("from api_shim.app import create_app; create_app()") == (0, 700)
+
+
+def test_autogpt_workers_api_serves_the_factory_that_tunes() -> None:
+    """``autogpt-workers api`` hands uvicorn ``create_server_app``: uvicorn is replaced by a call of the factory it
+    was given, in this one process."""
+    code = (
+        "import importlib, uvicorn\n"
+        "def run(app, **_):\n"
+        "    module, name = app.split(':')\n"
+        "    getattr(importlib.import_module(module), name)()\n"
+        "uvicorn.run = run\n"
+        "from autogpt_workers.cli import app\n"
+        "app(['api'], standalone_mode=False)"
+    )
+    frozen, threshold = _run(code)
+    assert threshold == 100_000 and frozen > 10_000
