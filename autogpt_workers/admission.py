@@ -80,6 +80,10 @@ class Policy:
     def backlogged(self) -> str | None:
         return self.backlog() if self.backlog is not None else None
 
+    def caps_every_tenant(self) -> bool:
+        """Whether a running-task cap applies to every tenant (the default per-tenant one or the platform's)."""
+        return self.tenant_max_running is not None or self.max_running is not None
+
 
 def urgency_boost(deadline: datetime | None, now: datetime, policy: Policy) -> int:
     if deadline is None or policy.max_boost == 0:

@@ -31,7 +31,7 @@ from autogpt_workers.publish_marks import PublishMarks
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.gateway import record_options
 from autogpt_workers.store.ledger import Ledger, Wakeup
-from autogpt_workers.store.submit_sql import EXISTING_TASK
+from autogpt_workers.store.submit_sql import EXISTING_TASK, CreatedTask
 
 log = structlog.get_logger(__name__)
 
@@ -106,25 +106,22 @@ def submit_task(
     in_statement = submission.webhook_url is None
     held = None
     backlog = policy.backlogged() if policy is not None else None  # the workers are all busy: wait for admission
-    with db.transaction() as s:
-        created = ledger.create_task(s, values, options=options if in_statement else None)
-        if created is not None:
-            if not in_statement:
-                record_options(s, created.task_id, **options)
-            if policy is not None and (backlog is not None or _may_be_capped(created.tenant_cap, policy)):
-                held = hold_if_capped(s, created.task_id, tenant_id, policy, backlog)
-        else:
-            existing_id, existing_hash = (
-                s.connection()
-                .execute(EXISTING_TASK, {"p_tenant_id": tenant_id, "p_idempotency_key": idempotency_key})
-                .one()
-            )
+    created = None
+    if in_statement and backlog is None and (policy is None or not policy.caps_every_tenant()):
+        # only the tenant's own cap could hold the task: without one (the statement reads it), the submit is one
+        # statement, a transaction of its own
+        created = ledger.create_task_alone(values, options=options)
     if created is None:
-        if existing_hash != digest:
-            raise IdempotencyConflict(
-                f"idempotency key {idempotency_key!r} was already used for a different request (task {existing_id})"
-            )
-        return Submitted(existing_id, created=False, published=True)
+        created, held, existing = _create_in_transaction(db, ledger, values, options, in_statement, policy, backlog)
+        if created is None:
+            assert existing is not None
+            existing_id, existing_hash = existing
+            if existing_hash != digest:
+                raise IdempotencyConflict(
+                    f"idempotency key {idempotency_key!r} was already used for a different request "
+                    f"(task {existing_id})"
+                )
+            return Submitted(existing_id, created=False, published=True)
     task_id, wakeup = created.task_id, created.wakeup
     view = _new_task_view(task_id, created.created_at, values, submission, waiting=held is not None)
     if held is not None:
@@ -134,6 +131,33 @@ def submit_task(
         return Submitted(task_id, created=True, published=False, view=view)
     published = _publish(db, publisher, wakeup)
     return Submitted(task_id, created=True, published=published, view=view)
+
+
+def _create_in_transaction(
+    db: Database,
+    ledger: Ledger,
+    values: dict[str, Any],
+    options: dict[str, Any],
+    in_statement: bool,
+    policy: Policy | None,
+    backlog: str | None,
+) -> tuple[CreatedTask | None, str | None, tuple[uuid.UUID, str] | None]:
+    """The submit's transaction: the task (``None`` if the idempotency key is taken: then the existing task's id
+    and request hash come third), its options if they could not go into the statement, and the admission's
+    decision (why the task waits, or ``None``)."""
+    with db.transaction() as s:
+        created = ledger.create_task(s, values, options=options if in_statement else None)
+        if created is None:
+            existing = s.connection().execute(
+                EXISTING_TASK, {"p_tenant_id": values["tenant_id"], "p_idempotency_key": values["idempotency_key"]}
+            ).one()
+            return None, None, (existing[0], existing[1])
+        if not in_statement:
+            record_options(s, created.task_id, **options)
+        held = None
+        if policy is not None and (backlog is not None or _may_be_capped(created.tenant_cap, policy)):
+            held = hold_if_capped(s, created.task_id, values["tenant_id"], policy, backlog)
+        return created, held, None
 
 
 def default_profiles() -> ProfileCatalog:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Protocol
 
 from sqlalchemy import Connection, Engine, create_engine
@@ -74,6 +74,20 @@ class Database:
         worker's CPU). Committed on success, rolled back on any exception."""
         with self.engine.begin() as connection:
             yield CoreTransaction(connection)
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A pooled connection whose statements each commit on their own (the driver's autocommit: no BEGIN and no
+        COMMIT round trip), for a single statement that is a whole transaction. Back to transactions on return."""
+        with self.engine.connect() as connection:
+            dbapi_connection = connection.connection.dbapi_connection
+            assert dbapi_connection is not None
+            dbapi_connection.autocommit = True
+            try:
+                yield connection
+            finally:
+                with suppress(Exception):  # invalidated on a disconnect: the pool drops it anyway
+                    dbapi_connection.autocommit = False
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -159,6 +159,22 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _create_params(values: dict[str, Any], options: dict[str, Any] | None) -> dict[str, Any]:
+    params = {f"p_{k}": values.get(k, default) for k, default in submit_sql.TASK_DEFAULTS.items()}
+    params["p_id"] = uuid.uuid4()
+    params["p_event_data"] = {"priority": values.get("priority", 5)}
+    if options is not None:
+        params.update({f"p_{k}": options[k] for k in submit_sql.OPTION_COLUMNS})
+    return params
+
+
+def _created(row: Any, priority: int) -> CreatedTask | None:
+    if row is None:
+        return None
+    task_id, created_at, outbox_id, tenant_cap = row
+    return CreatedTask(task_id, Wakeup(outbox_id, task_id, 0, "think", priority), created_at, tenant_cap)
+
+
 def add_wakeup(session: Tx, task_id: uuid.UUID, step_index: int, phase: str, priority: int) -> Wakeup:
     """Insert (or re-arm) the outbox row for a wake-up, in the caller's transaction."""
     outbox_id = session.connection().execute(
@@ -414,18 +430,19 @@ class Ledger:
             session.connection().execute(insert(Step).values(task_id=new_id, step_index=0))
             emit(session, new_id, "task.queued", priority=priority)
             return CreatedTask(new_id, add_wakeup(session, new_id, 0, "think", priority), None, None)
-        params = {f"p_{k}": values.get(k, default) for k, default in submit_sql.TASK_DEFAULTS.items()}
-        params["p_id"] = uuid.uuid4()
-        params["p_event_data"] = {"priority": priority}
-        stmt = submit_sql.CREATE_TASK
-        if options is not None:
-            params.update({f"p_{k}": options[k] for k in submit_sql.OPTION_COLUMNS})
-            stmt = submit_sql.CREATE_TASK_WITH_OPTIONS
-        row = session.connection().execute(stmt, params).one_or_none()
-        if row is None:
+        stmt = submit_sql.CREATE_TASK if options is None else submit_sql.CREATE_TASK_WITH_OPTIONS
+        return _created(session.connection().execute(stmt, _create_params(values, options)).one_or_none(), priority)
+
+    def create_task_alone(self, values: dict[str, Any], *, options: dict[str, Any] | None = None) -> CreatedTask | None:
+        """``create_task`` as a transaction of its own, in one round trip (autocommit), for a tenant without a
+        running-task cap of its own. ``None``: nothing was written (the tenant has a cap, or the idempotency key is
+        taken), and the caller takes ``create_task`` in a transaction, which decides both."""
+        if not values.keys() <= submit_sql.TASK_DEFAULTS.keys():
             return None
-        task_id, created_at, outbox_id, tenant_cap = row
-        return CreatedTask(task_id, Wakeup(outbox_id, task_id, 0, "think", priority), created_at, tenant_cap)
+        stmt = submit_sql.CREATE_TASK_ALONE if options is None else submit_sql.CREATE_TASK_ALONE_WITH_OPTIONS
+        with self.db.autocommit() as connection:
+            row = connection.execute(stmt, _create_params(values, options)).one_or_none()
+        return _created(row, values.get("priority", 5))
 
     # -- the step protocol -----------------------------------------------------------------------------------------
 

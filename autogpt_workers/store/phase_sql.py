@@ -34,7 +34,6 @@ turns it off (a PgBouncer in transaction pooling mode does not keep a session's 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
@@ -180,15 +179,8 @@ def run_alone(db: Database, statement: PhaseStatement, values: Mapping[str, Any]
     if not db.prepared_statements:
         with db.core_transaction() as s:
             return _Rows(list(run(s.connection(), statement, values, False).all()))
-    with db.engine.connect() as conn:
-        dbapi_connection = conn.connection.dbapi_connection
-        assert dbapi_connection is not None
-        dbapi_connection.autocommit = True
-        try:
-            return _execute_raw(conn, statement.execute_sql, statement.args(values))
-        finally:
-            with contextlib.suppress(Exception):  # invalidated on a disconnect: the pool drops it anyway
-                dbapi_connection.autocommit = False
+    with db.autocommit() as conn:
+        return _execute_raw(conn, statement.execute_sql, statement.args(values))
 
 
 def prepare_all(dbapi_connection: Any, statements: Sequence[PhaseStatement]) -> None:

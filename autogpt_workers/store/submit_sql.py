@@ -9,6 +9,12 @@ the worker side). It also returns what the API answers with (the row's ``created
 The foreign keys of the step, event, outbox and options rows are checked at the end of the statement, when the
 task row exists. The webhook trigger on ``task_events`` may not see the options row written by the same statement,
 so this variant with options is only used when the task has no webhook (``Ledger.create_task``).
+
+``CREATE_TASK_ALONE`` / ``CREATE_TASK_ALONE_WITH_OPTIONS`` are the same statements for a transaction of their own
+(``Ledger.create_task_alone``, executed in autocommit: one round trip instead of three, BEGIN, the statement and
+COMMIT): their task row is only inserted if the tenant has no running-task cap of its own, since a capped tenant's
+submit decides in the same transaction whether the task waits (``admission.hold_if_capped``). Nothing written and
+no row means: take the transaction (the tenant has a cap, or the idempotency key is taken).
 """
 
 from __future__ import annotations
@@ -46,6 +52,11 @@ _task = Task.__table__.c
 _options = TaskOptions.__table__.c
 
 
+# the alone variants insert the task only for a tenant without a cap of its own (INSERT ... SELECT: PostgreSQL types
+# the select list's parameters from the target columns, as it does for VALUES)
+_ALONE_GATE = " WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE id = :p_tenant_id AND max_running IS NOT NULL)"
+
+
 def _task_params() -> list[Any]:
     params = [bindparam("p_id", type_=_task.id.type)]
     for key in TASK_DEFAULTS:
@@ -55,7 +66,7 @@ def _task_params() -> list[Any]:
     return params
 
 
-def _statement(with_options: bool) -> TextClause:
+def _statement(with_options: bool, alone: bool = False) -> TextClause:
     options = ""
     params = _task_params()
     if with_options:
@@ -66,12 +77,13 @@ def _statement(with_options: bool) -> TextClause:
         )
         params += [bindparam(f"p_{name}", type_=_options[name].type) for name in OPTION_COLUMNS]
     outbox = Outbox.__tablename__
+    rows, gate = ("SELECT ", _ALONE_GATE) if alone else ("VALUES (", ")")
     sql = (
         "WITH t AS ("
         "INSERT INTO tasks (id, tenant_id, goal, priority, budget, allowed_commands, metadata, idempotency_key, "
-        "request_hash, model, approval, deadline, traceparent) VALUES (:p_id, :p_tenant_id, :p_goal, :p_priority, "
+        f"request_hash, model, approval, deadline, traceparent) {rows}:p_id, :p_tenant_id, :p_goal, :p_priority, "
         ":p_budget, :p_allowed_commands, :p_metadata_, :p_idempotency_key, :p_request_hash, :p_model, :p_approval, "
-        ":p_deadline, :p_traceparent) "
+        f":p_deadline, :p_traceparent{gate} "
         # a NULL key never conflicts: without a key this clause changes nothing
         "ON CONFLICT ON CONSTRAINT uq_tasks_tenant_idempotency_key DO NOTHING "
         "RETURNING id, created_at), "
@@ -89,6 +101,8 @@ def _statement(with_options: bool) -> TextClause:
 
 CREATE_TASK = _statement(with_options=False)
 CREATE_TASK_WITH_OPTIONS = _statement(with_options=True)
+CREATE_TASK_ALONE = _statement(with_options=False, alone=True)
+CREATE_TASK_ALONE_WITH_OPTIONS = _statement(with_options=True, alone=True)
 
 EXISTING_TASK = text(
     "SELECT id, request_hash FROM tasks WHERE tenant_id = :p_tenant_id AND idempotency_key = :p_idempotency_key"
