@@ -65,7 +65,7 @@ class WriteFile(Command[WriteFileArgs]):
             _atomic_write(target, data)
         except OSError as exc:
             raise CommandError(f"cannot write {args.path!r}: {exc.strerror or exc}") from exc
-        relative = ctx.workspace.relative(target)
+        relative = target.relative_to(ctx.workspace.resolved_root()).as_posix()  # ``target`` is resolved
         return CommandResult(output=f"Wrote {len(data)} bytes to {relative}.", files_written=[relative])
 
 
