@@ -240,6 +240,7 @@ def reaper(
     Reaper(
         Ledger(db), Publisher(celery_app), s.outbox_grace_s, s.reaper_interval_s, observer,
         redrive_after_s=s.redrive_after_s, approval_timeout_s=s.approval_timeout_s,
+        outbox_retention_s=s.outbox_retention_s,
     ).run_forever(stop)
 
 

@@ -1,6 +1,7 @@
 """The reaper: re-drives steps whose lease expired, publishes wake-ups nobody published, and ends tasks past their
 deadline that no worker is on (paused, waiting for approval or in a queue; a task being worked on fails at its
-step's next boundary instead).
+step's next boundary instead). Once a minute it deletes the outbox's old published wake-ups of closed steps
+(``Ledger.prune_outbox``).
 
 It is the safety net, not the fast path: workers publish their own wake-ups right after commit, and RabbitMQ
 redelivers the messages of a dead consumer. Several reapers may run at once (row locks are skipped, and a duplicate
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import structlog
 
@@ -20,6 +22,12 @@ from autogpt_workers.observe import RunObserver
 from autogpt_workers.store.ledger import Ledger, Wakeup
 
 log = structlog.get_logger(__name__)
+
+PRUNE_EVERY_S = 60.0  # the outbox's old rows are deleted at most this often (a round of the reaper is seconds)
+# a prune goes on while its batches come back full, for at most this long (10,000 rows take about 0.1 s): a backlog
+# (the first prune of an old outbox) is worked off over the next minutes without holding up the reaper's round
+PRUNE_BUDGET_S = 2.0
+PRUNE_BATCH = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +49,10 @@ class Reaper:
         observer: RunObserver | None = None,
         redrive_after_s: float | None = 600.0,
         approval_timeout_s: float | None = None,
+        outbox_retention_s: float = 0.0,
     ) -> None:
+        self.outbox_retention_s = outbox_retention_s  # 0: the outbox keeps every row
+        self._next_prune = 0.0
         self.approval_timeout_s = approval_timeout_s  # None: a step waits for a human for ever
         self.observer = observer or RunObserver()
         self.ledger = ledger
@@ -62,6 +73,7 @@ class Reaper:
         due = {w.outbox_id: w for w in [*expired, *orphans, *self.ledger.due_wakeups(self.outbox_grace_s)]}
         published, failed = self._publish(list(due.values()))
         self.observer.reaped(len(expired), published)
+        self._prune()
         for _ in [*late, *stale]:
             self.observer.task_ended("failed", None)
         if expired or due or late or stale:
@@ -70,6 +82,19 @@ class Reaper:
                 deadlines_expired=len(late), approvals_expired=len(stale),
             )
         return ReapReport(len(expired), published, failed, len(late), len(stale))
+
+    def _prune(self) -> None:
+        if self.outbox_retention_s <= 0 or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        pruned, until = 0, time.monotonic() + PRUNE_BUDGET_S
+        while True:
+            deleted = self.ledger.prune_outbox(self.outbox_retention_s, PRUNE_BATCH)
+            pruned += deleted
+            if deleted < PRUNE_BATCH or time.monotonic() >= until:
+                break
+        if pruned:
+            log.info("outbox_pruned", deleted=pruned, older_than_s=self.outbox_retention_s)
 
     def run_forever(self, stop: threading.Event) -> None:
         log.info("reaper_started", interval_s=self.interval_s, outbox_grace_s=self.outbox_grace_s)

@@ -140,11 +140,33 @@ def main() -> None:
             "Ledger.rearm_orphans": lambda: ledger.rearm_orphans(3600.0),
             "Ledger.due_wakeups": lambda: ledger.due_wakeups(3600.0),
             "stuck.find_stuck (each metrics scrape, the stuck view)": lambda: find_stuck(db, 600.0),
+            "Ledger.prune_outbox (the reaper's), nothing past the retention": lambda: ledger.prune_outbox(3600.0),
         }
         sizes = f"{args.history} finished steps, {args.running} in flight, {args.running_steps} done each"
         print(f"| query ({sizes}) | ms per call, median of {args.rounds} |\n|---|---|")
         for name, call in queries.items():
             print(f"| {name} | {timed(call, args.rounds):.2f} |")
+        # the history's wake-ups past the retention: what the reaper's prune then does, a batch at a time
+        with db.engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE outbox SET published_at = now() - interval '2 hours' FROM tasks "
+                    "WHERE tasks.id = outbox.task_id AND tasks.goal = :goal"
+                ),
+                {"goal": GOAL},
+            )
+        batches, deleted, t0 = [], 0, time.perf_counter()
+        while True:
+            b0 = time.perf_counter()
+            n = ledger.prune_outbox(3600.0)
+            if not n:
+                break
+            batches.append(time.perf_counter() - b0)
+            deleted += n
+        if batches:
+            print(f"| Ledger.prune_outbox, {deleted} rows past the retention: batches of 10,000 | "
+                  f"{statistics.median(batches) * 1000:.0f} per batch, {deleted / (time.perf_counter() - t0):.0f} "
+                  "rows/s |")  # fmt: skip
     finally:
         with db.engine.begin() as conn:
             if not args.keep:

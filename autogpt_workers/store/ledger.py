@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -52,6 +52,25 @@ OPEN_STEP = ("pending", "thinking", "proposed", "acting", "awaiting_approval")
 LEASED_STEP = ("thinking", "acting")  # the only statuses in which a step holds a lease
 CLOSED_STEP = ("completed", "failed", "cancelled")
 ACTIVE_TASK = ("queued", "running")  # the statuses in which wake-ups are written and steps start
+
+
+# the outbox's rows that nothing reads any more (``Ledger.prune_outbox``), oldest first, read through the index
+# ``ix_outbox_published``: a round reads the rows it deletes and the few old ones it keeps (wake-ups of open steps)
+_PRUNE_OUTBOX = delete(Outbox).where(
+    Outbox.id.in_(
+        select(Outbox.id)
+        .join(Step, and_(Step.task_id == Outbox.task_id, Step.step_index == Outbox.step_index))
+        .join(Task, Task.id == Outbox.task_id)
+        .where(
+            Outbox.published_at < bindparam("p_cutoff"),
+            or_(Step.status.in_(CLOSED_STEP), Task.status.in_(TERMINAL_TASK)),
+        )
+        .order_by(Outbox.published_at)
+        .limit(bindparam("p_limit"))
+        .with_for_update(of=Outbox, skip_locked=True)
+        .scalar_subquery()
+    )
+)
 
 
 class ClaimOutcome(enum.StrEnum):
@@ -909,6 +928,16 @@ class Ledger:
                 )
             ).all()
         return [Wakeup(*r) for r in rows]
+
+    def prune_outbox(self, older_than_s: float, limit: int = 10_000) -> int:
+        """Delete up to ``limit`` wake-ups published more than ``older_than_s`` ago whose step is closed or whose task
+        has finished, oldest first; how many. Nothing reads them any more: a late delivery of one finds its step
+        closed (the claim marks no row, and the successor's wake-up is looked up among the unpublished rows), and
+        the reaper's re-drive, the stuck-task detector and admission look only at the wake-ups of open steps."""
+        with self.db.autocommit() as connection:
+            return connection.execute(
+                _PRUNE_OUTBOX, {"p_cutoff": _now() - timedelta(seconds=older_than_s), "p_limit": limit}
+            ).rowcount
 
     def mark_published(self, outbox_ids: Sequence[int]) -> None:
         if not outbox_ids:

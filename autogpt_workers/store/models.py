@@ -160,6 +160,8 @@ class Outbox(Base):
     __table_args__ = (
         UniqueConstraint("task_id", "step_index", "phase", name="uq_outbox_task_step_phase"),
         Index("ix_outbox_unpublished", "created_at", postgresql_where=text("published_at IS NULL")),
+        # the reaper's prune reads the old published rows by this (revision 0010)
+        Index("ix_outbox_published", "published_at", postgresql_where=text("published_at IS NOT NULL")),
     )
 
 
