@@ -23,7 +23,9 @@ from autogpt_workers.store.ledger import Ledger, Wakeup
 
 log = structlog.get_logger(__name__)
 
-PRUNE_EVERY_S = 60.0  # the outbox's old rows are deleted at most this often (a round of the reaper is seconds)
+# the outbox's old rows are deleted at most this often, or once per retention period if that is shorter (a round of
+# the reaper is seconds)
+PRUNE_EVERY_S = 60.0
 # a prune goes on while its batches come back full, for at most this long (10,000 rows take about 0.1 s): a backlog
 # (the first prune of an old outbox) is worked off over the next minutes without holding up the reaper's round
 PRUNE_BUDGET_S = 2.0
@@ -86,7 +88,7 @@ class Reaper:
     def _prune(self) -> None:
         if self.outbox_retention_s <= 0 or time.monotonic() < self._next_prune:
             return
-        self._next_prune = time.monotonic() + PRUNE_EVERY_S
+        self._next_prune = time.monotonic() + min(PRUNE_EVERY_S, self.outbox_retention_s)
         pruned, until = 0, time.monotonic() + PRUNE_BUDGET_S
         while True:
             deleted = self.ledger.prune_outbox(self.outbox_retention_s, PRUNE_BATCH)

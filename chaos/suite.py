@@ -40,6 +40,8 @@ BASE_ENV = {
     "AUTOGPT_REAPER_INTERVAL_S": "1",
     "AUTOGPT_OUTBOX_GRACE_S": "2",
     "AUTOGPT_REDRIVE_AFTER_S": "30",
+    # the reaper deletes published wake-ups of closed steps 5 s old, every 5 s: under every fault below
+    "AUTOGPT_OUTBOX_RETENTION_S": "5",
     "AUTOGPT_MAX_DELIVERIES": "5",
     "AUTOGPT_LLM_TIMEOUT_S": "6",
     "AUTOGPT_LLM_BACKOFF_MAX_S": "1",
