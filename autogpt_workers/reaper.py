@@ -75,7 +75,6 @@ class Reaper:
         due = {w.outbox_id: w for w in [*expired, *orphans, *self.ledger.due_wakeups(self.outbox_grace_s)]}
         published, failed = self._publish(list(due.values()))
         self.observer.reaped(len(expired), published)
-        self._prune()
         for _ in [*late, *stale]:
             self.observer.task_ended("failed", None)
         if expired or due or late or stale:
@@ -83,6 +82,7 @@ class Reaper:
                 "reaped", expired_leases=len(expired), published=published, failed_publishes=failed,
                 deadlines_expired=len(late), approvals_expired=len(stale),
             )
+        self._prune()
         return ReapReport(len(expired), published, failed, len(late), len(stale))
 
     def _prune(self) -> None:
@@ -90,11 +90,14 @@ class Reaper:
             return
         self._next_prune = time.monotonic() + min(PRUNE_EVERY_S, self.outbox_retention_s)
         pruned, until = 0, time.monotonic() + PRUNE_BUDGET_S
-        while True:
-            deleted = self.ledger.prune_outbox(self.outbox_retention_s, PRUNE_BATCH)
-            pruned += deleted
-            if deleted < PRUNE_BATCH or time.monotonic() >= until:
-                break
+        try:
+            while True:
+                deleted = self.ledger.prune_outbox(self.outbox_retention_s, PRUNE_BATCH)
+                pruned += deleted
+                if deleted < PRUNE_BATCH or time.monotonic() >= until:
+                    break
+        except Exception as exc:  # the database may be restarting: the rows wait for the next prune
+            log.warning("outbox_prune_failed", error=str(exc).splitlines()[0] if str(exc) else repr(exc))
         if pruned:
             log.info("outbox_pruned", deleted=pruned, older_than_s=self.outbox_retention_s)
 

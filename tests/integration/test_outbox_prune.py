@@ -13,11 +13,12 @@ from autogpt_workers.broker import Publisher
 from autogpt_workers.reaper import Reaper
 from autogpt_workers.store.ledger import Ledger
 
-HOUR = 3600.0
+# shorter than the default retention (an hour) of any reaper another test runs meanwhile: those leave these rows alone
+RETENTION = 600.0
 
 
 def _task(db: Any, status: str, steps: dict[int, str]) -> uuid.UUID:
-    """A task in ``status`` with steps ``{index: status}``, each with a think wake-up published two hours ago
+    """A task in ``status`` with steps ``{index: status}``, each with a think wake-up published half an hour ago
     (nothing left for another test's workers or reaper to take)."""
     with db.transaction() as s:
         created = Ledger(db).create_task(s, {"tenant_id": "prune", "goal": "prune test"})
@@ -40,7 +41,7 @@ def _task(db: Any, status: str, steps: dict[int, str]) -> uuid.UUID:
                 {"t": task_id, "i": index},
             )
         s.execute(
-            text("UPDATE outbox SET published_at = now() - interval '2 hours' WHERE task_id = :t"), {"t": task_id}
+            text("UPDATE outbox SET published_at = now() - interval '30 minutes' WHERE task_id = :t"), {"t": task_id}
         )
     return task_id
 
@@ -65,7 +66,7 @@ def test_prune_deletes_old_wakeups_of_closed_steps_and_finished_tasks_only(db: A
     with db.transaction() as s:  # never published: the reaper's to publish, never the prune's
         s.execute(text("UPDATE outbox SET published_at = NULL WHERE task_id = :t"), {"t": unpublished})
 
-    Ledger(db).prune_outbox(HOUR)
+    Ledger(db).prune_outbox(RETENTION)
 
     assert _rows(db, running) == [2]  # the open step's wake-up stays: the reaper's re-drive needs it
     assert _rows(db, paused) == [1]
@@ -76,19 +77,19 @@ def test_prune_deletes_old_wakeups_of_closed_steps_and_finished_tasks_only(db: A
 
 def test_prune_takes_the_oldest_first_and_at_most_its_limit(db: Any) -> None:
     ledger = Ledger(db)
-    ledger.prune_outbox(HOUR)  # whatever earlier tests left
+    ledger.prune_outbox(RETENTION)  # whatever earlier tests left
     task = _task(db, "completed", {0: "completed", 1: "completed", 2: "completed"})
-    assert ledger.prune_outbox(HOUR, limit=2) == 2
+    assert ledger.prune_outbox(RETENTION, limit=2) == 2
     assert _rows(db, task) == [2]
-    assert ledger.prune_outbox(HOUR, limit=2) == 1
-    assert _rows(db, task) == [] and ledger.prune_outbox(HOUR) == 0
+    assert ledger.prune_outbox(RETENTION, limit=2) == 1
+    assert _rows(db, task) == [] and ledger.prune_outbox(RETENTION) == 0
 
 
 def test_a_late_delivery_of_a_pruned_wakeup_is_settled_as_committed(db: Any) -> None:
     """The wake-up of a step committed long ago arrives (a queue backlog older than the retention): its claim finds
     the step committed, as it would with the row still there."""
     task = _task(db, "running", {0: "completed", 1: "pending"})
-    Ledger(db).prune_outbox(HOUR)
+    Ledger(db).prune_outbox(RETENTION)
     assert _rows(db, task) == [1]
     claim = Ledger(db).claim(task, 0, "think", "late-worker", lease_ttl_s=30, max_deliveries=5)
     assert claim.outcome.value == "committed"
@@ -103,7 +104,7 @@ def test_the_reaper_prunes_at_most_once_a_minute_and_not_at_all_with_no_retentio
     first = _task(db, "completed", {0: "completed"})
     keep_all.run_once()
     assert _rows(db, first) == [0]
-    reaper = Reaper(ledger, Publisher(app), outbox_grace_s=3600, interval_s=1, outbox_retention_s=HOUR)
+    reaper = Reaper(ledger, Publisher(app), outbox_grace_s=3600, interval_s=1, outbox_retention_s=RETENTION)
     reaper.run_once()
     assert _rows(db, first) == []
     second = _task(db, "completed", {0: "completed"})
@@ -122,7 +123,7 @@ def test_the_prune_reads_the_published_rows_by_their_index(db: Any) -> None:
 
     event.listen(db.engine, "before_cursor_execute", capture)
     try:
-        Ledger(db).prune_outbox(HOUR)
+        Ledger(db).prune_outbox(RETENTION)
     finally:
         event.remove(db.engine, "before_cursor_execute", capture)
     [(statement, parameters)] = executed
