@@ -142,9 +142,9 @@ def _create_in_transaction(
     policy: Policy | None,
     backlog: str | None,
 ) -> tuple[CreatedTask | None, str | None, tuple[uuid.UUID, str] | None]:
-    """The submit's transaction: the task (``None`` if the idempotency key is taken: then the existing task's id
-    and request hash come third), its options if they could not go into the statement, and the admission's
-    decision (why the task waits, or ``None``)."""
+    """The submit in a transaction: writes the task (and its options, when they could not go into the statement)
+    and takes the admission's decision. Returns the new task (``None`` if the idempotency key is taken), why it waits
+    (or ``None``), and for a taken key the existing task's id and request hash."""
     with db.transaction() as s:
         created = ledger.create_task(s, values, options=options if in_statement else None)
         if created is None:
