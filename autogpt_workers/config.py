@@ -79,8 +79,9 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(default=5, ge=1)
     reaper_interval_s: float = Field(default=5.0, gt=0)
     outbox_grace_s: float = Field(default=10.0, ge=0)
-    # a published wake-up of a closed step (or of a finished task) is kept this long, then the reaper deletes it (at
-    # most once a minute): the outbox holds the wake-ups in flight, not one row per step ever run. 0 keeps them all
+    # a published wake-up of a closed step (or of a finished task) is kept this long, then the reaper deletes it (a
+    # prune a minute, or one per retention period if shorter): the outbox holds the wake-ups in flight, not one row
+    # per step ever run. 0 keeps them all
     outbox_retention_s: float = Field(default=3600.0, ge=0)
     think_time_limit_s: float = Field(default=600.0, gt=0)
     act_time_limit_s: float = Field(default=300.0, gt=0)
