@@ -56,8 +56,12 @@ def _written(db: Any, task_id: uuid.UUID) -> dict[str, Any]:
     with db.session() as s:
         return {
             "task": s.get_one(Task, task_id).status,
-            "steps": s.scalars(select(Step.step_index).where(Step.task_id == task_id)).all(),
-            "events": s.scalars(select(TaskEvent.kind).where(TaskEvent.task_id == task_id)).all(),
+            "steps": s.scalars(
+                select(Step.step_index).where(Step.task_id == task_id).order_by(Step.step_index)
+            ).all(),
+            "events": s.scalars(
+                select(TaskEvent.kind).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)
+            ).all(),
             "outbox": s.execute(
                 select(Outbox.step_index, Outbox.phase).where(Outbox.task_id == task_id)
             ).all(),
