@@ -224,9 +224,12 @@ def cpu_figure(r: CpuResult, floor: FloorResult | None, floor_note: str = "") ->
         "per step: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in per_step.items())
         + "; serving it: " + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in infra.items())
         + f"; host busy {r.host_busy:.0%} of 2 cores"
-        + f"; window from {WARM_FRACTION:.0%} to 90% of the steps; from the first committed step: "
-        + f"{fig.values['cold_steps_per_s']:.0f} steps/s, {ms(fig.values['cold_cpu_per_step_s'])} CPU/step"
     )  # fmt: skip
+    if r.cold_window_steps > r.window_steps:  # the window opened after the first committed step (not --quick)
+        fig.note += (
+            f"; window from {WARM_FRACTION:.0%} to 90% of the steps; from the first committed step: "
+            f"{fig.values['cold_steps_per_s']:.0f} steps/s, {ms(fig.values['cold_cpu_per_step_s'])} CPU/step"
+        )
     if floor is None or floor.noop_elapsed_s <= 0:
         fig.reference = "n/a"
         fig.note += f"; floor not measured: {floor_note}"
