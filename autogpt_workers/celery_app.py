@@ -219,7 +219,8 @@ def _drain_on_shutdown(sig: Any = None, how: Any = None, **_: Any) -> None:
         return
     from autogpt_workers.runtime import get_runner
 
-    get_runner().leases.drain(get_settings().shutdown_grace_s)
+    runner = get_runner()
+    runner.leases.drain(get_settings().shutdown_grace_s, on_expired=lambda holds: runner.exit_once_only_stuck())
 
 
 def _child_sigterm(signum: int, frame: Any) -> None:

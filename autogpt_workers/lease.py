@@ -6,9 +6,10 @@ cancelled (``Hold.stop_reason == "cancel"``) or that its lease was taken over (`
 graceful shutdown: after the grace period every hold is told to stop (``"shutdown"``) and an optional callback
 hands back what is still running.
 
-A hold does not interrupt anything by itself: the think phase waits on it next to the LLM call and abandons the
-call; the act phase hands a stop probe to the command, so a sandboxed program is killed within a heartbeat, while a
-command running in Python code only learns at its next safe point.
+A hold does not interrupt anything by itself: the think phase's LLM call runs under a watch that a stop request
+takes over (``supervise``), settling the step at once while the call is left to finish; the act phase hands a
+stop probe to the command, so a sandboxed program is killed within a heartbeat, while a command running in Python
+code only learns at its next safe point.
 """
 
 from __future__ import annotations
@@ -34,11 +35,17 @@ class Hold:
         self.token = token
         self.stop_reason: str | None = None
         self._event = threading.Event()
+        # set while a call runs on the worker's own thread under a watch (``supervise.run_watched``): a stop
+        # request takes that call over
+        self.on_stop: Callable[[str], None] | None = None
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
         self._event.set()
+        on_stop = self.on_stop
+        if on_stop is not None:
+            on_stop(self.stop_reason)
 
     @property
     def stopped(self) -> bool:
@@ -107,7 +114,7 @@ class LeaseKeeper:
     def draining(self) -> bool:
         return self._drain_started is not None
 
-    def drain(self, grace_s: float, on_expired: Callable[[list[Hold]], None] | None = None) -> None:
+    def drain(self, grace_s: float, on_expired: Callable[[list[Hold]], object] | None = None) -> None:
         """Stop taking work now; ``grace_s`` later, tell every hold to stop and call ``on_expired`` with the holds
         still open (possibly none). Idempotent: a second call keeps the first deadline."""
         with self._lock:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import contextvars
 import hashlib
+import os
 import random
 import threading
 import time
@@ -75,6 +76,7 @@ from autogpt_workers.store.ledger import (
     Wakeup,
 )
 from autogpt_workers.store.models import Task
+from autogpt_workers.supervise import Supervisor, TakenOver, run_watched
 from autogpt_workers.task_facts import TaskFacts
 
 log = structlog.get_logger(__name__)
@@ -188,7 +190,9 @@ class StepRunner:
         self.leases = leases
         self.crash = CrashPoints.from_spec(settings.chaos_crash_at, settings.chaos_journal,
                                            settings.chaos_min_uptime_s)
-        self._calls = DaemonThreads("llm-call")  # reused threads for LLM calls, not one started per call
+        # reused threads for inline commands and for takeovers of LLM calls, not one started per call
+        self._calls = DaemonThreads("step-call")
+        self.supervisor = Supervisor(self._calls.submit)
         self.marks = PublishMarks(ledger.mark_published)
         self._records = _Records()
         # a task's tenant and profile, as its claims read them (the agent's and the memory's lookups use it)
@@ -218,14 +222,16 @@ class StepRunner:
             except KeyError:  # some were evicted meanwhile: read them all
                 records = self._records.of(task_id, 0, self.ledger.history(task_id, step_index))
             try:
-                proposal = self._await(
+                proposal = self._call_llm(
                     hold,
                     lambda: self.agent.think(ctx, records, datetime.now(UTC)),
+                    lambda reason: self._abandon(task, step_index, token, "think", claim.deliveries, reason,
+                                                 started),
                     lambda: self.crash.maybe("llm", task_id=task_id, step_index=step_index, phase="think",
                                              goal=task.goal),
                 )
-            except Abandoned as exc:
-                return self._abandon(task, step_index, token, "think", claim.deliveries, exc.reason, started)
+            except TakenOver as exc:
+                return exc.outcome
             except BudgetExceeded as exc:
                 return self._fail(task, step_index, token, exc.reason, "think", started)
             except LLMPermanentError as exc:
@@ -485,19 +491,59 @@ class StepRunner:
         log.warning("steps_handed_back", count=released, reason="shutdown grace expired")
         return released
 
+    def exit_once_only_stuck(self, wait_s: float = 10.0, exit: Callable[[int], Any] = os._exit) -> bool:
+        """Past the shutdown grace, in a thread-pool worker: every hold has been told to stop, and the LLM calls
+        under them taken over (their steps handed back). Celery's warm shutdown would still wait for each such
+        call's thread until the call ends; once every step this process holds is one of those, exit. Returns False
+        (nothing stuck: the warm shutdown goes on) or exits; the deliveries of the stuck calls go back to the queue
+        unacked and meet their steps already handed back."""
+        end = time.monotonic() + wait_s
+        while True:
+            stuck = self.supervisor.stuck()
+            settled = all(w.settled(0) for w in stuck)
+            held = len(self.leases.held())
+            if not stuck and held == 0:
+                return False
+            if (stuck and settled and len(stuck) >= held) or time.monotonic() >= end:
+                break
+            time.sleep(0.05)
+        if not stuck:
+            return False
+        log.warning("worker_exiting_past_stuck_calls", calls=len(stuck), held=held)
+        exit(0)
+        return True
+
     # -- helpers ---------------------------------------------------------------------------------------------------
 
-    def _await(
+    def _call_llm(
         self,
         hold: Hold,
         call: Callable[[], T],
-        crash_probe: Callable[[], None] | None = None,
-        limit_s: float | None = None,
-        limit_reason: str = "think time limit",
+        abandon: Callable[[str], str],
+        crash_probe: Callable[[], None],
     ) -> T:
-        """Run ``call`` on a helper thread; return its result, or raise ``Abandoned`` as soon as the hold is told
-        to stop or the time limit passes (``limit_s``, by default the think time limit less a margin; the helper
-        thread is left to finish; its result is dropped)."""
+        """Make the think phase's LLM call on this thread; return its result, or raise ``TakenOver`` if the step
+        was settled meanwhile (``abandon(reason)``, run by another thread as soon as the hold is told to stop or
+        the think time limit less a margin has passed; the call is left to finish and its result is dropped).
+
+        No helper thread: waiting beside a call on another thread cost two thread switches each way per step."""
+        probe = None
+        if self.crash.armed("llm"):  # chaos: a kill inside the LLM call, 50 ms into it
+            probe = threading.Timer(0.05, crash_probe)
+            probe.daemon = True
+            probe.start()
+        try:
+            value: T = run_watched(self.supervisor, hold, call, abandon,
+                                   max(1.0, self.settings.think_time_limit_s - 5), "think time limit")
+        finally:
+            if probe is not None:
+                probe.cancel()
+        return value
+
+    def _await(self, hold: Hold, call: Callable[[], T], limit_s: float, limit_reason: str) -> T:
+        """Run ``call`` (an inline command) on a helper thread; return its result, or raise ``Abandoned`` as soon
+        as the hold is told to stop or ``limit_s`` passes (the helper thread is left to finish; its result is
+        dropped)."""
         box: dict[str, Any] = {}
 
         def run() -> None:
@@ -511,21 +557,15 @@ class StepRunner:
 
         context = contextvars.copy_context()  # the log context (task, step) follows the call
         self._calls.submit(context.run, run)
-        limit = time.monotonic() + (limit_s if limit_s is not None else max(1.0, self.settings.think_time_limit_s - 5))
-        probe_at = time.monotonic() + 0.05 if crash_probe is not None and self.crash.armed("llm") else None
+        limit = time.monotonic() + limit_s
         while "done" not in box:
             if hold.stop_reason is not None:
                 raise Abandoned(hold.stop_reason)
             now = time.monotonic()
             if now >= limit:
                 raise Abandoned(limit_reason)
-            wait_until = min(limit, probe_at) if probe_at is not None else limit
-            hold.wait(max(0.0, wait_until - now))
+            hold.wait(max(0.0, limit - now))
             hold.clear_wake()
-            if probe_at is not None and time.monotonic() >= probe_at and "done" not in box:
-                probe_at = None
-                assert crash_probe is not None
-                crash_probe()
         if "error" in box:
             raise box["error"]
         value: T = box["value"]
