@@ -55,7 +55,7 @@ class Watch:
         self._context = contextvars.copy_context()  # the log context (task, step) follows the takeover
         self._lock = threading.Lock()
         self._state = _RUNNING
-        self._done = threading.Event()
+        self._done: threading.Event | None = None  # made only by a takeover: most calls come back first
         self._outcome = "abandoned"
 
     @property
@@ -73,13 +73,14 @@ class Watch:
             if self._state != _RUNNING:
                 return False
             self._state = _TAKEN
+            done = self._done = threading.Event()
         try:
             self._outcome = self._settle(reason)
         except Exception as exc:  # e.g. the database is down: the lease lapses and the reaper re-drives the step
             log.error("takeover_failed", reason=reason, error=repr(exc))
             self._outcome = f"abandoned: {reason}"
         finally:
-            self._done.set()
+            done.set()
         return True
 
     def release(self) -> bool:
@@ -91,12 +92,14 @@ class Watch:
         return False
 
     def outcome(self, timeout: float | None = None) -> str:
-        """The takeover's outcome, once it has settled the step."""
-        self._done.wait(timeout)
+        """The takeover's outcome, once it has settled the step (only after ``release`` said it was taken)."""
+        self.settled(timeout)
         return self._outcome
 
     def settled(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        """Has a takeover settled the step (waiting up to ``timeout`` for one under way)?"""
+        done = self._done
+        return done is not None and done.wait(timeout)
 
 
 class Supervisor:
