@@ -47,6 +47,24 @@ def cpu_by_name() -> dict[str, float]:
     return out
 
 
+def thread_switches(pids: list[int]) -> tuple[int, int]:
+    """Voluntary and involuntary context switches of every thread of these processes, so far (threads that ended
+    are not counted: the think workers' pool threads live as long as their process)."""
+    voluntary = involuntary = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches:"):
+                    involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
 def _stacks(files: list[str]) -> Iterator[tuple[str, int]]:
     """(stack, samples) of each line of py-spy raw files."""
     for name in files:
@@ -159,6 +177,7 @@ def main() -> None:
             meter = CpuMeter(platform.sessions()).start()
             t0 = time.perf_counter()
             thinkers = [name for name in platform.workers if name == "think" or name.startswith("think-")]
+            switches0 = thread_switches([platform.workers[name].pid for name in thinkers])
             spies = [
                 subprocess.Popen(
                     [*_spy_args(spy, proc.pid, args.seconds), "-o", f"{args.spy}-{name}.txt"],
@@ -172,6 +191,7 @@ def main() -> None:
             for p in spies:
                 p.wait()
             c1, after = db.scalar(completed), cpu_by_name()
+            switches1 = thread_switches([platform.workers[name].pid for name in thinkers])
             meter.stop()
             elapsed = time.perf_counter() - t0
             n = max(1, c1 - c0)
@@ -179,6 +199,8 @@ def main() -> None:
             print(f"K = {args.tasks}, L = {args.latency:g} s: {(c1 - c0) / elapsed:.1f} steps/s; platform CPU "
                   f"{meter.seconds / n * 1000:.1f} ms/step; host busy {meter.host_busy:.0%}")  # fmt: skip
             print("CPU ms per step by process name:", {k: v for k, v in sorted(by_name.items()) if v >= 0.05})
+            print(f"think workers' thread switches per step: {(switches1[0] - switches0[0]) / n:.1f} voluntary, "
+                  f"{(switches1[1] - switches0[1]) / n:.1f} involuntary")  # fmt: skip
             if spies:
                 print(top([f"{args.spy}-{name}.txt" for name in thinkers], 40))
                 print(areas([f"{args.spy}-{name}.txt" for name in thinkers]))
