@@ -9,6 +9,7 @@ back; it is created through the management API and deleted at the end.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -163,6 +164,33 @@ def test_a_retry_after_beyond_the_backoff_cap_hands_the_step_back_for_that_long(
     assert wait_s - 2 <= due_in <= wait_s + 1, due_in
     with db.session() as s:
         assert s.scalar(select(Outbox.published_at).where(Outbox.task_id == task_id, Outbox.step_index == 0))
+
+
+def test_a_think_past_its_time_limit_is_handed_back_while_its_call_runs_on(
+    runner: StepRunner, broker_url: str, llm: Any
+) -> None:
+    """The LLM call runs on the delivery's own thread; the supervisor takes it over at the think time limit (less
+    its 5 s margin): the step is handed back at once, and the late answer is dropped when the call returns."""
+    runner.settings = runner.settings.model_copy(update={"think_time_limit_s": 6.0})  # a 1 s limit
+    llm.register_script("slowpoke", [{"tool": "finish", "arguments": {"reason": "x"}, "latency_s": 8.0}])
+    task_id = new_task(runner.ledger, "Take your time [[script:slowpoke]]")
+    outcome: list[str] = []
+    delivery = threading.Thread(target=lambda: outcome.append(runner.think(task_id, 0)), name="delivery")
+    delivery.start()
+    deadline = time.monotonic() + 7
+    while step_row(runner.ledger, task_id, 0)["error"] is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = step_row(runner.ledger, task_id, 0)
+    assert delivery.is_alive(), "the step should be handed back while the call still runs"
+    assert [e["done_ts"] for e in llm.log(str(task_id))] == [None]  # the model has not answered yet
+    assert row["status"] == "pending" and row["error"] == "handed back: think time limit", row
+    ((_headers, args),) = queued(broker_url, THINK_QUEUE)  # its wake-up is back for another worker
+    assert args == [str(task_id), 0]
+    delivery.join(15)
+    assert not delivery.is_alive() and outcome and outcome[0].startswith("retry"), outcome
+    # the late answer changed nothing: no proposal, no cost, nothing more queued
+    assert step_row(runner.ledger, task_id, 0) == row
+    assert queued(broker_url, THINK_QUEUE) == [] and queued(broker_url, ACT_QUEUE) == []
 
 
 def test_the_hand_back_delay_is_bounded(run_settings: Settings, runner: StepRunner) -> None:
