@@ -64,8 +64,9 @@ class Watch:
 
     def fire(self, reason: str) -> None:
         """Take the call over on a helper thread (the caller of ``fire`` may be a heartbeat that must not wait)."""
-        if self._state == _RUNNING:
-            self._spawn(self._context.run, self.take_over, reason)
+        if self._state == _RUNNING:  # a copy each time: two fires (a cancel, the deadline) may race, and one
+            # context cannot be entered by two threads at once
+            self._spawn(self._context.copy().run, self.take_over, reason)
 
     def take_over(self, reason: str) -> bool:
         """Settle the step for ``reason`` unless the caller already released the watch; True if this did."""

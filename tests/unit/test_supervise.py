@@ -188,3 +188,36 @@ def test_past_the_grace_a_worker_exits_once_only_taken_over_calls_are_left() -> 
         SimpleNamespace(supervisor=supervisor(), leases=SimpleNamespace(held=list)), wait_s=1, exit=exits.append
     ) is False
     assert exits == [0]
+
+
+def test_a_cancel_and_the_deadline_racing_settle_the_step_once_and_quietly() -> None:
+    jobs: list[tuple[Any, tuple[Any, ...]]] = []
+    sup, hold = Supervisor(lambda fn, *args: jobs.append((fn, args)), tick_s=3600), Hold(uuid.uuid4())
+    settles: list[str] = []
+
+    def settle(reason: str) -> str:
+        settles.append(reason)
+        time.sleep(0.1)  # the first takeover is still settling when the others start
+        return f"settled: {reason}"
+
+    errors: list[BaseException] = []
+
+    def run(fn: Any, args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def call() -> None:
+        hold.request_stop("cancel")  # the heartbeat's side
+        sup.check(now=float("inf"))  # the supervisor's, before either takeover has started
+        threads = [threading.Thread(target=run, args=job) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(5)
+
+    with pytest.raises(TakenOver) as caught:
+        run_watched(sup, hold, call, settle, 60, "think time limit")
+    assert len(jobs) == 2 and errors == [] and len(settles) == 1
+    assert caught.value.outcome == f"settled: {settles[0]}"
