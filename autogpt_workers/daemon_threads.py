@@ -1,4 +1,5 @@
-"""A pool of reusable daemon threads for calls that may be abandoned (an LLM call whose step was cancelled).
+"""A pool of reusable daemon threads for calls that may be abandoned (an inline command past its time limit), and
+for the takeovers that settle a step whose LLM call is still running (``supervise``).
 
 ``concurrent.futures.ThreadPoolExecutor`` joins its threads at interpreter exit, so one abandoned call would hold
 a worker's shutdown until it ended; these threads are daemons. A thread is started only when none is idle, and
