@@ -184,8 +184,11 @@ def test_a_think_past_its_time_limit_is_handed_back_while_its_call_runs_on(
     assert delivery.is_alive(), "the step should be handed back while the call still runs"
     assert [e["done_ts"] for e in llm.log(str(task_id))] == [None]  # the model has not answered yet
     assert row["status"] == "pending" and row["error"] == "handed back: think time limit", row
-    ((_headers, args),) = queued(broker_url, THINK_QUEUE)  # its wake-up is back for another worker
-    assert args == [str(task_id), 0]
+    wakeups = queued(broker_url, THINK_QUEUE)  # its wake-up is back for another worker (published after the commit)
+    while not wakeups and time.monotonic() < deadline:
+        time.sleep(0.05)
+        wakeups = queued(broker_url, THINK_QUEUE)
+    assert [args for _headers, args in wakeups] == [[str(task_id), 0]]
     delivery.join(15)
     assert not delivery.is_alive() and outcome and outcome[0].startswith("retry"), outcome
     # the late answer changed nothing: no proposal, no cost, nothing more queued
