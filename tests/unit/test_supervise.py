@@ -31,7 +31,8 @@ class Settler:
         return f"settled: {reason}"
 
 
-def supervisor(tick_s: float = 0.02) -> Supervisor:
+def supervisor(tick_s: float = 3600) -> Supervisor:
+    """A supervisor whose thread (one per supervisor, for the life of the test process) looks only every ``tick_s``."""
     return Supervisor(DaemonThreads("test-takeover").submit, tick_s=tick_s)
 
 
@@ -81,10 +82,9 @@ def test_a_stop_during_the_call_settles_the_step_at_once_on_another_thread() -> 
 def test_past_its_deadline_the_call_is_taken_over_for_the_limit() -> None:
     sup, hold = supervisor(tick_s=0.02), Hold(uuid.uuid4())
     settle = Settler()
-    release = threading.Event()
     started = time.monotonic()
-    with pytest.raises(TakenOver) as caught:
-        run_watched(sup, hold, lambda: release.wait(0.6), settle, 0.1, "think time limit")
+    with pytest.raises(TakenOver) as caught:  # the call ends only once the supervisor's thread has taken it over
+        run_watched(sup, hold, lambda: settle.done.wait(10), settle, 0.1, "think time limit")
     assert caught.value.outcome == "settled: think time limit"
     assert settle.calls[0][0] == "think time limit"
     assert settle.done.is_set() and time.monotonic() - started >= 0.1
@@ -121,9 +121,9 @@ def test_a_hold_told_to_stop_before_the_call_makes_no_call() -> None:
 
 
 def test_a_stop_racing_the_calls_return_settles_the_step_exactly_once() -> None:
+    sup = supervisor()
     for _ in range(200):
-        sup, hold = supervisor(), Hold(uuid.uuid4())
-        settle = Settler()
+        hold, settle = Hold(uuid.uuid4()), Settler()
         stopper = threading.Thread(target=hold.request_stop, args=("cancel",))
 
         def call(stopper: threading.Thread = stopper) -> str:
