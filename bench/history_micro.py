@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
+from autogpt_workers.reaper import PRUNE_BATCH
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.stuck import find_stuck
@@ -140,7 +141,9 @@ def main() -> None:
             "Ledger.rearm_orphans": lambda: ledger.rearm_orphans(3600.0),
             "Ledger.due_wakeups": lambda: ledger.due_wakeups(3600.0),
             "stuck.find_stuck (each metrics scrape, the stuck view)": lambda: find_stuck(db, 600.0),
-            "Ledger.prune_outbox (the reaper's), nothing past the retention": lambda: ledger.prune_outbox(3600.0),
+            "Ledger.prune_outbox (the reaper's), nothing past the retention": lambda: ledger.prune_outbox(
+                3600.0, PRUNE_BATCH
+            ),
         }
         sizes = f"{args.history} finished steps, {args.running} in flight, {args.running_steps} done each"
         print(f"| query ({sizes}) | ms per call, median of {args.rounds} |\n|---|---|")
@@ -158,13 +161,13 @@ def main() -> None:
         batches, deleted, t0 = [], 0, time.perf_counter()
         while True:
             b0 = time.perf_counter()
-            n = ledger.prune_outbox(3600.0)
+            n = ledger.prune_outbox(3600.0, PRUNE_BATCH)  # as the reaper calls it
             if not n:
                 break
             batches.append(time.perf_counter() - b0)
             deleted += n
         if batches:
-            print(f"| Ledger.prune_outbox, {deleted} rows past the retention: batches of 10,000 | "
+            print(f"| Ledger.prune_outbox, {deleted} rows past the retention: batches of {PRUNE_BATCH:,} | "
                   f"{statistics.median(batches) * 1000:.0f} per batch, {deleted / (time.perf_counter() - t0):.0f} "
                   "rows/s |")  # fmt: skip
     finally:
