@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from autogpt_workers.agent.frozen import FrozenMessage
+from autogpt_workers.agent.frozen import FrozenGroup
 from autogpt_workers.agent.memory import RecalledMemory
 from autogpt_workers.agent.prompt import Prompt
 from autogpt_workers.agent.types import Message, StepRecord, TaskContext
@@ -78,13 +78,13 @@ def _listing(ctx: TaskContext, commands: Sequence[tuple[str, str]]) -> str:
     return "(the commands offered as tools)"
 
 
-def _step_group(record: StepRecord, prompt: Prompt) -> list[Message]:
-    """``_step_messages(record, prompt)`` as ``FrozenMessage``s, built once per record: the step runner keeps each
+def _step_group(record: StepRecord, prompt: Prompt) -> Sequence[Message]:
+    """``_step_messages(record, prompt)`` as a ``FrozenGroup``, built once per record: the step runner keeps each
     committed step's record (``runner._Records``), and the messages live as long as it does."""
     kept = record.built_messages(prompt.extra_tool_call)
     if kept is not None:
         return kept
-    group: list[Message] = [FrozenMessage(m) for m in _step_messages(record, prompt)]
+    group = FrozenGroup(_step_messages(record, prompt))
     record.keep_messages(prompt.extra_tool_call, group)
     return group
 

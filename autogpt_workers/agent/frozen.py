@@ -9,7 +9,7 @@ committed step are now built once (``agent.context``), and these two derived val
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from autogpt_workers.agent.tool_json import dumps
@@ -50,6 +50,38 @@ class FrozenMessage(dict[str, Any]):
         raise TypeError("a FrozenMessage cannot be changed; copy it with dict(message)")
 
     __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse
+
+
+class FrozenGroup(list[FrozenMessage]):
+    """The messages of one committed step, which never change either, with their tokens' total worked out once: the
+    window check sums the groups of the whole history at every think."""
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self, messages: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(m if type(m) is FrozenMessage else FrozenMessage(m) for m in messages)
+        self._tokens: int | None = None
+
+    def tokens(self, estimate: Callable[[dict[str, Any]], int]) -> int:
+        """The sum of ``estimate`` over the messages, worked out on the first call."""
+        if self._tokens is None:
+            self._tokens = sum(m.tokens(estimate) for m in self)
+        return self._tokens
+
+    def __copy__(self) -> FrozenGroup:
+        return FrozenGroup(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenGroup:
+        return FrozenGroup(copy.deepcopy(list(self), memo))
+
+    def __reduce__(self) -> tuple[type[FrozenGroup], tuple[list[FrozenMessage]]]:
+        return FrozenGroup, (list(self),)
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("a FrozenGroup cannot be changed; copy it with list(group)")
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __iadd__ = __imul__ = _refuse
 
 
 def messages_json(messages: list[dict[str, Any]]) -> str:

@@ -7,6 +7,7 @@ JSON.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -103,14 +104,16 @@ class StepRecord(BaseModel):
     index: int
     proposal: Proposal
     observation: Observation
-    _messages: tuple[str, list[Message]] | None = PrivateAttr(default=None)
+    _messages: tuple[str, Sequence[Message]] | None = PrivateAttr(default=None)
 
-    def built_messages(self, prompt_text: str) -> list[Message] | None:
+    def built_messages(self, prompt_text: str) -> Sequence[Message] | None:
         """The messages kept on this record, if they were built with ``prompt_text``."""
-        kept = self._messages
+        # read from pydantic's dict of private attributes: ``self._messages`` goes through ``BaseModel.__getattr__``
+        # (a few microseconds), and every think reads this on each record of its task's history
+        kept = self.__pydantic_private__["_messages"] if self.__pydantic_private__ else None
         return kept[1] if kept is not None and kept[0] == prompt_text else None
 
-    def keep_messages(self, prompt_text: str, messages: list[Message]) -> None:
+    def keep_messages(self, prompt_text: str, messages: Sequence[Message]) -> None:
         self._messages = (prompt_text, messages)
 
     def __eq__(self, other: object) -> bool:  # the kept messages are a cache, not part of the record

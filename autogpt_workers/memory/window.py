@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from autogpt_workers.agent.frozen import FrozenMessage
+from autogpt_workers.agent.frozen import FrozenGroup, FrozenMessage
 
 Message = dict[str, Any]
 
@@ -49,6 +49,9 @@ def _estimate(message: Message) -> int:
 
 
 def total_tokens(messages: Sequence[Message]) -> int:
+    """The estimate of a list of messages (a ``FrozenGroup`` keeps its own total)."""
+    if type(messages) is FrozenGroup:
+        return messages.tokens(_estimate)
     return sum(estimate_tokens(m) for m in messages)
 
 
@@ -62,7 +65,9 @@ def fit_to_window(
     """The messages to send, and how many steps were summarised. ``steps`` are ``(step index, messages)``,
     oldest first; ``summary_template`` takes ``{count}`` and ``{summary}``."""
     flat = [m for _, group in steps for m in group]
-    if max_tokens is None or total_tokens([*head, *flat, *tail]) <= max_tokens:
+    if max_tokens is None or (
+        total_tokens(head) + sum(total_tokens(group) for _, group in steps) + total_tokens(tail) <= max_tokens
+    ):
         return [*head, *flat, *tail], 0
     room = max(0, max_tokens - total_tokens(head) - total_tokens(tail))
     keep_budget = int(room * (1 - SUMMARY_SHARE))

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from autogpt_workers.agent.context import build_messages
+from autogpt_workers.agent.frozen import FrozenGroup
 from autogpt_workers.agent.memory import RecalledMemory
 from autogpt_workers.agent.prompt import load_prompt
 from autogpt_workers.agent.types import Observation, Proposal, StepRecord, TaskContext
@@ -89,3 +90,22 @@ def test_memories_ride_in_the_last_user_message() -> None:
     assert last["role"] == "user"
     assert "[note, another task, similarity 0.81] the api key lives in vault" in last["content"]
     assert estimate_tokens(last) > 10
+
+
+def test_kept_step_groups_decide_the_window_as_plain_messages_do() -> None:
+    """A committed step's messages are kept as a ``FrozenGroup`` with its tokens' total worked out once; around the
+    budget where the history stops fitting, the window decides as it does from plain lists of the same messages."""
+    prompt = load_prompt()
+    history = [_record(i, "detail " * (10 * i)) for i in range(12)]
+    full = build_messages(_ctx(), history, prompt)  # builds each record's group and keeps it
+    groups = [r.built_messages(prompt.extra_tool_call) for r in history]
+    assert all(type(g) is FrozenGroup for g in groups)
+    plain_steps = [(r.index, [dict(m) for m in g or ()]) for r, g in zip(history, groups, strict=True)]
+    size = total_tokens(full)
+    decided = set()
+    for budget in range(size - 60, size + 20, 3):
+        kept = build_messages(_ctx(), history, prompt, max_tokens=budget)
+        plain, summarised = fit_to_window(full[:2], plain_steps, [], budget, prompt.history_summary)
+        assert kept == plain
+        decided.add(summarised > 0)
+    assert decided == {True, False}  # the budgets straddled the point where it stops fitting

@@ -12,10 +12,10 @@ import pytest
 from openai._utils._json import openapi_dumps
 
 from autogpt_workers.agent import tool_json
-from autogpt_workers.agent.frozen import FrozenMessage
+from autogpt_workers.agent.frozen import FrozenGroup, FrozenMessage
 from autogpt_workers.commands import default_registry
 from autogpt_workers.llm.openai_chat import request_body
-from autogpt_workers.memory.window import estimate_tokens
+from autogpt_workers.memory.window import estimate_tokens, total_tokens
 
 
 def test_the_request_body_is_what_the_sdk_would_encode() -> None:
@@ -70,3 +70,22 @@ def test_frozen_messages_encode_as_the_sdk_would_and_refuse_changes() -> None:
     assert frozen[2] == plain[2]
     for copied in (copy.copy(frozen[1]), copy.deepcopy(frozen[1]), pickle.loads(pickle.dumps(frozen[1]))):
         assert type(copied) is FrozenMessage and copied == plain[1]
+
+
+def test_a_frozen_group_refuses_changes_and_keeps_its_tokens_total() -> None:
+    plain = [
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "x" * 40},
+    ]
+    group = FrozenGroup(plain)
+    assert group == plain and all(type(m) is FrozenMessage for m in group)
+    assert total_tokens(group) == sum(estimate_tokens(m) for m in plain)
+    for change in (lambda g: g.append({}), lambda g: g.extend([{}]), lambda g: g.pop(), lambda g: g.clear(),
+                   lambda g: g.__setitem__(0, {}), lambda g: g.__delitem__(0), lambda g: g.insert(0, {}),
+                   lambda g: g.remove(g[0]), lambda g: g.sort(), lambda g: g.reverse(), lambda g: g.__iadd__([{}])):
+        with pytest.raises(TypeError, match="cannot be changed"):
+            change(group)
+    assert group == plain
+    for copied in (copy.copy(group), copy.deepcopy(group), pickle.loads(pickle.dumps(group))):
+        assert type(copied) is FrozenGroup and copied == plain and all(type(m) is FrozenMessage for m in copied)
