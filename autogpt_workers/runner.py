@@ -103,38 +103,44 @@ def _record(step: HistoryRow) -> StepRecord:
 
 class _Records:
     """Committed steps as the agent's history records, kept per process (a committed step never changes): a think
-    reads only the steps after those kept (``known``) and validates only those."""
+    reads only the steps after those kept (``known``) and validates only those.
+
+    Each task's records are one list, steps 0, 1, ... in order, so a think finds and copies them at the cost of a
+    list copy rather than a lookup per step. At most ``max_entries`` records are kept in all: past that, the tasks
+    used least recently are dropped whole (a task still running then reads its history again, once)."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
-        self._cache: collections.OrderedDict[tuple[uuid.UUID, int], StepRecord] = collections.OrderedDict()
+        self._tasks: collections.OrderedDict[uuid.UUID, list[StepRecord]] = collections.OrderedDict()
+        self._count = 0
         self._lock = threading.Lock()
         self.max_entries = max_entries
 
     def known(self, task_id: uuid.UUID, before: int) -> int:
         """How many of the task's first steps (0, 1, ... below ``before``) are kept."""
         with self._lock:
-            n = 0
-            while n < before and (task_id, n) in self._cache:
-                n += 1
-            return n
+            return min(before, len(self._tasks.get(task_id, ())))
 
     def of(self, task_id: uuid.UUID, known: int, rows: list[HistoryRow]) -> list[StepRecord]:
         """The records of steps ``0..known-1`` (kept) followed by ``rows`` (read after them)."""
-        out = []
+        read = [_record(row) for row in rows]
         with self._lock:
-            for index in range(known):
-                record = self._cache.get((task_id, index))
-                if record is None:  # evicted since ``known``: the caller reads the whole history again
-                    raise KeyError(index)
-                self._cache.move_to_end((task_id, index))
+            kept = self._tasks.get(task_id)
+            if kept is None:
+                kept = self._tasks[task_id] = []
+            if len(kept) < known:  # dropped since ``known``: the caller reads the whole history again
+                if not kept:
+                    del self._tasks[task_id]
+                raise KeyError(known)
+            out = kept[:known]
+            for record in read:
+                if record.index == len(kept):  # the next step: kept (a duplicate delivery may have added it)
+                    kept.append(record)
+                    self._count += 1
                 out.append(record)
-        for row in rows:
-            record = _record(row)
-            with self._lock:
-                self._cache[(task_id, row.step_index)] = record
-                if len(self._cache) > self.max_entries:
-                    self._cache.popitem(last=False)
-            out.append(record)
+            self._tasks.move_to_end(task_id)
+            while self._count > self.max_entries and len(self._tasks) > 1:
+                _, dropped = self._tasks.popitem(last=False)
+                self._count -= len(dropped)
         return out
 
 

@@ -35,3 +35,16 @@ def test_an_evicted_record_is_reported_so_the_caller_reads_the_whole_history() -
     with pytest.raises(KeyError):
         records.of(task, known, [])
     assert records.known(task, 2) == 0
+
+
+def test_a_step_read_twice_is_kept_once_and_the_task_used_least_recently_is_dropped_whole() -> None:
+    records, a, b, c = _Records(max_entries=4), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    records.of(a, 0, [row(0), row(1)])
+    again = records.of(a, 1, [row(1)])  # a duplicate delivery read step 1 again
+    assert [r.index for r in again] == [0, 1] and records.known(a, 10) == 2
+    records.of(b, 0, [row(0), row(1)])
+    records.of(a, 2, [])  # a is used again: b is now the least recent
+    records.of(c, 0, [row(0)])  # five kept: b goes, whole
+    assert (records.known(a, 10), records.known(b, 10), records.known(c, 10)) == (2, 0, 1)
+    records.of(c, 1, [row(i) for i in range(1, 6)])  # c alone is past the limit: the others go, c stays
+    assert (records.known(a, 10), records.known(c, 10)) == (0, 6)
