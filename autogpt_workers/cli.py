@@ -237,10 +237,13 @@ def reaper(
     touch_series()
     stamp_publish_time()
     observer = PrometheusObserver()
+    from autogpt_workers.artifacts import artifact_store
+
     Reaper(
         Ledger(db), Publisher(celery_app), s.outbox_grace_s, s.reaper_interval_s, observer,
         redrive_after_s=s.redrive_after_s, approval_timeout_s=s.approval_timeout_s,
-        outbox_retention_s=s.outbox_retention_s,
+        outbox_retention_s=s.outbox_retention_s, task_retention_s=s.task_retention_days * 86_400,
+        artifacts=artifact_store(s) if s.task_retention_days > 0 else None,
     ).run_forever(stop)
 
 

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # prune a minute, or one per retention period if shorter): the outbox holds the wake-ups in flight, not one row
     # per step ever run. 0 keeps them all
     outbox_retention_s: float = Field(default=3600.0, ge=0)
+    # a finished task (completed, failed, cancelled) is kept this many days after it finished, then the reaper deletes
+    # it with its steps, events, webhook deliveries and stored files (once a minute, in batches). 0 keeps every task
+    task_retention_days: float = Field(default=0.0, ge=0)
     think_time_limit_s: float = Field(default=600.0, gt=0)
     act_time_limit_s: float = Field(default=300.0, gt=0)
     rabbitmq_consumer_timeout_s: float = Field(default=RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S, gt=0)

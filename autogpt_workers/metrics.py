@@ -20,6 +20,7 @@ tasks_ended_total{status}                           counter     terminal transit
 errors_total{error_type}                            counter     step_poisoned, llm_<reason>, ...
 reaper_recoveries_total{kind}                       counter     expired_lease | republished
 reaper_rounds_total                                 counter     rounds run (a flat line: the reaper is stuck)
+tasks_pruned_total                                  counter     finished tasks deleted past their retention
 dispatcher_rounds_total{loop,result}                counter     loop = admission | priority_refresh | webhooks;
                                                                 result = ok | error (a flat line: stalled)
 command_plugins{state}                              gauge       a worker's entry-point command plugins at start:
@@ -76,6 +77,10 @@ REAPER_RECOVERIES = Counter(
     "reaper_recoveries", "Steps the reaper re-drove, by kind.", ["kind"], namespace=NAMESPACE
 )
 REAPER_ROUNDS = Counter("reaper_rounds", "Reaper rounds run.", namespace=NAMESPACE)
+TASKS_PRUNED = Counter(
+    "tasks_pruned", "Finished tasks deleted past their retention, with their steps, events and files.",
+    namespace=NAMESPACE,
+)
 DISPATCHER_ROUNDS = Counter(
     "dispatcher_rounds", "Dispatcher rounds run, by loop and result.", ["loop", "result"], namespace=NAMESPACE
 )
@@ -168,6 +173,9 @@ class PrometheusObserver(RunObserver):
         if republished:
             REAPER_RECOVERIES.labels("republished").inc(republished)
 
+    def tasks_pruned(self, count: int) -> None:
+        TASKS_PRUNED.inc(count)
+
     def on_llm_retry(self, event: object) -> None:
         """``OpenAIChatModel(on_retry=...)``: takes its ``RetryEvent``."""
         self.llm_retry(str(getattr(event, "reason", "unknown")))
@@ -211,6 +219,7 @@ def touch_dispatcher_series() -> None:
 def touch_series() -> None:
     """Create the unlabelled and the common labelled series at zero so dashboards and alerts see them at once."""
     REAPER_ROUNDS.inc(0)
+    TASKS_PRUNED.inc(0)
     for phase in ("think", "act"):
         STEPS.labels(phase, "failed").inc(0)
         STEP_DELIVERIES.labels(phase, "claimed").inc(0)

@@ -27,3 +27,6 @@ class RunObserver:
 
     def reaped(self, expired_leases: int, republished: int) -> None:
         """One reaper round re-drove expired leases and published forgotten wake-ups."""
+
+    def tasks_pruned(self, count: int) -> None:
+        """The reaper deleted ``count`` finished tasks past their retention."""

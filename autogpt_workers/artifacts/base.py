@@ -96,6 +96,10 @@ class ArtifactStore(ABC):
     def list(self, task_id: str) -> list[str]:
         """Every stored path of the task, sorted."""
 
+    @abstractmethod
+    def delete_task(self, task_id: str) -> int:
+        """Delete every stored file of the task (its retention is over); how many. None stored: 0."""
+
     def workspace_dir(self, task_id: str, scratch_root: Path) -> Path:
         """Where an act worker should materialise the task: a directory under ``scratch_root`` by default."""
         return scratch_root / task_id

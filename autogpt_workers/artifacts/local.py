@@ -9,6 +9,7 @@ goes through ``confined``: no symlink in either directory is ever followed.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
@@ -82,6 +83,18 @@ class LocalArtifactStore(ArtifactStore):
     def list(self, task_id: str) -> list[str]:
         directory = self.task_dir(task_id)
         return sorted(snapshot(directory)) if directory.is_dir() else []
+
+
+    def delete_task(self, task_id: str) -> int:
+        root = self.task_dir(task_id)
+        if root.is_symlink():  # not the store's own: the link goes, never what it points at
+            root.unlink()
+            return 0
+        if not root.is_dir():
+            return 0
+        count = len(snapshot(root))
+        shutil.rmtree(root)  # follows no symlink inside
+        return count
 
 
 def _copy_stream(source: IO[bytes], target: IO[bytes]) -> int:

@@ -111,6 +111,25 @@ class S3ArtifactStore(ArtifactStore):
     def list(self, task_id: str) -> list[str]:
         return sorted(relative for relative, _ in self._objects(task_id))
 
+    def delete_task(self, task_id: str) -> int:
+        base = self._task_prefix(task_id)
+        paginator = self.client.get_paginator("list_objects_v2")
+        deleted = 0
+        with _translated(base):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):  # at most 1000 keys a page
+                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if not keys:
+                    continue
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+                if answer.get("Errors"):
+                    first = answer["Errors"][0]
+                    raise ArtifactStoreError(
+                        f"S3 did not delete {len(answer['Errors'])} of {len(keys)} objects under {base}: "
+                        f"{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
+                    )
+                deleted += len(keys)
+        return deleted
+
     def _objects(self, task_id: str) -> Iterator[tuple[str, tuple[str, int]]]:
         """(relative path, (etag, size)) of every object under the task's prefix; odd keys are skipped."""
         base = self._task_prefix(task_id)

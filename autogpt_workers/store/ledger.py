@@ -54,6 +54,23 @@ CLOSED_STEP = ("completed", "failed", "cancelled")
 ACTIVE_TASK = ("queued", "running")  # the statuses in which wake-ups are written and steps start
 
 
+# finished tasks past the retention (``Ledger.prune_finished_tasks``), oldest first, read through ``ix_tasks_finished``;
+# their steps, events, artifacts' records, outbox rows, options and webhook deliveries go with them (``ON DELETE
+# CASCADE``, each on an index of its task id). A task locked by another transaction is left for the next round
+_PRUNE_TASKS = (
+    delete(Task)
+    .where(
+        Task.id.in_(
+            select(Task.id)
+            .where(Task.status.in_(TERMINAL_TASK), Task.finished_at < bindparam("p_cutoff"))
+            .order_by(Task.finished_at)
+            .limit(bindparam("p_limit"))
+            .with_for_update(skip_locked=True)
+        )
+    )
+    .returning(Task.id)
+)
+
 # the outbox's rows that nothing reads any more (``Ledger.prune_outbox``), oldest first, read through the index
 # ``ix_outbox_published``: a round reads the rows it deletes and the few old ones it keeps (wake-ups of open steps)
 _PRUNE_OUTBOX = delete(Outbox).where(
@@ -938,6 +955,17 @@ class Ledger:
             return connection.execute(
                 _PRUNE_OUTBOX, {"p_cutoff": _now() - timedelta(seconds=older_than_s), "p_limit": limit}
             ).rowcount
+
+    def prune_finished_tasks(self, older_than_s: float, limit: int = 100) -> list[uuid.UUID]:
+        """Delete up to ``limit`` tasks that finished more than ``older_than_s`` ago, oldest first, with everything of
+        theirs in the database; their ids (their stored files are the caller's to delete). A finished task never
+        changes again: no worker, wake-up or API call writes to it (a late delivery finds no task and is dropped)."""
+        with self.db.transaction() as s:
+            return list(
+                s.connection().scalars(
+                    _PRUNE_TASKS, {"p_cutoff": _now() - timedelta(seconds=older_than_s), "p_limit": limit}
+                )
+            )
 
     def mark_published(self, outbox_ids: Sequence[int]) -> None:
         if not outbox_ids:

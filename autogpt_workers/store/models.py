@@ -73,6 +73,11 @@ class Task(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_tasks_tenant_idempotency_key"),
         Index("ix_tasks_status_created", "status", "created_at"),
+        # the finished tasks by when they finished (migration 0011): the reaper's retention round reads the oldest
+        Index(
+            "ix_tasks_finished", "finished_at",
+            postgresql_where=text("status IN ('completed', 'failed', 'cancelled')"),
+        ),
         Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
         Index("ix_tasks_deadline", "deadline", postgresql_where=text("deadline IS NOT NULL")),
         # the unfinished tasks only (migration 0009): admission, priority refresh, deadlines, metrics and the stuck

@@ -309,3 +309,27 @@ def test_confined_files_refuse_a_symlink_on_the_way(tmp_path: Path) -> None:
     assert confined.write_file(root, "real/ok.txt", lambda f: f.write(b"12345")) == 5
     assert (root / "real" / "ok.txt").read_bytes() == b"12345"
     assert sorted(os.listdir(root / "real")) == ["link", "ok.txt"]  # no temporary file left behind
+
+
+def test_delete_task_removes_every_stored_file_of_that_task_only(store: ArtifactStore, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    for task in ("gone", "kept"):
+        directory = host / task
+        directory.mkdir(parents=True)
+        before = snapshot(directory)
+        write(directory, "a.txt", "a")
+        write(directory, "deep/er/b.txt", "b")
+        sync(store, task, directory, before)
+    assert store.delete_task("gone") == 2
+    assert store.list("gone") == [] and store.list("kept") == ["a.txt", "deep/er/b.txt"]
+    assert store.delete_task("gone") == 0  # nothing left: not an error
+    assert store.delete_task("never-stored") == 0
+
+
+def test_the_local_store_deletes_a_symlinked_task_directory_as_a_link(tmp_path: Path) -> None:
+    store, elsewhere = LocalArtifactStore(tmp_path / "store"), tmp_path / "elsewhere"
+    write(elsewhere, "precious.txt", "keep me")
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "planted").symlink_to(elsewhere, target_is_directory=True)
+    assert store.delete_task("planted") == 0
+    assert not (tmp_path / "store" / "planted").exists() and (elsewhere / "precious.txt").read_text() == "keep me"
