@@ -3,11 +3,13 @@
 A running platform's lease heartbeat (``Ledger.renew``, every ``lease_heartbeat_s`` in every worker process), the
 reaper's rounds (``reap_expired_leases``, ``rearm_orphans``, ``due_wakeups``) and the stuck-task detector (each
 metrics scrape) look for the few steps in flight among every step ever run. This fills the bench database with
-``--history`` finished steps (finished tasks of 100 steps, each with its published wake-up, as the platform leaves
-them) beside ``--running`` running tasks with ``--running-steps`` finished steps each (their wake-ups and events too)
-and a leased current step, then times each query (median of ``--rounds`` calls). A query whose cost grows with the
-history rather than with the steps in flight shows here. The rows are removed at the end (``--keep`` leaves them, to
-``EXPLAIN`` the queries). A profiling aid, not a figure of ``make bench``.
+``--history`` finished steps (finished tasks of 100 steps, each with its published wake-up and its three events, as
+the platform leaves them) beside ``--running`` running tasks with ``--running-steps`` finished steps each (their
+wake-ups and events too) and a leased current step, then times each query (median of ``--rounds`` calls). A query
+whose cost grows with the history rather than with the steps in flight shows here. Then the reaper's two prunes at
+work: the history's wake-ups past the outbox's retention, deleted a batch at a time, and the history's tasks past
+the task retention, deleted with all their rows (``Ledger.prune_finished_tasks``). The rows are removed at the end
+(``--keep`` leaves them, to ``EXPLAIN`` the queries). A profiling aid, not a figure of ``make bench``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 
 from sqlalchemy import text
 
-from autogpt_workers.reaper import PRUNE_BATCH
+from autogpt_workers.reaper import PRUNE_BATCH, RETIRE_BATCH
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.stuck import find_stuck
@@ -30,6 +32,7 @@ from bench.env import DEFAULT_DATABASE_URL, REPO_ROOT, BenchEnv
 GOAL = "history micro"
 GOAL_RUNNING = "history micro, running"
 STEPS_PER_TASK = 100
+RETENTION_S = 7 * 86_400.0
 
 
 def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> list[uuid.UUID]:
@@ -39,8 +42,8 @@ def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> l
     with db.engine.begin() as conn:
         conn.execute(
             text(
-                "INSERT INTO tasks (id, goal, status, budget, metadata, steps_completed) "
-                "SELECT gen_random_uuid(), :goal, 'completed', '{}', '{}', :n FROM generate_series(1, :tasks)"
+                "INSERT INTO tasks (id, goal, status, budget, metadata, steps_completed, finished_at) "
+                "SELECT gen_random_uuid(), :goal, 'completed', '{}', '{}', :n, now() FROM generate_series(1, :tasks)"
             ),
             {"goal": GOAL, "n": STEPS_PER_TASK, "tasks": tasks},
         )
@@ -56,6 +59,14 @@ def fill(db: Database, history: int, running: int, done: int, vacuum: bool) -> l
             text(
                 "INSERT INTO outbox (task_id, step_index, phase, priority, published_at) "
                 "SELECT t.id, i, 'think', 5, now() FROM tasks t, generate_series(0, :n - 1) i WHERE t.goal = :goal"
+            ),
+            {"goal": GOAL, "n": STEPS_PER_TASK},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO task_events (task_id, kind, step_index, data) "
+                "SELECT t.id, k, i, '{}' FROM tasks t, generate_series(0, :n - 1) i, "
+                "unnest(ARRAY['step.proposed', 'step.completed', 'artifact.written']) k WHERE t.goal = :goal"
             ),
             {"goal": GOAL, "n": STEPS_PER_TASK},
         )
@@ -144,6 +155,9 @@ def main() -> None:
             "Ledger.prune_outbox (the reaper's), nothing past the retention": lambda: ledger.prune_outbox(
                 3600.0, PRUNE_BATCH
             ),
+            "Ledger.prune_finished_tasks (the reaper's), nothing past the retention": lambda: (
+                ledger.prune_finished_tasks(RETENTION_S, RETIRE_BATCH)
+            ),
         }
         sizes = f"{args.history} finished steps, {args.running} in flight, {args.running_steps} done each"
         print(f"| query ({sizes}) | ms per call, median of {args.rounds} |\n|---|---|")
@@ -170,6 +184,20 @@ def main() -> None:
             print(f"| Ledger.prune_outbox, {deleted} rows past the retention: batches of {PRUNE_BATCH:,} | "
                   f"{statistics.median(batches) * 1000:.0f} per batch, {deleted / (time.perf_counter() - t0):.0f} "
                   "rows/s |")  # fmt: skip
+        # the history's tasks past the task retention: what the reaper's round then deletes, a batch at a time
+        with db.engine.begin() as conn:
+            conn.execute(
+                text("UPDATE tasks SET finished_at = now() - interval '30 days' WHERE goal = :goal"), {"goal": GOAL}
+            )
+        batches, deleted, t0 = [], 0, time.perf_counter()
+        while gone := len(ledger.prune_finished_tasks(RETENTION_S, RETIRE_BATCH)):
+            batches.append(time.perf_counter() - t0 - sum(batches))
+            deleted += gone
+        if batches:
+            elapsed = time.perf_counter() - t0
+            print(f"| Ledger.prune_finished_tasks, {deleted} tasks of {STEPS_PER_TASK} steps past the retention: "
+                  f"batches of {RETIRE_BATCH} | {statistics.median(batches) * 1000:.0f} per batch, "
+                  f"{deleted / elapsed:.0f} tasks/s ({deleted * STEPS_PER_TASK / elapsed:.0f} steps/s) |")  # fmt: skip
     finally:
         with db.engine.begin() as conn:
             if not args.keep:
