@@ -84,7 +84,6 @@ class LocalArtifactStore(ArtifactStore):
         directory = self.task_dir(task_id)
         return sorted(snapshot(directory)) if directory.is_dir() else []
 
-
     def delete_task(self, task_id: str) -> int:
         root = self.task_dir(task_id)
         if root.is_symlink():  # not the store's own: the link goes, never what it points at

@@ -958,8 +958,8 @@ class Ledger:
 
     def prune_finished_tasks(self, older_than_s: float, limit: int = 100) -> list[uuid.UUID]:
         """Delete up to ``limit`` tasks that finished more than ``older_than_s`` ago, oldest first, with everything of
-        theirs in the database; their ids (their stored files are the caller's to delete). A finished task never
-        changes again: no worker, wake-up or API call writes to it (a late delivery finds no task and is dropped)."""
+        theirs in the database; their ids (their stored files are the caller's to delete). A finished task takes no
+        more steps: no worker or wake-up writes to it any more (a late delivery finds no task and is dropped)."""
         with self.db.transaction() as s:
             return list(
                 s.connection().scalars(
