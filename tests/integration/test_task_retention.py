@@ -180,3 +180,42 @@ def test_the_prune_reads_the_finished_tasks_by_their_index(db: Any) -> None:
         s.execute(text("SET LOCAL enable_seqscan = off"))
         plan = "\n".join(row[0] for row in s.connection().exec_driver_sql("EXPLAIN " + statement, parameters))
     assert "ix_tasks_finished" in plan, plan
+
+
+def test_files_the_store_cannot_delete_are_counted_and_the_round_goes_on(db: Any, tmp_path: Path) -> None:
+    """The rows go first: a store that fails leaves the files behind, counted as ``artifacts_not_deleted``, and the
+    other tasks of the batch are still deleted, files and all."""
+    from autogpt_workers.celery_app import app
+    from autogpt_workers.observe import RunObserver
+
+    class Failing(LocalArtifactStore):
+        def delete_task(self, task_id: str) -> int:
+            if task_id == str(stuck):
+                raise OSError("the store is down")
+            return super().delete_task(task_id)
+
+    class Errors(RunObserver):
+        def __init__(self) -> None:
+            self.errors: list[str] = []
+            self.pruned = 0
+
+        def error(self, error_type: str) -> None:
+            self.errors.append(error_type)
+
+        def tasks_pruned(self, count: int) -> None:
+            self.pruned += count
+
+    ledger = Ledger(db)
+    _prune_all(ledger)
+    store = Failing(tmp_path / "store")
+    stuck, fine = _task(db, "completed", 30), _task(db, "failed", 31)
+    for task_id in (stuck, fine):
+        (store.task_dir(str(task_id))).mkdir(parents=True)
+        (store.task_dir(str(task_id)) / "out.txt").write_text("result")
+    observer = Errors()
+    reaper = Reaper(ledger, Publisher(app), outbox_grace_s=3600, interval_s=1, observer=observer,
+                    task_retention_s=RETENTION, artifacts=store)  # fmt: skip
+    reaper.run_once()
+    assert not _exists(db, stuck) and not _exists(db, fine)
+    assert observer.errors == ["artifacts_not_deleted"] and observer.pruned == 2
+    assert store.list(str(stuck)) == ["out.txt"] and not store.task_dir(str(fine)).exists()
