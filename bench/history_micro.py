@@ -128,6 +128,20 @@ def timed(call: Callable[[], object], rounds: int) -> float:
     return statistics.median(times) * 1000
 
 
+def drained(prune: Callable[[], int]) -> tuple[list[float], int, float]:
+    """Call ``prune`` (rows deleted per call) until it deletes nothing, as the reaper's rounds would: each batch's
+    seconds, the rows deleted, the seconds in all."""
+    batches: list[float] = []
+    deleted, t0 = 0, time.perf_counter()
+    while True:
+        b0 = time.perf_counter()
+        n = prune()
+        if not n:
+            return batches, deleted, time.perf_counter() - t0
+        batches.append(time.perf_counter() - b0)
+        deleted += n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("AUTOGPT_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
@@ -172,29 +186,17 @@ def main() -> None:
                 ),
                 {"goal": GOAL},
             )
-        batches, deleted, t0 = [], 0, time.perf_counter()
-        while True:
-            b0 = time.perf_counter()
-            n = ledger.prune_outbox(3600.0, PRUNE_BATCH)  # as the reaper calls it
-            if not n:
-                break
-            batches.append(time.perf_counter() - b0)
-            deleted += n
+        batches, deleted, elapsed = drained(lambda: ledger.prune_outbox(3600.0, PRUNE_BATCH))  # as the reaper calls it
         if batches:
             print(f"| Ledger.prune_outbox, {deleted} rows past the retention: batches of {PRUNE_BATCH:,} | "
-                  f"{statistics.median(batches) * 1000:.0f} per batch, {deleted / (time.perf_counter() - t0):.0f} "
-                  "rows/s |")  # fmt: skip
+                  f"{statistics.median(batches) * 1000:.0f} per batch, {deleted / elapsed:.0f} rows/s |")  # fmt: skip
         # the history's tasks past the task retention: what the reaper's round then deletes, a batch at a time
         with db.engine.begin() as conn:
             conn.execute(
                 text("UPDATE tasks SET finished_at = now() - interval '30 days' WHERE goal = :goal"), {"goal": GOAL}
             )
-        batches, deleted, t0 = [], 0, time.perf_counter()
-        while gone := len(ledger.prune_finished_tasks(RETENTION_S, RETIRE_BATCH)):
-            batches.append(time.perf_counter() - t0 - sum(batches))
-            deleted += gone
+        batches, deleted, elapsed = drained(lambda: len(ledger.prune_finished_tasks(RETENTION_S, RETIRE_BATCH)))
         if batches:
-            elapsed = time.perf_counter() - t0
             print(f"| Ledger.prune_finished_tasks, {deleted} tasks of {STEPS_PER_TASK} steps past the retention: "
                   f"batches of {RETIRE_BATCH} | {statistics.median(batches) * 1000:.0f} per batch, "
                   f"{deleted / elapsed:.0f} tasks/s ({deleted * STEPS_PER_TASK / elapsed:.0f} steps/s) |")  # fmt: skip

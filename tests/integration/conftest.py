@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, event, make_url, text
@@ -80,3 +81,29 @@ def counted(target: object, name: str) -> Iterator[list[int]]:
         yield seen
     finally:
         event.remove(target, name, count)
+
+
+def plans_of(db: Database, call: Callable[[], object]) -> list[str]:
+    """The plans PostgreSQL makes for the statements ``call`` runs on ``db``, with sequential scans priced out: a
+    table still scanned from end to end has no index the statement can use. Explained, not run again."""
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: object, cursor: object, statement: str, parameters: Any, context: object, many: bool) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", seen)
+    try:
+        call()
+    finally:
+        event.remove(db.engine, "before_cursor_execute", seen)
+    plans = []
+    with db.engine.connect() as conn:
+        dbapi_connection = conn.connection.dbapi_connection
+        assert dbapi_connection is not None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SET LOCAL enable_seqscan = off")  # for this transaction only, which the rollback ends
+        for statement, parameters in statements:
+            cursor.execute(f"EXPLAIN {statement}", parameters)
+            plans.append("\n".join(row[0] for row in cursor.fetchall()))
+        dbapi_connection.rollback()
+    return plans

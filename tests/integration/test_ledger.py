@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text, update
+from sqlalchemy import select, text, update
 
 from autogpt_workers.store.ledger import ClaimOutcome, FileRecord, Ledger, ProposeOutcome
 from autogpt_workers.store.models import Artifact, Outbox, Step, Task
-from tests.integration.conftest import private_database
+from tests.integration.conftest import plans_of, private_database
 
 PROPOSAL = {
     "assistant_message": {"role": "assistant", "content": "write it"},
@@ -185,32 +184,6 @@ def test_release_hands_the_step_back_at_once(ledger: Ledger, task_id: uuid.UUID)
     assert again.outcome is ClaimOutcome.claimed and again.deliveries == 2
 
 
-def _plans_of(ledger: Ledger, call: Callable[[], object]) -> list[str]:
-    """The plans PostgreSQL makes for the statements ``call`` runs, with sequential scans priced out: a table still
-    scanned from end to end has no index the statement can use."""
-    statements: list[tuple[str, Any]] = []
-
-    def seen(conn: object, cursor: object, statement: str, parameters: Any, context: object, many: bool) -> None:
-        statements.append((statement, parameters))
-
-    event.listen(ledger.db.engine, "before_cursor_execute", seen)
-    try:
-        call()
-    finally:
-        event.remove(ledger.db.engine, "before_cursor_execute", seen)
-    plans = []
-    with ledger.db.engine.connect() as conn:
-        dbapi_connection = conn.connection.dbapi_connection
-        assert dbapi_connection is not None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SET LOCAL enable_seqscan = off")  # for this transaction only, which the rollback ends
-        for statement, parameters in statements:
-            cursor.execute(f"EXPLAIN {statement}", parameters)
-            plans.append("\n".join(row[0] for row in cursor.fetchall()))
-        dbapi_connection.rollback()
-    return plans
-
-
 @pytest.fixture(scope="module")
 def own_ledger(settings) -> Iterator[Ledger]:  # type: ignore[no-untyped-def]
     """A ledger on a database of its own: the reaper's rounds called here act on every task in their database, and
@@ -231,7 +204,7 @@ def test_the_lease_heartbeat_finds_its_leases_without_scanning_every_step(
     the whole history does (a scan of ``steps`` took 31 ms at 300k steps and 107 ms at 1M, ``bench.history_micro``)."""
     c = claim(own_ledger, own_task, 0, "think")
     assert c.token is not None
-    [plan] = _plans_of(own_ledger, lambda: own_ledger.renew([c.token], 30.0))  # type: ignore[list-item]
+    [plan] = plans_of(own_ledger.db, lambda: own_ledger.renew([c.token], 30.0))  # type: ignore[list-item]
     assert "Seq Scan on steps" not in plan, plan
     assert "ix_steps_lease_open" in plan, plan
     assert own_ledger.renew([c.token], 30.0) == {c.token: "running"}
@@ -248,7 +221,7 @@ def test_the_reapers_rounds_look_only_at_open_steps_and_unpublished_wakeups(
         "rearm_orphans": lambda: own_ledger.rearm_orphans(60.0),
         "due_wakeups": lambda: own_ledger.due_wakeups(60.0),
     }
-    plans = _plans_of(own_ledger, calls[round_])
+    plans = plans_of(own_ledger.db, calls[round_])
     assert plans
     for plan in plans:
         assert "Seq Scan on steps" not in plan and "Seq Scan on outbox" not in plan, plan
@@ -258,7 +231,7 @@ def test_the_step_a_lease_holds_is_found_through_the_open_steps(own_ledger: Ledg
     """A worker handing its steps back at shutdown looks each lease up by its token alone."""
     c = claim(own_ledger, own_task, 0, "think")
     assert c.token is not None
-    [plan] = _plans_of(own_ledger, lambda: own_ledger.held_step(c.token))  # type: ignore[arg-type]
+    [plan] = plans_of(own_ledger.db, lambda: own_ledger.held_step(c.token))  # type: ignore[arg-type]
     assert "Seq Scan on steps" not in plan, plan
     assert own_ledger.held_step(c.token) == (own_task, 0)
     assert own_ledger.held_step(uuid.uuid4()) is None
@@ -286,7 +259,7 @@ def test_the_stuck_detector_reads_the_last_step_of_each_task_not_all_of_them(
             )
         )
         conn.execute(text("ANALYZE steps, tasks"))
-    plans = _plans_of(own_ledger, lambda: find_stuck(own_ledger.db, 60.0))
+    plans = plans_of(own_ledger.db, lambda: find_stuck(own_ledger.db, 60.0))
     assert plans
     assert "Index Scan Backward using uq_steps_task_step on steps" in plans[0], plans[0]
     assert "Sort Key: steps.step_index DESC" not in plans[0], plans[0]
@@ -298,7 +271,7 @@ def test_the_unfinished_tasks_are_read_from_their_own_index(own_ledger: Ledger, 
     0009: at 500k finished tasks the count took 22 ms, 0.04 ms with it)."""
     from autogpt_workers.metrics_platform import PlatformCollector
 
-    plans = _plans_of(own_ledger, lambda: list(PlatformCollector(own_ledger.db, None, 60.0).collect()))
+    plans = plans_of(own_ledger.db, lambda: list(PlatformCollector(own_ledger.db, None, 60.0).collect()))
     on_tasks = [p for p in plans if " on tasks" in p]
     assert len(on_tasks) >= 2, plans  # the count by status and the stuck detector
     for plan in on_tasks:

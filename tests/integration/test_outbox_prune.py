@@ -7,11 +7,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from autogpt_workers.broker import Publisher
 from autogpt_workers.reaper import Reaper
 from autogpt_workers.store.ledger import Ledger
+from tests.integration.conftest import plans_of
 
 # shorter than the default retention (an hour) of any reaper another test runs meanwhile: those leave these rows alone
 RETENTION = 600.0
@@ -115,19 +116,5 @@ def test_the_reaper_prunes_at_most_once_a_minute_and_not_at_all_with_no_retentio
 def test_the_prune_reads_the_published_rows_by_their_index(db: Any) -> None:
     """Its round reads the rows past the cutoff through ``ix_outbox_published`` (sequential scans priced out, as
     the other periodic queries' plans are checked): not the whole outbox each minute."""
-    executed: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith("DELETE FROM outbox"):
-            executed.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", capture)
-    try:
-        Ledger(db).prune_outbox(RETENTION)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", capture)
-    [(statement, parameters)] = executed
-    with db.transaction() as s:
-        s.execute(text("SET LOCAL enable_seqscan = off"))
-        plan = "\n".join(row[0] for row in s.connection().exec_driver_sql("EXPLAIN " + statement, parameters))
+    [plan] = plans_of(db, lambda: Ledger(db).prune_outbox(RETENTION))
     assert "ix_outbox_published" in plan, plan

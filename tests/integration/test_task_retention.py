@@ -8,12 +8,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from autogpt_workers.artifacts import LocalArtifactStore
 from autogpt_workers.broker import Publisher
 from autogpt_workers.reaper import Reaper
 from autogpt_workers.store.ledger import ClaimOutcome, Ledger
+from tests.integration.conftest import plans_of
 
 DAY = 86_400.0
 # the tasks these tests finish are backdated by weeks: no other test's task (finished now, if ever) is old enough
@@ -164,21 +165,7 @@ def test_the_reaper_deletes_old_tasks_and_their_files_once_a_minute_and_none_wit
 def test_the_prune_reads_the_finished_tasks_by_their_index(db: Any) -> None:
     """Its round reads the tasks past the cutoff through ``ix_tasks_finished`` (sequential scans priced out, as the
     other periodic queries' plans are checked): not every task ever run, each minute."""
-    executed: list[tuple[str, Any]] = []
-
-    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if statement.startswith("DELETE FROM tasks"):
-            executed.append((statement, parameters))
-
-    event.listen(db.engine, "before_cursor_execute", capture)
-    try:
-        Ledger(db).prune_finished_tasks(RETENTION)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", capture)
-    [(statement, parameters)] = executed
-    with db.transaction() as s:
-        s.execute(text("SET LOCAL enable_seqscan = off"))
-        plan = "\n".join(row[0] for row in s.connection().exec_driver_sql("EXPLAIN " + statement, parameters))
+    [plan] = plans_of(db, lambda: Ledger(db).prune_finished_tasks(RETENTION))
     assert "ix_tasks_finished" in plan, plan
 
 
