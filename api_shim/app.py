@@ -21,6 +21,7 @@ from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app as celery_app
 from autogpt_workers.config import Settings, get_settings
 from autogpt_workers.gc_tuning import tune as tune_gc
+from autogpt_workers.store import phase_sql, submit_sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.submit import BackgroundPublisher, IdempotencyConflict
 
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
         app.state.db = Database.from_url(settings.database_url, settings.api_db_pool_size, settings.api_db_max_overflow)
+        if settings.db_prepared_statements:
+            phase_sql.prepare_submit_on_connect(app.state.db, submit_sql.SUBMIT_STATEMENTS)
         app.state.publisher = Publisher(celery_app)
         # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
         app.state.background_publisher = BackgroundPublisher(app.state.db, app.state.publisher)

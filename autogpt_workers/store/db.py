@@ -55,6 +55,7 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.prepared_statements = False  # the step ledger's phase statements are prepared on each connection
+        self.prepared_submit = False  # the submit's statements are (the API's engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod

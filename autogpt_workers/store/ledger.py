@@ -476,8 +476,9 @@ class Ledger:
         if not values.keys() <= submit_sql.TASK_DEFAULTS.keys():
             return None
         stmt = submit_sql.CREATE_TASK_ALONE if options is None else submit_sql.CREATE_TASK_ALONE_WITH_OPTIONS
-        with self.db.autocommit() as connection:
-            row = connection.execute(stmt, _create_params(values, options)).one_or_none()
+        params = _create_params(values, options)
+        with self.db.autocommit() as connection:  # by name on the API's engine (``SUBMIT_STATEMENTS`` prepared)
+            row = phase_sql.run(connection, stmt, params, self.db.prepared_submit).one_or_none()
         return _created(row, values.get("priority", 5))
 
     # -- the step protocol -----------------------------------------------------------------------------------------

@@ -89,6 +89,24 @@ _TYPES: dict[str, tuple[TypeEngine[Any], str]] = {
     "p_paths": (ARRAY(Text()), "text[]"),
     "p_sizes": (ARRAY(BigInteger()), "bigint[]"),
     "p_shas": (ARRAY(Text()), "text[]"),
+    # the submit's (``submit_sql``): the task's columns and its options
+    "p_id": (Uuid(), "uuid"),
+    "p_tenant_id": (String(), "text"),
+    "p_goal": (Text(), "text"),
+    "p_budget": (JSONB(), "jsonb"),
+    "p_allowed_commands": (JSONB(), "jsonb"),
+    "p_metadata_": (JSONB(), "jsonb"),
+    "p_idempotency_key": (String(), "text"),
+    "p_request_hash": (String(), "text"),
+    "p_approval": (JSONB(), "jsonb"),
+    "p_deadline": (DateTime(timezone=True), "timestamptz"),
+    "p_traceparent": (String(), "text"),
+    "p_source": (String(), "text"),
+    "p_base_priority": (Integer(), "integer"),
+    "p_profile": (String(), "text"),
+    "p_webhook_url": (Text(), "text"),
+    "p_webhook_events": (ARRAY(String()), "text[]"),
+    "p_additional_input": (JSONB(), "jsonb"),
 }
 
 
@@ -198,6 +216,12 @@ def prepare_on_connect(db: Database) -> None:
     first one), and let the ledger execute them by name."""
     event.listen(db.engine, "connect", lambda connection, _record: prepare_all(connection, PHASE_STATEMENTS))
     db.prepared_statements = True
+
+
+def prepare_submit_on_connect(db: Database, statements: Sequence[PhaseStatement]) -> None:
+    """The same for the submit's statements (``submit_sql.SUBMIT_STATEMENTS``), on the API's engine."""
+    event.listen(db.engine, "connect", lambda connection, _record: prepare_all(connection, statements))
+    db.prepared_submit = True
 
 
 _RUN_COLUMNS = [*hot_sql.TASK_STATE_COLUMNS, *hot_sql.RUN_TASK_COLUMNS]

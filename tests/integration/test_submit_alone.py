@@ -117,3 +117,95 @@ def test_a_replayed_idempotency_key_is_answered_from_the_transaction(
     assert inserts == [True, True, False, True, False]
     with db.session() as s:
         assert s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant}) == 1
+
+
+@pytest.fixture
+def prepared_db(settings: Any) -> Iterator[Any]:
+    """A database handle as the API's: the submit's statements prepared on its one connection."""
+    from autogpt_workers.store import phase_sql, submit_sql
+    from autogpt_workers.store.db import Database
+
+    database = Database.from_url(settings.database_url, pool_size=1, max_overflow=0)
+    phase_sql.prepare_submit_on_connect(database, submit_sql.SUBMIT_STATEMENTS)
+    yield database
+    database.dispose()
+
+
+def _rows(db: Any, task_id: uuid.UUID) -> dict[str, Any]:
+    """Every column a submit writes, but the ids and times it makes afresh."""
+    with db.session() as s:
+        task = s.execute(
+            text(
+                "SELECT tenant_id, goal, priority, budget, allowed_commands, metadata, idempotency_key, request_hash, "
+                "model, approval, deadline, traceparent, allowed_commands IS NULL FROM tasks WHERE id = :t"
+            ),
+            {"t": task_id},
+        ).one()
+        options = s.execute(
+            text(
+                "SELECT source, base_priority, profile, webhook_url, webhook_events, additional_input, "
+                "additional_input IS NULL FROM task_options WHERE task_id = :t"
+            ),
+            {"t": task_id},
+        ).all()
+        events = s.execute(
+            text("SELECT kind, step_index, data FROM task_events WHERE task_id = :t AND kind = 'task.queued'"),
+            {"t": task_id},
+        ).all()
+        outbox = s.execute(
+            text("SELECT step_index, phase, priority FROM outbox WHERE task_id = :t AND step_index = 0"), {"t": task_id}
+        ).all()
+    return {"task": tuple(task), "options": options, "events": events, "outbox": outbox}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"goal": "plain"},
+        {
+            "goal": "every column",
+            "priority": 8,
+            "budget": {"max_steps": 7, "max_cost_usd": 0.5},
+            "allowed_commands": ["write_file", "finish"],
+            "metadata": {"order": 42, "tags": ["a", "b"]},
+            "approval": "always",
+            "deadline": "2030-01-02T03:04:05+00:00",
+        },
+    ],
+)
+def test_the_prepared_submit_writes_what_the_text_one_writes(
+    db: Any, prepared_db: Any, publisher: Publisher, body: dict[str, Any]
+) -> None:
+    submission = TaskSubmission.model_validate(body)
+    tenant = _tenant(db, None)
+    by_text = submit_task(db, publisher, submission, tenant_id=tenant, idempotency_key="t", additional_input={"x": 1})
+    by_name = submit_task(
+        prepared_db, publisher, submission, tenant_id=tenant, idempotency_key="p", additional_input={"x": 1}
+    )
+    assert by_text.created and by_name.created and by_name.view is not None
+    text_rows, prepared_rows = _rows(db, by_text.task_id), _rows(db, by_name.task_id)
+    assert text_rows["task"][7:] == prepared_rows["task"][7:] and text_rows["task"][:6] == prepared_rows["task"][:6]
+    assert (text_rows["task"][6], prepared_rows["task"][6]) == ("t", "p")  # the idempotency keys
+    assert text_rows["options"] == prepared_rows["options"] and text_rows["events"] == prepared_rows["events"]
+    assert text_rows["outbox"] == prepared_rows["outbox"] == [(0, "think", submission.priority)]
+    assert by_name.view.created_at is not None and by_name.view.goal == body["goal"]
+    with prepared_db.engine.connect() as conn:  # it ran by name
+        runs = dict(conn.exec_driver_sql("SELECT name, generic_plans + custom_plans FROM pg_prepared_statements").all())
+    assert runs["autogpt_submit_alone_options"] == 1
+
+
+def test_a_prepared_submit_under_a_cap_or_a_taken_key_takes_the_transaction(
+    db: Any, prepared_db: Any, publisher: Publisher
+) -> None:
+    capped = _tenant(db, 0)
+    held = submit_task(prepared_db, publisher, TaskSubmission(goal="capped"), tenant_id=capped, policy=Policy())
+    assert held.created and held.view is not None and held.view.waiting_for_slot
+    tenant, key = _tenant(db, None), f"k-{uuid.uuid4()}"
+    first = submit_task(prepared_db, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
+    again = submit_task(prepared_db, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
+    assert first.created and not again.created and again.task_id == first.task_id
+    with pytest.raises(IdempotencyConflict):
+        submit_task(prepared_db, publisher, TaskSubmission(goal="other"), tenant_id=tenant, idempotency_key=key)
+    with db.session() as s:
+        assert s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant}) == 1
+        assert s.scalar(text("SELECT count(*) FROM admission_queue WHERE task_id = :t"), {"t": held.task_id}) == 1
