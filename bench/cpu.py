@@ -83,11 +83,13 @@ def _beam_pids() -> list[int]:
     return pids
 
 
-class _Infra:
+class InfraMeter:
     """CPU of what serves the platform: its PostgreSQL backends, the RabbitMQ node (all vhosts), the fake LLM."""
 
-    def __init__(self, db: Sql, database: str, llm_pid: int) -> None:
-        self.db, self.database, self.llm_pid = db, database, llm_pid
+    def __init__(self, db: Sql, database: str, llm_pid: int, count_new: bool = False) -> None:
+        """``count_new``: a process that started after ``start`` counts from zero (else only those alive at both
+        ends count). Either way a backend that came and went between the two readings is not seen."""
+        self.db, self.database, self.llm_pid, self.count_new = db, database, llm_pid, count_new
         self.before: dict[str, dict[int, float]] = {}
 
     def _pids(self) -> dict[str, list[int]]:
@@ -101,7 +103,7 @@ class _Infra:
         out = {}
         for name, pids in self._pids().items():
             before = self.before.get(name, {})
-            out[name] = sum(cpu_seconds(p) - before[p] for p in pids if p in before)
+            out[name] = sum(cpu_seconds(p) - before.get(p, 0.0) for p in pids if self.count_new or p in before)
         return out
 
 
@@ -143,7 +145,7 @@ def measure_cpu(
         if time.perf_counter() - cold_t0 > MAX_WINDOW_S:
             raise TimeoutError(f"{WARM_FRACTION:.0%} of the steps not committed in {MAX_WINDOW_S:.0f} s")
         time.sleep(0.02)
-    infra = _Infra(db, env.database, platform.fake.process.pid)
+    infra = InfraMeter(db, env.database, platform.fake.process.pid)
     infra.start()
     meters = {name: CpuMeter([pid]).start() for name, pid in _named_sessions(platform).items()}
     host = CpuMeter([]).start()

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from bench import httpload
+from bench.cpu import InfraMeter
 from bench.env import BenchEnv, Sql
 from bench.figure import Figure, judge, ms, percentile
 from bench.procs import CpuMeter
@@ -24,6 +25,8 @@ class SubmitResult:
     health: httpload.LoadResult
     submit: httpload.LoadResult
     api_cpu_s: float
+    infra_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)  # PostgreSQL's backends, RabbitMQ
+    host_busy: float = float("nan")  # share of both cores busy during the submits (anyone's work)
 
 
 def measure_submit(
@@ -44,12 +47,15 @@ def measure_submit(
     # warm-up: connections, the API's thread pool and its database pool
     httpload.load(url, submit, clients, duration_s=min(1.0, duration_s), headers=headers)
     health_result = httpload.load(url, health, clients, duration_s=duration_s / 2, headers=headers)
-    assert platform.api is not None
+    assert platform.api is not None and platform.fake is not None
     meter = CpuMeter([platform.api.pid]).start()
+    infra = InfraMeter(db, env.database, platform.fake.process.pid, count_new=True)
+    infra.start()
     submit_result = httpload.load(url, submit, clients, duration_s=duration_s, headers=headers)
     meter.stop()
+    infra_cpu = infra.stop()
     env.settle(db)
-    return SubmitResult(clients, health_result, submit_result, meter.seconds)
+    return SubmitResult(clients, health_result, submit_result, meter.seconds, infra_cpu, meter.host_busy)
 
 
 def submit_figure(r: SubmitResult) -> Figure:
@@ -62,6 +68,8 @@ def submit_figure(r: SubmitResult) -> Figure:
     fig.reference = f"GET /healthz: {h.rate:.0f} req/s, {ms(h50)} / {ms(h99)}"
     fig.verdict = judge(s.rate >= GOAL_RATE and p99 < GOAL_P99_S) if s.ok else "n/a"
     cpu_per_task = r.api_cpu_s / s.ok if s.ok else float("nan")
+    pg_per_task = r.infra_cpu_s.get("postgres", float("nan")) / s.ok if s.ok else float("nan")
+    mq_per_task = r.infra_cpu_s.get("rabbitmq", float("nan")) / s.ok if s.ok else float("nan")
     fig.values = {
         "tasks_per_s": s.rate,
         "p50_s": p50,
@@ -73,8 +81,14 @@ def submit_figure(r: SubmitResult) -> Figure:
         "health_p50_s": h50,
         "health_p99_s": h99,
         "api_cpu_per_task_s": cpu_per_task,
+        "postgres_cpu_per_task_s": pg_per_task,
+        "rabbitmq_cpu_per_task_s": mq_per_task,
+        "host_busy": r.host_busy,
     }
-    fig.note = f"API CPU {cpu_per_task * 1000:.1f} ms per accepted task"
+    fig.note = (
+        f"CPU per accepted task: API {cpu_per_task * 1000:.2f} ms, PostgreSQL {pg_per_task * 1000:.2f} ms, "
+        f"RabbitMQ {mq_per_task * 1000:.2f} ms; both cores {r.host_busy:.0%} busy"
+    )
     if not s.ok:
         fig.note = f"no task accepted: {s.errors[:2]}"
     return fig
