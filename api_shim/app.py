@@ -25,6 +25,8 @@ from autogpt_workers.store import phase_sql, submit_sql
 from autogpt_workers.store.db import Database
 from autogpt_workers.submit import BackgroundPublisher, IdempotencyConflict
 
+PING_AFTER_IDLE_S = 1.0  # a pooled connection unused this long is pinged before use (``store.db.ping_after_idle``)
+
 
 def create_server_app() -> FastAPI:
     """The factory uvicorn calls in each API process: ``create_app``, then the process's garbage collector tuned
@@ -41,7 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = settings
-        app.state.db = Database.from_url(settings.database_url, settings.api_db_pool_size, settings.api_db_max_overflow)
+        app.state.db = Database.from_url(
+            settings.database_url,
+            settings.api_db_pool_size,
+            settings.api_db_max_overflow,
+            ping_after_idle_s=PING_AFTER_IDLE_S,  # a busy API's connections are not pinged at each request
+        )
         if settings.db_prepared_statements:
             phase_sql.prepare_submit_on_connect(app.state.db, submit_sql.SUBMIT_STATEMENTS)
         app.state.publisher = Publisher(celery_app)

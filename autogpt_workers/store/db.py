@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 
-def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, pre_ping: bool = True) -> Engine:
-    return create_engine(
+def make_engine(
+    url: str, pool_size: int = 10, max_overflow: int = 20, pre_ping: bool = True, ping_after_idle_s: float | None = None
+) -> Engine:
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -19,8 +23,8 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, pre_ping:
         # checkout (and, being run in autocommit, a transaction of its own). The step runner, the reaper and the
         # dispatcher turn it off: there the first statement on a stale connection fails as a disconnect, SQLAlchemy
         # discards every pooled connection of that age, and the callers retry (``StepRunner._persist``, the Celery
-        # glue's database-down retry, the next round).
-        pool_pre_ping=pre_ping,
+        # glue's database-down retry, the next round). ``ping_after_idle_s`` pings only what idled that long
+        pool_pre_ping=pre_ping and ping_after_idle_s is None,
         pool_recycle=1800,
         # last in, first out: a checkout takes the connection returned most recently, so at light load a process
         # keeps reusing the few backends that are hot (in PostgreSQL's caches, scheduled) instead of cycling through
@@ -29,6 +33,35 @@ def make_engine(url: str, pool_size: int = 10, max_overflow: int = 20, pre_ping:
         pool_use_lifo=True,
         connect_args={"connect_timeout": 5, "application_name": "autogpt-workers"},
     )
+    if pre_ping and ping_after_idle_s is not None:
+        ping_after_idle(engine, ping_after_idle_s)
+    return engine
+
+
+_RETURNED_AT = "autogpt_returned_at"
+
+
+def ping_after_idle(engine: Engine, idle_s: float) -> None:
+    """Pre-ping a pooled connection at checkout only if it sat in the pool longer than ``idle_s`` (the API's: a busy
+    API reuses its connections within milliseconds, and the ping was a round trip and a transaction of its own per
+    submit, beside the submit's one statement). A ping that fails discards the connection, and the pool takes
+    another (SQLAlchemy's checkout-event disconnect handling, up to three attempts). A connection used within
+    ``idle_s`` of a PostgreSQL restart fails its first statement instead, as a disconnect: SQLAlchemy then discards
+    every pooled connection as old as it, so a process sees that once per restart (the API answers it 503)."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_RETURNED_AT] = time.monotonic()  # the info lives as long as the DBAPI connection
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED_AT)  # None: a new connection, nothing to check
+        if returned is None or time.monotonic() - returned <= idle_s:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"a pooled connection idle since {returned:.0f} failed its ping: {exc}") from exc
 
 
 class Tx(Protocol):
@@ -59,8 +92,16 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 10, max_overflow: int = 20, *, pre_ping: bool = True) -> Database:
-        return cls(make_engine(url, pool_size, max_overflow, pre_ping))
+    def from_url(
+        cls,
+        url: str,
+        pool_size: int = 10,
+        max_overflow: int = 20,
+        *,
+        pre_ping: bool = True,
+        ping_after_idle_s: float | None = None,
+    ) -> Database:
+        return cls(make_engine(url, pool_size, max_overflow, pre_ping, ping_after_idle_s))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
