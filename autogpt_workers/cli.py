@@ -185,25 +185,33 @@ def api(
         get_settings.cache_clear()
     s = _settings()
     _configure_logs()
-    if workers > 1:
-        from autogpt_workers.metrics_server import use_multiprocess_dir
-
-        use_multiprocess_dir("api", s.metrics_dir)
-    uvicorn.run(
-        "api_shim.app:create_server_app",
-        factory=True,
-        host=host or s.api_host,
-        port=port or s.api_port,
-        workers=workers,
+    config: dict[str, Any] = {
+        "app": "api_shim.app:create_server_app",
+        "factory": True,
+        "host": host or s.api_host,
+        "port": port or s.api_port,
         # uvloop's event loop and httptools' C parser (uvicorn's defaults when installed; named, so a missing
         # one fails at start instead of falling back): the health endpoint answered 4671-5476 requests/s against
         # 1999-3940 on asyncio and h11, the submit 431-547 tasks/s against 355-454 (``python -m bench --only submit``)
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_level": "warning",
         # one process: uvicorn's loggers propagate to the root handler (JSON); spawned workers keep uvicorn's own
-        log_config=None if workers == 1 else uvicorn.config.LOGGING_CONFIG,
-    )
+        "log_config": None if workers == 1 else uvicorn.config.LOGGING_CONFIG,
+    }
+    if workers == 1:
+        uvicorn.run(**config)
+        return
+    from autogpt_workers import api_processes
+    from autogpt_workers.metrics_server import use_multiprocess_dir
+
+    use_multiprocess_dir("api", s.metrics_dir)
+    try:  # a socket per process (SO_REUSEPORT), not uvicorn's shared one: see ``api_processes``
+        code = api_processes.serve(config, workers)
+    except (api_processes.PortTaken, ValueError) as exc:
+        typer.echo(f"autogpt-workers api: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
 
 
 @app.command()
