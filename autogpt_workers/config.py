@@ -37,8 +37,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=0, ge=0)
     # the workers' step statements and the API's submit as server-side prepared statements (planned once per
-    # connection). Turn it off
-    # behind a PgBouncer in transaction pooling mode, which does not keep a session's prepared statements
+    # connection). Turn it off behind a PgBouncer in transaction pooling mode, which does not keep a session's
+    # prepared statements
     db_prepared_statements: bool = True
     # the API's (per uvicorn process): its submit route runs at most ``api_db_pool_size`` database calls at once,
     # so the overflow serves only the other routes

@@ -71,13 +71,13 @@ def measure(url: str, tasks: int, prepared: bool) -> dict[str, float]:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("AUTOGPT_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--mode", choices=("text", "prepared", "both"), default="both")
     parser.add_argument("--rounds", type=int, default=2, help="alternate the modes this many times")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     modes = ["text", "prepared"] if args.mode == "both" else [args.mode]
     print("| mode | wall ms/task | this process's CPU ms/task | PostgreSQL CPU ms/task |\n|---|---|---|---|")
     for _ in range(args.rounds):

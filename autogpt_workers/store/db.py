@@ -50,18 +50,20 @@ def ping_after_idle(engine: Engine, idle_s: float) -> None:
     every pooled connection as old as it, so a process sees that once per restart (the API answers it 503)."""
 
     @event.listens_for(engine, "checkin")
-    def _returned(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_RETURNED_AT] = time.monotonic()  # the info lives as long as the DBAPI connection
+    def _returned(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:  # None: invalidated, its replacement will be new
+            record.info[_RETURNED_AT] = time.monotonic()  # the info lives as long as the DBAPI connection
 
     @event.listens_for(engine, "checkout")
     def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         returned = record.info.get(_RETURNED_AT)  # None: a new connection, nothing to check
-        if returned is None or time.monotonic() - returned <= idle_s:
+        idle = time.monotonic() - returned if returned is not None else 0.0
+        if idle <= idle_s:
             return
         try:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as exc:
-            raise DisconnectionError(f"a pooled connection idle since {returned:.0f} failed its ping: {exc}") from exc
+            raise DisconnectionError(f"a pooled connection idle for {idle:.1f} s failed its ping: {exc}") from exc
 
 
 class Tx(Protocol):

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
-from bench import prompt_micro
+from bench import prompt_micro, submit_micro
 from bench.profile_run import areas
 
 
 def test_prompt_micro_prints_the_cpu_per_think(capsys: pytest.CaptureFixture[str]) -> None:
     prompt_micro.main(["--steps", "3", "--output-bytes", "100", "--rounds", "2"])
     assert capsys.readouterr().out.startswith("prompt of 3 steps x 100 B: ")
+
+
+def test_submit_micro_prints_both_modes_and_leaves_no_task(
+    migrated: None, settings: Any, db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    submit_micro.main(["--database-url", settings.database_url, "--tasks", "5", "--rounds", "1"])
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| text", "| prepared"]
+    with db.session() as s:
+        tenant = submit_micro.VALUES["tenant_id"]
+        left = s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant})
+    assert left == 0
 
 
 def test_profile_areas_take_the_first_area_a_stack_reaches(tmp_path: Path) -> None:
