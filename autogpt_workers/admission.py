@@ -160,6 +160,10 @@ class _Waiting:
     priority: int  # effective, now
 
 
+def _own_or(own: int | None, default: int | None) -> int | None:
+    return own if own is not None else default
+
+
 class Admitter:
     """The dispatcher's half of admission: admits waiting tasks as slots free, and raises priorities as
     deadlines near."""
@@ -307,7 +311,8 @@ class Admitter:
             ).all()
         )
         own_caps = {t: cap for t, cap in s.execute(select(Tenant.id, Tenant.max_running).where(Tenant.id.in_(tenants)))}
-        caps = {t: own_caps.get(t) or self.policy.tenant_max_running for t in tenants}
+        # a tenant's own cap, else the default one: an own cap of 0 is a cap (as ``hold_if_capped`` reads it)
+        caps = {t: _own_or(own_caps.get(t), self.policy.tenant_max_running) for t in tenants}
         total = s.execute(_running()).scalar_one() if self.policy.max_running is not None else 0
 
         admitted: list[_Waiting] = []

@@ -192,3 +192,23 @@ def test_a_delivery_is_recorded_on_a_fresh_connection_when_its_pooled_one_died(
 def _deliveries(db: Database, task_id: object) -> set[int]:
     with db.session() as s:
         return set(s.scalars(select(WebhookDelivery.id).where(WebhookDelivery.task_id == task_id)))
+
+
+def test_a_tenants_own_cap_of_zero_holds_its_tasks_through_admission(own_db: Database, publisher: Publisher) -> None:
+    """The submit and the dispatcher read a tenant's cap alike: 0 is a cap (none may run), not "no cap"."""
+    tenant = f"zero-{uuid.uuid4().hex[:8]}"
+    with own_db.transaction() as s:
+        s.execute(text("INSERT INTO tenants (id, webhook_secret, max_running) VALUES (:id, 'x', 0)"), {"id": tenant})
+    held = submit_task(own_db, publisher, TaskSubmission(goal="a suspended tenant"), tenant_id=tenant, policy=Policy())
+    assert held.view is not None and held.view.waiting_for_slot
+    admitter = Admitter(own_db, publisher, Policy())
+    waiting = text("SELECT count(*) FROM admission_queue WHERE task_id = :t")
+    for _ in range(3):
+        admitter.admit_round()
+    with own_db.session() as s:
+        assert s.scalar(waiting, {"t": held.task_id}) == 1
+    with own_db.transaction() as s:
+        s.execute(text("UPDATE tenants SET max_running = 1 WHERE id = :id"), {"id": tenant})
+    admitter.admit_round()
+    with own_db.session() as s:
+        assert s.scalar(waiting, {"t": held.task_id}) == 0
