@@ -12,11 +12,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from typing import Any
-
-import pytest
 
 from autogpt_workers.api_processes import STARTUP_S
+from tests.api.conftest import wait_for
 from tests.conftest import REPO_ROOT, Proc, free_port, wait_http
 
 
@@ -33,16 +31,6 @@ def _listening(port: int, processes: int) -> Counter[int] | None:
     return found if len(found) == processes else None
 
 
-def _until(what: str, check: Any, timeout_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def _get_health(conn: socket.socket) -> None:
     conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
     assert conn.recv(4096).startswith(b"HTTP/1.1 200")
@@ -56,7 +44,7 @@ def test_each_process_listens_on_its_own_socket_and_new_connections_spread(migra
     started = time.monotonic()
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        listeners = _until("two listening processes", lambda: _listening(port, 2))
+        listeners = wait_for(lambda: _listening(port, 2), 30, "two listening processes")
         assert api.popen.pid not in listeners  # the parent only supervises
         assert all(count == 1 for count in listeners.values())
 
@@ -80,7 +68,9 @@ def test_each_process_listens_on_its_own_socket_and_new_connections_spread(migra
         time.sleep(max(0.0, STARTUP_S + 0.5 - (time.monotonic() - started)))  # past the start-up window
         victim = next(iter(listeners))
         os.kill(victim, signal.SIGKILL)
-        replaced = _until("a replacement process", lambda: (ls := _listening(port, 2)) and victim not in ls and ls)
+        replaced = wait_for(
+            lambda: (ls := _listening(port, 2)) and victim not in ls and ls, 30, "a replacement process"
+        )
         assert len(set(replaced) & set(listeners)) == 1
         wait_http(f"http://127.0.0.1:{port}/healthz")
     finally:

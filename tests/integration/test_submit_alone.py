@@ -104,15 +104,22 @@ def test_a_cap_for_every_tenant_goes_straight_to_the_transaction(
     assert inserts == [False] and got.created
 
 
+def _replay_a_key(db: Any, submitting: Any, publisher: Publisher) -> str:
+    """Submit under one key three times through ``submitting``: the same body twice (one task), then another body
+    (a conflict). Returns the tenant."""
+    tenant, key = _tenant(db, None), f"k-{uuid.uuid4()}"
+    first = submit_task(submitting, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
+    again = submit_task(submitting, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
+    assert first.created and not again.created and again.task_id == first.task_id
+    with pytest.raises(IdempotencyConflict):
+        submit_task(submitting, publisher, TaskSubmission(goal="other"), tenant_id=tenant, idempotency_key=key)
+    return tenant
+
+
 def test_a_replayed_idempotency_key_is_answered_from_the_transaction(
     db: Any, publisher: Publisher, inserts: list[bool]
 ) -> None:
-    tenant, key = _tenant(db, None), f"k-{uuid.uuid4()}"
-    first = submit_task(db, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
-    again = submit_task(db, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
-    assert first.created and not again.created and again.task_id == first.task_id
-    with pytest.raises(IdempotencyConflict):
-        submit_task(db, publisher, TaskSubmission(goal="other"), tenant_id=tenant, idempotency_key=key)
+    tenant = _replay_a_key(db, db, publisher)
     # the replays' statements wrote nothing, then their transactions found the task
     assert inserts == [True, True, False, True, False]
     with db.session() as s:
@@ -200,12 +207,7 @@ def test_a_prepared_submit_under_a_cap_or_a_taken_key_takes_the_transaction(
     capped = _tenant(db, 0)
     held = submit_task(prepared_db, publisher, TaskSubmission(goal="capped"), tenant_id=capped, policy=Policy())
     assert held.created and held.view is not None and held.view.waiting_for_slot
-    tenant, key = _tenant(db, None), f"k-{uuid.uuid4()}"
-    first = submit_task(prepared_db, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
-    again = submit_task(prepared_db, publisher, TaskSubmission(goal="once"), tenant_id=tenant, idempotency_key=key)
-    assert first.created and not again.created and again.task_id == first.task_id
-    with pytest.raises(IdempotencyConflict):
-        submit_task(prepared_db, publisher, TaskSubmission(goal="other"), tenant_id=tenant, idempotency_key=key)
+    tenant = _replay_a_key(db, prepared_db, publisher)
     with db.session() as s:
         assert s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant}) == 1
         assert s.scalar(text("SELECT count(*) FROM admission_queue WHERE task_id = :t"), {"t": held.task_id}) == 1
