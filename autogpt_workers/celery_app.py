@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -199,13 +200,18 @@ def _tune_gc(**_: Any) -> None:
 
 
 def _pool_children() -> list[int]:
-    """This process's child processes (a prefork pool's workers); empty for the thread pool."""
+    """This process's child processes (a prefork pool's workers); empty for the thread pool. Each thread's own
+    ``children`` file lists the processes that thread forked: read them all, whichever thread forked a child."""
     pid = os.getpid()
+    children: list[int] = []
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
+        threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
+    for tid in threads:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            children.extend(int(p) for p in f.read().split())
+    return sorted(set(children))
 
 
 @signals.worker_shutting_down.connect
@@ -223,8 +229,9 @@ def _drain_on_shutdown(sig: Any = None, how: Any = None, **_: Any) -> None:
     runner.leases.drain(get_settings().shutdown_grace_s, on_expired=lambda holds: runner.exit_once_only_stuck())
 
 
-def _child_sigterm(signum: int, frame: Any) -> None:
-    """A prefork child asked to stop: exit now if idle, else finish the step within the grace or hand it back."""
+def _child_stop() -> None:
+    """A prefork child asked to stop (run by the ``child-sigterm`` thread, not in the signal handler): exit now
+    if idle, else finish the step within the grace or hand it back."""
     from autogpt_workers.runtime import get_runner
 
     runner = get_runner()
@@ -238,6 +245,27 @@ def _child_sigterm(signum: int, frame: Any) -> None:
             os._exit(0)
 
     runner.leases.drain(get_settings().shutdown_grace_s, on_expired=hand_back_and_exit)
+
+
+def _watch_child_sigterm(read_fd: int) -> None:
+    while True:
+        try:
+            if os.read(read_fd, 1):
+                break
+        except InterruptedError:
+            continue
+    _child_stop()
+
+
+_child_sigterm_fd: list[int] = []  # the write end of this child's SIGTERM pipe
+
+
+def _child_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM in a prefork child: only wake the ``child-sigterm`` thread. The handler runs in the main thread
+    between two bytecodes, maybe inside a lock the stop needs (the lease registry's, while a step's lease is being
+    taken): doing the stop here could wait forever on the main thread's own lock. Writing to a pipe cannot."""
+    with contextlib.suppress(OSError):
+        os.write(_child_sigterm_fd[0], b"x")
 
 
 _pool_child: list[int] = [0, 0]  # [pid of this pool child, pid whose SIGTERM handler is ours]
@@ -254,5 +282,8 @@ def _install_child_sigterm(**_: Any) -> None:
     process initializer, so it cannot be set in ``worker_process_init``)."""
     pid = os.getpid()
     if _pool_child[0] == pid and _pool_child[1] != pid:
+        read_fd, write_fd = os.pipe()
+        _child_sigterm_fd[:] = [write_fd]
+        threading.Thread(target=_watch_child_sigterm, args=(read_fd,), name="child-sigterm", daemon=True).start()
         signal.signal(signal.SIGTERM, _child_sigterm)
         _pool_child[1] = pid
