@@ -172,8 +172,9 @@ def _storm_checks(ctx: Context) -> list[Check]:
 
 def catalogue(trimmed: bool = False) -> dict[str, Scenario]:
     kills = 8 if trimmed else 24
-    # the kills are spread over the load's progress (kill i when i/(kills+1) of its steps are committed), so they
-    # all land under load on any host; the random gap between two kills keeps them from landing together
+    # the kills are spread over the load's progress (kill i when 0.6 * i/(kills+1) of its steps are committed,
+    # ``faults.KILL_SPAN``), so they all land under load on any host; the random gap between two kills keeps them
+    # from landing together
     gap_s = (0.2, 0.8)
     p = 0.03
     scenarios = [
