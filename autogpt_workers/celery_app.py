@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from celery import Celery, signals
@@ -214,6 +214,40 @@ def _pool_children() -> list[int]:
     return sorted(set(children))
 
 
+class SignalWaker:
+    """Run ``target`` on a thread of its own when a signal handler calls ``wake`` (once). A handler runs in the main
+    thread between two bytecodes, maybe inside a lock its work needs (the lease registry's while a step's lease is
+    taken, a stream's while a line is written): work done in the handler could wait on its own thread forever (seen
+    once in CI: an act child that never drained). Writing a byte to a pipe cannot; the thread does the work."""
+
+    def __init__(self, target: Callable[[], object], name: str) -> None:
+        self._target = target
+        self._read_fd, self._write_fd = os.pipe()
+        self.pid = os.getpid()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self._write_fd, b"x")
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if os.read(self._read_fd, 1):
+                    break
+            except InterruptedError:
+                continue
+        self._target()
+
+
+_wakers: dict[str, SignalWaker] = {}  # "drain" (a thread-pool worker's main process), "child" (a prefork child)
+
+
+def _waker(kind: str) -> SignalWaker | None:
+    waker = _wakers.get(kind)
+    return waker if waker is not None and waker.pid == os.getpid() else None
+
+
 @signals.worker_shutting_down.connect
 def _drain_on_shutdown(sig: Any = None, how: Any = None, **_: Any) -> None:
     """MainProcess got SIGTERM/SIGINT/SIGQUIT: drain (thread pool) or tell the pool's children to (prefork)."""
@@ -223,15 +257,32 @@ def _drain_on_shutdown(sig: Any = None, how: Any = None, **_: Any) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
         return
+    waker = _waker("drain")
+    if waker is not None:
+        waker.wake()
+    else:  # not started yet (a signal during start-up): nothing is held that the drain needs
+        _drain_threads()
+
+
+def _drain_threads() -> None:
+    """A thread-pool worker's drain: no new step, the held ones finished within the grace or handed back."""
     from autogpt_workers.runtime import get_runner
 
     runner = get_runner()
     runner.leases.drain(get_settings().shutdown_grace_s, on_expired=lambda holds: runner.exit_once_only_stuck())
 
 
+@signals.worker_ready.connect
+def _start_drain_waker(**_: Any) -> None:
+    """In the worker's main process once it consumes (a thread pool's steps run there; a prefork worker only
+    forwards the signal to its children, from the handler: ``os.kill`` is safe there)."""
+    if _waker("drain") is None:
+        _wakers["drain"] = SignalWaker(_drain_threads, "shutdown-drain")
+
+
 def _child_stop() -> None:
-    """A prefork child asked to stop (run by the ``child-sigterm`` thread, not in the signal handler): exit now
-    if idle, else finish the step within the grace or hand it back."""
+    """A prefork child asked to stop (on the ``child-sigterm`` thread): exit now if idle, else finish the step
+    within the grace or hand it back."""
     from autogpt_workers.runtime import get_runner
 
     runner = get_runner()
@@ -247,25 +298,11 @@ def _child_stop() -> None:
     runner.leases.drain(get_settings().shutdown_grace_s, on_expired=hand_back_and_exit)
 
 
-def _watch_child_sigterm(read_fd: int) -> None:
-    while True:
-        try:
-            if os.read(read_fd, 1):
-                break
-        except InterruptedError:
-            continue
-    _child_stop()
-
-
-_child_sigterm_fd: list[int] = []  # the write end of this child's SIGTERM pipe
-
-
 def _child_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM in a prefork child: only wake the ``child-sigterm`` thread. The handler runs in the main thread
-    between two bytecodes, maybe inside a lock the stop needs (the lease registry's, while a step's lease is being
-    taken): doing the stop here could wait forever on the main thread's own lock. Writing to a pipe cannot."""
-    with contextlib.suppress(OSError):
-        os.write(_child_sigterm_fd[0], b"x")
+    """SIGTERM in a prefork child: wake the ``child-sigterm`` thread (see ``SignalWaker``)."""
+    waker = _waker("child")
+    if waker is not None:
+        waker.wake()
 
 
 _pool_child: list[int] = [0, 0]  # [pid of this pool child, pid whose SIGTERM handler is ours]
@@ -282,8 +319,6 @@ def _install_child_sigterm(**_: Any) -> None:
     process initializer, so it cannot be set in ``worker_process_init``)."""
     pid = os.getpid()
     if _pool_child[0] == pid and _pool_child[1] != pid:
-        read_fd, write_fd = os.pipe()
-        _child_sigterm_fd[:] = [write_fd]
-        threading.Thread(target=_watch_child_sigterm, args=(read_fd,), name="child-sigterm", daemon=True).start()
+        _wakers["child"] = SignalWaker(_child_stop, "child-sigterm")
         signal.signal(signal.SIGTERM, _child_sigterm)
         _pool_child[1] = pid

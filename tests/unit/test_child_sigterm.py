@@ -1,5 +1,5 @@
-"""A prefork child's SIGTERM handler does no work in the signal context: it wakes a thread that does the stop.
-The handler runs in the main thread between two bytecodes, maybe while that thread holds the lease registry's lock
+"""Shutdown signals do no work in the signal handler: it wakes a thread that does it (``celery_app.SignalWaker``).
+A handler runs in the main thread between two bytecodes, maybe while that thread holds the lease registry's lock
 (taking a step's lease); a stop done inside the handler would then wait on its own thread forever (seen once in CI:
 an act child that never drained)."""
 
@@ -15,33 +15,37 @@ import pytest
 from autogpt_workers import celery_app
 
 
-def test_the_stop_runs_in_a_thread_once_the_main_threads_lock_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_work_runs_on_its_thread_once_the_main_threads_lock_is_free() -> None:
     registry_lock = threading.Lock()  # stands for the lease registry's lock, held by the interrupted main thread
-    stopped = threading.Event()
-    stopped_in: list[str] = []
+    done = threading.Event()
+    ran_on: list[str] = []
 
     def stop() -> None:
         with registry_lock:
-            stopped_in.append(threading.current_thread().name)
-            stopped.set()
+            ran_on.append(threading.current_thread().name)
+            done.set()
 
-    monkeypatch.setattr(celery_app, "_child_stop", stop)
-    read_fd, write_fd = os.pipe()
-    monkeypatch.setattr(celery_app, "_child_sigterm_fd", [write_fd])
-    watcher = threading.Thread(target=celery_app._watch_child_sigterm, args=(read_fd,), name="child-sigterm",
-                               daemon=True)
-    watcher.start()
-    try:
-        with registry_lock:
-            celery_app._child_sigterm(signal.SIGTERM, None)  # returns at once although the lock is taken
-            assert not stopped.wait(0.2)
-        assert stopped.wait(5)
-        assert stopped_in == ["child-sigterm"]
-        watcher.join(5)
-        assert not watcher.is_alive()
-    finally:
-        os.close(read_fd)
-        os.close(write_fd)
+    waker = celery_app.SignalWaker(stop, "child-sigterm")
+    with registry_lock:
+        waker.wake()  # returns at once although the lock is taken
+        assert not done.wait(0.2)
+    assert done.wait(5)
+    assert ran_on == ["child-sigterm"]
+
+
+def test_a_childs_sigterm_handler_only_wakes_its_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    woken = threading.Event()
+    monkeypatch.setattr(celery_app, "_wakers", {"child": celery_app.SignalWaker(woken.set, "child-sigterm")})
+    celery_app._child_sigterm(signal.SIGTERM, None)
+    assert woken.wait(5)
+
+
+def test_a_waker_of_another_process_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forked child inherits its parent's wakers (and their pipes), not their threads."""
+    waker = celery_app.SignalWaker(lambda: None, "drain")
+    waker.pid = os.getpid() + 1
+    monkeypatch.setattr(celery_app, "_wakers", {"drain": waker})
+    assert celery_app._waker("drain") is None
 
 
 def test_the_pool_children_of_every_thread_are_found() -> None:
