@@ -193,9 +193,12 @@ class BenchRun:
             )
 
         def measure_cpu() -> Any:
-            return cpu.measure_cpu(
-                platform, env, db, p.cpu_tasks, p.cpu_steps, p.stats_settle_s, *workers, restart=not p.quick
-            )
+            return [
+                cpu.measure_cpu(
+                    platform, env, db, p.cpu_tasks, p.cpu_steps, p.stats_settle_s, *workers, restart=not p.quick
+                )
+                for _ in range(p.cpu_rounds)
+            ]
 
         def measure_memory() -> Any:
             if not p.quick:
@@ -251,7 +254,10 @@ class BenchRun:
                 )
         if "cpu" in only:
             if cpu_result is not None:
-                figs += [cpu.cpu_figure(cpu_result, floor_result, floor_note), cpu.costs_figure(cpu_result)]
+                figs += [
+                    cpu.cpu_figure(cpu_result, floor_result, floor_note),
+                    cpu.costs_figure(cpu.median_round(cpu_result)),
+                ]
             else:
                 figs += [
                     Figure.unavailable(cpu.CPU_KEY, "CPU per step and steps/s", self.why("cpu and costs")),

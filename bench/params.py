@@ -14,6 +14,7 @@ class Params:
     # CPU and costs: K tasks of N steps, the LLM answering at once
     cpu_tasks: int = 50
     cpu_steps: int = 20
+    cpu_rounds: int = 3  # the figure is the median round's: a round's window is a few seconds
     # steps/s with K concurrent tasks and LLM latency L
     throughput_ks: tuple[int, ...] = (50, 200, 500)
     llm_latency_s: float = 1.0
@@ -47,6 +48,7 @@ QUICK = Params(
     floor_noop_tasks=200,
     cpu_tasks=4,
     cpu_steps=4,
+    cpu_rounds=1,
     throughput_ks=(4,),
     llm_latency_s=0.3,
     throughput_warmup_s=1.0,
