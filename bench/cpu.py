@@ -14,6 +14,9 @@ connections a think process, each preparing the phase statements; the LLM client
 publisher's broker connections) and its thread pool starts its threads as the first deliveries arrive, and every task
 pays for its first step (its workspace, its history read whole). The figure used to open its window at the first
 committed step; it is still measured that way, beside it (``cold_*`` in ``results.json``, and the note).
+
+The window is a few seconds, so ``make bench`` runs the whole sequence ``Params.cpu_rounds`` times and reports the
+median round (``cpu_figure``), every round's figures beside it; the costs figure is that round's.
 """
 
 from __future__ import annotations
