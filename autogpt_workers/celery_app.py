@@ -10,7 +10,7 @@ steps in flight finish for ``shutdown_grace_s``, then hands back what is left (t
 ``Ledger.release``, the wake-up re-published) so another worker continues at once and nothing waits for a lease
 to expire. The thread pool (think) abandons its LLM calls at the grace; a prefork child (act) running a command
 in-process releases its lease and exits, and the parent forwards SIGTERM to its children when only it was
-signalled (as Kubernetes does).
+signalled (as Kubernetes does). The signal handlers themselves only wake a thread that does this (``SignalWaker``).
 """
 
 from __future__ import annotations
