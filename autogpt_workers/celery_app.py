@@ -274,9 +274,10 @@ def _drain_threads() -> None:
 
 @signals.worker_ready.connect
 def _start_drain_waker(**_: Any) -> None:
-    """In the worker's main process once it consumes (a thread pool's steps run there; a prefork worker only
-    forwards the signal to its children, from the handler: ``os.kill`` is safe there)."""
-    if _waker("drain") is None:
+    """In a thread-pool worker's main process once it consumes (its steps run there). A prefork worker, which has
+    its children by then, gets none: it only forwards the signal to them, from the handler (``os.kill`` is safe
+    there)."""
+    if _waker("drain") is None and not _pool_children():
         _wakers["drain"] = SignalWaker(_drain_threads, "shutdown-drain")
 
 
@@ -305,7 +306,7 @@ def _child_sigterm(signum: int, frame: Any) -> None:
         waker.wake()
 
 
-_pool_child: list[int] = [0, 0]  # [pid of this pool child, pid whose SIGTERM handler is ours]
+_pool_child: list[int] = [0]  # the pid of this process, if it is a prefork pool child
 
 
 @signals.worker_process_init.connect
@@ -317,8 +318,6 @@ def _mark_pool_child(**_: Any) -> None:
 def _install_child_sigterm(**_: Any) -> None:
     """In a prefork child, before its first task: our SIGTERM handler (billiard installs its own after the
     process initializer, so it cannot be set in ``worker_process_init``)."""
-    pid = os.getpid()
-    if _pool_child[0] == pid and _pool_child[1] != pid:
+    if _pool_child[0] == os.getpid() and _waker("child") is None:
         _wakers["child"] = SignalWaker(_child_stop, "child-sigterm")
         signal.signal(signal.SIGTERM, _child_sigterm)
-        _pool_child[1] = pid

@@ -1,12 +1,13 @@
 """``python -m bench.ab BEFORE AFTER``: the same bench figures for two commits, run alternately on this host.
 
 One run of a figure on a shared 2-core host moves by a tenth or more from the next (the same code read 152 and 199
-steps/s in two CPU windows a minute apart): a change is only seen against its before when the two are run back to
-back, in an order that cancels the host's drift. Each commit is checked out in a worktree of its own
-(``--work-dir``/<commit>, reused), and ``python -m bench --only ...`` runs from it with ``PYTHONPATH`` pointing there,
-so every platform process it starts runs that commit's code. Each round runs BEFORE, AFTER, AFTER, BEFORE, each on
-a freshly created bench database (dropped first: its tables and statistics do not carry over). The table gives,
-for every number a figure reports, each side's median and AFTER / BEFORE; ``ab.json`` keeps every run.
+steps/s at K = 50 in two 20-second windows of ``bench.profile_run`` a few minutes apart): a change is only seen
+against its before when the two are run back to back, in an order that cancels the host's drift. Each commit is
+checked out in a worktree of its own (``--work-dir``/<commit>, reused), and ``python -m bench --only ...`` runs from
+it with ``PYTHONPATH`` pointing there, so every platform process it starts runs that commit's code. Each round runs
+BEFORE, AFTER, AFTER, BEFORE, each on a freshly created bench database (dropped first: its tables and statistics do
+not carry over). The table gives, for every number a figure reports, each side's median and AFTER / BEFORE;
+``ab.json`` keeps every run.
 
     python -m bench.ab d4d8f6c HEAD --only cpu --rounds 2 --set AUTOGPT_MEMORY_BACKEND=none
 """
@@ -23,14 +24,12 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import psycopg2
 from psycopg2 import sql
 
-from bench.env import DEFAULT_DATABASE_URL, database_name, libpq_url
+from bench.env import DEFAULT_DATABASE_URL, REPO_ROOT, admin_url, database_name
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("before", "after")
 
 
@@ -49,8 +48,10 @@ def numbers(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def summarize(runs: Iterable[tuple[str, dict[str, float]]]) -> list[tuple[str, float, float, float, list[float],
-                                                                             list[float]]]:
+Row = tuple[str, float, float, float, list[float], list[float]]
+
+
+def summarize(runs: Iterable[tuple[str, dict[str, float]]]) -> list[Row]:
     """Per number: (name, median before, median after, after / before, the before runs, the after runs), for the
     numbers both sides reported."""
     by_side: dict[str, dict[str, list[float]]] = {side: {} for side in SIDES}
@@ -65,7 +66,7 @@ def summarize(runs: Iterable[tuple[str, dict[str, float]]]) -> list[tuple[str, f
     return rows
 
 
-def table(rows: list[tuple[str, float, float, float, list[float], list[float]]]) -> str:
+def table(rows: list[Row]) -> str:
     lines = ["| value | before (median) | after (median) | after / before | before runs | after runs |",
              "|---|---|---|---|---|---|"]
     for name, b, a, ratio, before, after in rows:
@@ -99,8 +100,7 @@ def _git(*args: str, cwd: Path = REPO_ROOT) -> str:
 
 def drop_database(url: str) -> None:
     """Drop the bench's database (the next run creates and migrates it anew)."""
-    admin = urlparse(libpq_url(url))._replace(path="/postgres").geturl()
-    conn = psycopg2.connect(admin, application_name="autogpt-bench-ab")
+    conn = psycopg2.connect(admin_url(url), application_name="autogpt-bench-ab")
     conn.autocommit = True
     try:
         with conn.cursor() as cur:

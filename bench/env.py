@@ -39,6 +39,11 @@ def libpq_url(url: str) -> str:
     return "postgresql://" + rest if scheme.startswith("postgresql") else url
 
 
+def admin_url(url: str) -> str:
+    """The libpq URL of the server's ``postgres`` database (to create, drop or read the statistics of another)."""
+    return urlparse(libpq_url(url))._replace(path="/postgres").geturl()
+
+
 def database_name(url: str) -> str:
     return unquote(urlparse(libpq_url(url)).path.lstrip("/"))
 
@@ -143,9 +148,7 @@ class BenchEnv:
         """Create the database and the vhost if missing (idempotent), then migrate and declare the queues."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        parsed = urlparse(libpq_url(self.database_url))
-        admin = parsed._replace(path="/postgres").geturl()
-        conn = psycopg2.connect(admin, application_name="autogpt-bench")
+        conn = psycopg2.connect(admin_url(self.database_url), application_name="autogpt-bench")
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
@@ -225,8 +228,7 @@ class XactCounts(NamedTuple):
 
 def xact_counts(database_url: str, database: str) -> XactCounts:
     """The counters of ``database``, read over a connection to another database."""
-    parsed = urlparse(libpq_url(database_url))
-    conn = psycopg2.connect(parsed._replace(path="/postgres").geturl(), application_name="autogpt-bench")
+    conn = psycopg2.connect(admin_url(database_url), application_name="autogpt-bench")
     try:
         with conn.cursor() as cur:
             cur.execute(

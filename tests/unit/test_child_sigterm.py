@@ -35,9 +35,16 @@ def test_the_work_runs_on_its_thread_once_the_main_threads_lock_is_free() -> Non
 
 def test_a_childs_sigterm_handler_only_wakes_its_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     woken = threading.Event()
-    monkeypatch.setattr(celery_app, "_wakers", {"child": celery_app.SignalWaker(woken.set, "child-sigterm")})
+    ran_on: list[str] = []
+
+    def stop() -> None:
+        ran_on.append(threading.current_thread().name)
+        woken.set()
+
+    monkeypatch.setattr(celery_app, "_wakers", {"child": celery_app.SignalWaker(stop, "child-sigterm")})
     celery_app._child_sigterm(signal.SIGTERM, None)
     assert woken.wait(5)
+    assert ran_on == ["child-sigterm"]  # not on the thread the handler ran on
 
 
 def test_a_waker_of_another_process_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
