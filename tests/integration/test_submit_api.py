@@ -30,8 +30,9 @@ def test_submit_commits_the_task_and_its_first_wakeup(client: TestClient, db) ->
     tid = uuid.UUID(body["id"])
     with db.session() as s:
         assert s.get_one(Task, tid).goal == "say hi"
-        assert s.scalars(select(Step.step_index).where(Step.task_id == tid)).all()[0] == 0
-        # workers of other tests may already be running it: its first wake-up is the think of step 0
+        # workers of other tests may already be running it (step 1 written too: read the steps in order); its first
+        # wake-up is the think of step 0
+        assert s.scalars(select(Step.step_index).where(Step.task_id == tid).order_by(Step.step_index)).all()[0] == 0
         first = (Outbox.task_id == tid, Outbox.step_index == 0, Outbox.phase == "think")
         assert s.scalars(select(Outbox).where(*first)).one() is not None
     # confirmed by the broker, then marked in the API process's next batch of marks (every 0.2 s)
