@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
 import threading
@@ -146,14 +147,46 @@ def check_worker_options(options: Mapping[str, Any], settings: Settings) -> list
             flag = "--" + name.replace("_", "-")
             problems.append(f"{flag} ({value:g}s) must be below RabbitMQ consumer_timeout ({limit:.0f}s)")
     queues = options.get("queues")
-    pool = options.get("pool_cls") or options.get("pool")
-    pool_name = str(pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
-    if pool is not None and (not queues or ACT_QUEUE in queues) and pool_name != "prefork":
+    pool_name = _pool_name(options)
+    if pool_name is not None and (not queues or ACT_QUEUE in queues) and pool_name != "prefork":
         problems.append(
             f"the act queue ({ACT_QUEUE}) needs the prefork pool (-P prefork), not {pool_name}: only prefork "
             "enforces the hard time limit on a running command"
         )
+    if pool_name == "eventlet":
+        problems.append("the eventlet pool is not supported (psycopg2 would block every green thread): use gevent")
+    if pool_name == "gevent" and not _gevent_patched():
+        problems.append("the gevent pool needs the standard library patched before anything is imported: start it "
+                        "with `autogpt-workers worker --queue think --pool gevent` (or Celery's own CLI, -P gevent)")
     return problems
+
+
+def _pool_name(options: Mapping[str, Any]) -> str | None:
+    """The pool a worker's options name (``--pool``/``-P``: a name or the pool's class), e.g. ``"prefork"``."""
+    pool = options.get("pool_cls") or options.get("pool")
+    if pool is None:
+        return None
+    return str(pool if isinstance(pool, str) else getattr(pool, "__module__", "")).rsplit(".", 1)[-1]
+
+
+def _gevent_patched() -> bool:
+    if "gevent" not in sys.modules:
+        return False
+    from gevent import monkey
+
+    return bool(monkey.is_module_patched("socket"))
+
+
+def prepare_green_worker(conf: Any) -> None:
+    """A worker on the gevent pool (the think queue's, ``autogpt_workers.green``), before it connects: psycopg2 waits
+    through gevent's hub, and no AMQP heartbeats. Celery's loop for green pools, with heartbeats on, waits 0.1 s on
+    the event connection after every delivery (``_quick_drain`` in celery/worker/loops.py): ten deliveries a second
+    (seen in ``make bench``). Without them a dead broker is still seen: its connection is reset, or TCP keepalive
+    (py-amqp turns it on) ends it."""
+    from autogpt_workers.green import patch
+
+    patch()  # already done by the CLI; Celery's own CLI patches the standard library but not psycopg2
+    conf.broker_heartbeat = 0
 
 
 def ensure_worker_settings(conf: Any, settings: Settings, options: Mapping[str, Any] | None = None) -> None:
@@ -183,6 +216,8 @@ def _refuse_unsafe_worker(sender: Any = None, conf: Any = None, options: Any = N
     except ConfigError as exc:
         print(f"autogpt-workers: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
+    if _pool_name(options or {}) == "gevent":
+        prepare_green_worker(conf if conf is not None else app.conf)
     declare_topology(app)
 
 
@@ -233,6 +268,9 @@ class SignalWaker:
     def _run(self) -> None:
         while True:
             try:
+                # ``select`` first: under gevent (``autogpt_workers.green``) it yields to the other greenlets,
+                # where a bare ``os.read`` would block the whole process until the signal came
+                select.select([self._read_fd], [], [])
                 if os.read(self._read_fd, 1):
                     break
             except InterruptedError:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import enum
 import sys
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
-import typer
-from rich.console import Console
-from rich.markup import escape
+from autogpt_workers.green import patch_if_asked
+
+patch_if_asked(sys.argv)  # a think worker on the gevent pool: gevent patches the standard library before any import
+
+import enum  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Annotated, Any  # noqa: E402
+
+import httpx  # noqa: E402
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 
 if TYPE_CHECKING:
     from autogpt_workers.config import Settings
@@ -94,16 +99,39 @@ def migrate() -> None:
     console.print("schema at head; queues declared")
 
 
+def _think_pool(name: str) -> str:
+    from autogpt_workers.green import POOLS, patched
+
+    if name not in POOLS:
+        err.print(f"[red]autogpt-workers: unknown think pool {escape(name)!r}; choose one of {', '.join(POOLS)}[/]")
+        raise typer.Exit(2)
+    if name == "gevent" and not patched():
+        err.print("[red]autogpt-workers: the gevent pool needs the standard library patched at start: run the worker "
+                  "as `autogpt-workers worker --queue think --pool gevent` (or python -m autogpt_workers.cli)[/]")
+        raise typer.Exit(2)
+    return name
+
+
 @app.command()
 def worker(
     queue: Annotated[QueueName, typer.Option(help="Which phase this worker serves.")],
     concurrency: Annotated[int | None, typer.Option(help="Threads (think) or processes (act).")] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="The think worker's pool: threads or gevent. Default: AUTOGPT_THINK_POOL.")
+    ] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     metrics_port: Annotated[int | None, typer.Option(help=METRICS_PORT_HELP)] = None,
 ) -> None:
-    """Run a Celery worker for the think queue (thread pool) or the act queue (prefork)."""
+    """Run a Celery worker for the think queue (thread pool, or gevent) or the act queue (prefork)."""
     s = _settings()
+    if queue is QueueName.think:
+        pool, conc = _think_pool(pool or s.think_pool), concurrency or s.think_concurrency
+    elif pool not in (None, "prefork"):
+        err.print(f"[red]autogpt-workers: the act worker runs the prefork pool only, not {escape(pool)}[/]")
+        raise typer.Exit(2)
+    else:
+        pool, conc = "prefork", concurrency or s.act_concurrency
     _start_metrics(f"worker-{queue.value}", s, metrics_port)
     from autogpt_workers.metrics import install_worker_hooks, touch_series
     from autogpt_workers.metrics_logs import install_step_logging
@@ -127,10 +155,7 @@ def worker(
     from autogpt_workers.metrics import record_plugins
     from autogpt_workers.runtime import check_sandbox, report_plugins
 
-    if queue is QueueName.think:
-        pool, conc = "threads", concurrency or s.think_concurrency
-    else:
-        pool, conc = "prefork", concurrency or s.act_concurrency
+    if queue is QueueName.act:
         try:
             check_sandbox(s)  # says whether this host can run the code sandbox (AUTOGPT_SANDBOX)
         except ConfigError as exc:

@@ -43,6 +43,13 @@ def test_an_unknown_queue_is_a_usage_error() -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr
 
 
+def test_a_pool_the_queue_cannot_run_is_a_usage_error() -> None:
+    out = cli("worker", "--queue", "think", "--pool", "eventlet")
+    assert out.returncode == 2 and "unknown think pool 'eventlet'" in out.stderr and "Traceback" not in out.stderr
+    out = cli("worker", "--queue", "act", "--pool", "gevent")
+    assert out.returncode == 2 and "prefork pool only" in out.stderr and "Traceback" not in out.stderr
+
+
 def test_submit_without_an_api_says_where_it_looked() -> None:
     port = free_port()
     out = cli("submit", "hello", "--api-url", f"http://127.0.0.1:{port}")

@@ -25,12 +25,13 @@ pytestmark = pytest.mark.timeout(600)
 class Workers:
     """Processes started by one test, stopped at its end whatever happens."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], think_pool: str = "threads") -> None:
         self.env = env
+        self.think_pool = think_pool
         self.procs: list[Proc] = []
 
     def start(self, name: str, queue: str, **extra: str) -> Proc:
-        env = {**self.env, **extra}
+        env = {**self.env, "AUTOGPT_THINK_POOL": self.think_pool, **extra}
         concurrency = "16" if queue == "think" else "2"
         proc = Proc(name, ["worker", "--queue", queue, "--concurrency", concurrency,
                            "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h"], env)
@@ -48,12 +49,16 @@ class Workers:
 
 
 @pytest.fixture
-def workers(lc_urls, fake_llm: str) -> Iterator[Workers]:  # type: ignore[no-untyped-def]
-    w = Workers(lc_env(lc_urls, fake_llm))
+def workers(request, lc_urls, fake_llm: str) -> Iterator[Workers]:  # type: ignore[no-untyped-def]
+    """The test's workers; a test marked ``BOTH_POOLS`` runs once with each think pool (threads, gevent)."""
+    w = Workers(lc_env(lc_urls, fake_llm), getattr(request, "param", "threads"))
     try:
         yield w
     finally:
         w.stop()
+
+
+BOTH_POOLS = pytest.mark.parametrize("workers", ["threads", "gevent"], indirect=True)
 
 
 def submit_many(db, publisher, goal: str, n: int) -> list[uuid.UUID]:  # type: ignore[no-untyped-def]
@@ -79,6 +84,7 @@ def assert_all_completed_once(db, task_ids: list[uuid.UUID], steps: int) -> None
         assert commits == Counter(dict.fromkeys(range(steps), 1)), commits
 
 
+@BOTH_POOLS
 def test_a_think_worker_past_its_grace_hands_its_llm_calls_back(workers, lc_db, lc_publisher, llm) -> None:  # type: ignore[no-untyped-def]
     llm.set_config(latency_s=4.0)
     workers.reaper()
@@ -98,6 +104,7 @@ def test_a_think_worker_past_its_grace_hands_its_llm_calls_back(workers, lc_db, 
     assert rebought <= {(str(s.task_id), s.step_index) for s in handed_back}
 
 
+@BOTH_POOLS
 def test_a_think_worker_within_its_grace_finishes_its_steps_and_hands_nothing_back(  # type: ignore[no-untyped-def]
     workers, lc_db, lc_publisher, llm
 ) -> None:
@@ -131,6 +138,7 @@ def test_an_act_worker_stuck_in_a_command_hands_the_step_back_at_its_grace(worke
     assert_all_completed_once(lc_db, task_ids, 3)
 
 
+@BOTH_POOLS
 def test_scaling_in_under_load_loses_nothing(workers, lc_db, lc_publisher, llm) -> None:  # type: ignore[no-untyped-def]
     llm.set_config(latency_s=0.3, latency_jitter_s=0.6)
     workers.reaper()
@@ -145,6 +153,7 @@ def test_scaling_in_under_load_loses_nothing(workers, lc_db, lc_publisher, llm) 
     assert actors[1].popen is not None and actors[1].popen.poll() is None
 
 
+@BOTH_POOLS
 def test_a_think_worker_killed_inside_an_inline_command_loses_nothing_and_buys_no_call_twice(  # type: ignore[no-untyped-def]
     workers, lc_db, lc_publisher, llm
 ) -> None:
@@ -169,6 +178,7 @@ def test_a_think_worker_killed_inside_an_inline_command_loses_nothing_and_buys_n
     assert Counter(e["turn"] for e in llm.log(str(task_id)) if e["outcome"] == "ok") == Counter({0: 1, 1: 1, 2: 1})
 
 
+@BOTH_POOLS
 def test_an_inline_command_past_its_bound_goes_to_the_act_queue(workers, lc_db, lc_publisher, llm) -> None:  # type: ignore[no-untyped-def]
     """A thread cannot be killed: an inline command that runs past ``inline_act_time_limit_s`` (here it hangs) is
     handed to the act queue, whose prefork workers can enforce the hard time limit; the task goes on."""
