@@ -319,6 +319,19 @@ def _start_drain_waker(**_: Any) -> None:
         _wakers["drain"] = SignalWaker(_drain_threads, "shutdown-drain")
 
 
+@signals.worker_ready.connect
+def _build_runtime_before_work(**_: Any) -> None:
+    """A gevent worker builds its runtime (database, LLM clients, memory, the local embedding model) before its
+    first delivery: built at the first step, as the thread pool does, its seconds of blocking start-up would hold
+    every greenlet, the lease heartbeat's among them. A failure is logged by Celery; the first step retries it."""
+    from autogpt_workers.green import patched
+
+    if patched():
+        from autogpt_workers.runtime import get_runner
+
+        get_runner()
+
+
 def _child_stop() -> None:
     """A prefork child asked to stop (on the ``child-sigterm`` thread): exit now if idle, else finish the step
     within the grace or hand it back."""

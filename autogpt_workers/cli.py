@@ -117,13 +117,14 @@ def worker(
     queue: Annotated[QueueName, typer.Option(help="Which phase this worker serves.")],
     concurrency: Annotated[int | None, typer.Option(help="Threads (think) or processes (act).")] = None,
     pool: Annotated[
-        str | None, typer.Option(help="The think worker's pool: threads or gevent. Default: AUTOGPT_THINK_POOL.")
+        str | None,
+        typer.Option(help="The think worker's pool: gevent or threads. Default: AUTOGPT_THINK_POOL (gevent)."),
     ] = None,
     hostname: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
     loglevel: Annotated[str, typer.Option()] = "INFO",
     metrics_port: Annotated[int | None, typer.Option(help=METRICS_PORT_HELP)] = None,
 ) -> None:
-    """Run a Celery worker for the think queue (thread pool, or gevent) or the act queue (prefork)."""
+    """Run a Celery worker for the think queue (gevent, or a thread pool) or the act queue (prefork)."""
     s = _settings()
     if queue is QueueName.think:
         pool, conc = _think_pool(pool or s.think_pool), concurrency or s.think_concurrency

@@ -92,10 +92,10 @@ class Settings(BaseSettings):
     rabbitmq_consumer_timeout_s: float = Field(default=RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S, gt=0)
     # threads per think worker: each holds one agent waiting on the LLM (about 0.2 MB each, see make bench)
     think_concurrency: int = Field(default=500, ge=1)
-    # the think worker's pool: "threads" (an OS thread per agent in flight) or "gevent" (a greenlet per agent, the
-    # standard library patched at start, ``autogpt_workers.green``). Read before the worker imports anything: set
-    # it in the environment or ``.env``, or pass ``worker --queue think --pool gevent``
-    think_pool: Literal["threads", "gevent"] = "threads"
+    # the think worker's pool: "gevent" (a greenlet per agent in flight, the standard library patched at start,
+    # ``autogpt_workers.green``) or "threads" (an OS thread per agent). Read before the worker imports anything:
+    # set it in the environment or ``.env``, or pass ``worker --queue think --pool threads``
+    think_pool: Literal["threads", "gevent"] = "gevent"
     act_concurrency: int = Field(default=2, ge=1)
     # Celery task events (sent, received, started, succeeded: about 7 broker messages per step on top of the 2
     # wake-ups): the feed Flower shows. Off, Flower still turns the workers' own events on when it starts.

@@ -12,28 +12,40 @@ from the command line and the environment (``AUTOGPT_THINK_POOL``, also from ``.
 What the patch changes for the rest of the code: ``threading`` is greenlets (the lease heartbeat, the supervisor,
 the publish marks, the takeovers all run as greenlets of the one thread), so any call that blocks the process
 without going through gevent stalls every agent: ``os.read`` on a pipe is one (``SignalWaker`` waits in
-``select`` first).
+``select`` first). Calls that hold the process in C code for a while (the local embedding model's encoding,
+the embedded store's SQLite calls: an exact vector scan, a busy wait on a writer) are ``offload``-ed: under gevent
+they run on a real thread of gevent's pool while the greenlet waits, as they did beside the other threads before.
+gRPC (weaviate-client's queries) is told to wait through gevent (``init_gevent``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import ParamSpec, TypeVar
 
 POOLS = ("threads", "gevent")
+DEFAULT_POOL = "gevent"  # ``Settings.think_pool``'s default (a test holds them equal)
 _patched: list[bool] = [False]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def requested_pool(argv: Sequence[str], environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> str | None:
     """The think pool this command line asks for (``worker --queue think [--pool P]``), or None for any other
-    command. ``--pool`` wins over ``AUTOGPT_THINK_POOL`` in the environment, which wins over ``.env``."""
+    command. ``--pool`` wins over ``AUTOGPT_THINK_POOL`` in the environment, which wins over ``.env``, which wins
+    over the default."""
     args = list(argv[1:])
     if not args or args[0] != "worker":
         return None
     queue = _option(args, "--queue")
     if queue != "think":
         return None
-    return _option(args, "--pool") or environ.get("AUTOGPT_THINK_POOL") or dotenv.get("AUTOGPT_THINK_POOL") or None
+    return (_option(args, "--pool") or environ.get("AUTOGPT_THINK_POOL") or dotenv.get("AUTOGPT_THINK_POOL")
+            or DEFAULT_POOL)
 
 
 def _option(args: Sequence[str], name: str) -> str | None:
@@ -67,8 +79,47 @@ def patch() -> None:
     from psycogreen.gevent import patch_psycopg
 
     patch_psycopg()  # psycopg2's waits go through gevent's hub (its C code would block the whole process)
+    try:  # gRPC's C core (weaviate-client's queries) waits through gevent too
+        from grpc.experimental import gevent as grpc_gevent
+    except ImportError:  # pragma: no cover - grpcio comes with weaviate-client
+        pass
+    else:
+        grpc_gevent.init_gevent()
     _patched[0] = True
 
 
 def patched() -> bool:
     return _patched[0]
+
+
+def native_local() -> threading.local:
+    """A thread-local object keyed by the OS thread even under gevent (whose patched ``threading.local`` is per
+    greenlet, and whose locks hang when native threads contend for them): for the state of ``offloaded`` code.
+    Offloaded code must not take gevent's locks either; it may log only where a line is rare."""
+    if _patched[0]:
+        from gevent import monkey
+
+        local_type: type[threading.local] = monkey.get_original("threading", "local")
+        return local_type()
+    return threading.local()
+
+
+def offload(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(*args, **kwargs)``; in a gevent-patched process, on a real OS thread of the hub's pool (a few threads,
+    kept), the calling greenlet waiting cooperatively. Exceptions are raised in the caller."""
+    if not _patched[0]:
+        return fn(*args, **kwargs)
+    from gevent import get_hub
+
+    result: T = get_hub().threadpool.apply(fn, args, kwargs)
+    return result
+
+
+def offloaded(fn: Callable[P, T]) -> Callable[P, T]:
+    """Decorate a call that blocks in C code: ``offload`` it under gevent, call it directly otherwise."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return offload(fn, *args, **kwargs)
+
+    return call

@@ -33,7 +33,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--keep-services", action="store_true", help="leave the private services' data directory")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    p.add_argument("--set", action="append", default=[], metavar="AUTOGPT_X=VALUE", type=_setting,
+                   help="a setting for every platform process (repeatable), e.g. AUTOGPT_THINK_POOL=gevent")
     return p.parse_args(argv)
+
+
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.startswith("AUTOGPT_"):
+        raise argparse.ArgumentTypeError(f"expected AUTOGPT_NAME=VALUE, got {text!r}")
+    return name, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +75,7 @@ def _main(argv: list[str] | None) -> int:
                   settle_s=300 if args.trimmed else 600)
     work_dir = args.work_dir / time.strftime("%Y%m%d-%H%M%S")
     results: list[Result] = []
-    with Suite(work_dir, sizes, keep_services=args.keep_services) as suite:
+    with Suite(work_dir, sizes, keep_services=args.keep_services, settings=dict(args.set)) as suite:
         for scenario in scenarios.values():
             for run in range(1, repeat + 1):
                 result = suite.run(scenario, run)

@@ -118,9 +118,12 @@ class RunContext:
 
 
 class Suite:
-    def __init__(self, work_dir: Path, sizes: Sizes, keep_services: bool = False) -> None:
+    def __init__(
+        self, work_dir: Path, sizes: Sizes, keep_services: bool = False, settings: dict[str, str] | None = None
+    ) -> None:
         self.work_dir = work_dir
         self.sizes = sizes
+        self.settings = settings or {}  # ``--set``: for every platform process, under the scenario's own
         self.services = PrivateServices(keep=keep_services)
         self.db: Database
         self.llm: Any = None
@@ -158,6 +161,7 @@ class Suite:
     def _env(self, extra: dict[str, str], run_dir: Path | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOGPT_", "OPENAI_", "PROMETHEUS_"))}
         env.update(BASE_ENV)
+        env.update(self.settings)
         env.update(self.services.urls)
         if self.llm_url:
             env["OPENAI_BASE_URL"] = f"{self.llm_url}/v1"

@@ -33,12 +33,12 @@ import contextlib
 import json
 import os
 import struct
-import threading
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from autogpt_workers.green import native_local, offloaded
 from autogpt_workers.memory.base import MemoryFilter, MemoryHit, NewMemory, VectorStore
 from autogpt_workers.memory.errors import MemoryConfigError, MemoryRequestError, MemoryUnavailable
 
@@ -89,7 +89,8 @@ class SqliteVecStore(VectorStore):
         self.dims = dims
         self.model = model
         self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
+        # per OS thread even under gevent: the methods run ``offloaded`` on gevent's thread pool there
+        self._local = native_local()
 
     # -- connections (one per thread and process: a forked child opens its own) -------------------------------
 
@@ -128,6 +129,7 @@ class SqliteVecStore(VectorStore):
 
     # -- VectorStore -------------------------------------------------------------------------------------------
 
+    @offloaded
     def ensure_schema(self) -> None:
         with self._write() as conn:
             conn.execute(_SCHEMA.format(dims=int(self.dims)))
@@ -145,6 +147,7 @@ class SqliteVecStore(VectorStore):
                 "compared: point AUTOGPT_MEMORY_PATH at another file or configure the same model."
             )
 
+    @offloaded
     def upsert(self, memories: Sequence[NewMemory], vectors: Sequence[Sequence[float]]) -> list[str]:
         self._check_vectors(memories, vectors)
         if not memories:
@@ -175,6 +178,7 @@ class SqliteVecStore(VectorStore):
                 )
         return [m.id for m in memories]
 
+    @offloaded
     def search(
         self, tenant_id: str, vector: Sequence[float], k: int, where: MemoryFilter | None = None
     ) -> list[MemoryHit]:
@@ -204,16 +208,19 @@ class SqliteVecStore(VectorStore):
             rows = conn.execute(sql, params).fetchall()
         return [_hit(row) for row in rows]
 
+    @offloaded
     def delete_task(self, tenant_id: str, task_id: str) -> int:
         with self._write() as conn:
             return self._delete_rows(
                 conn, "SELECT rowid, tenant_id FROM memories WHERE tenant_id = ? AND task_id = ?", (tenant_id, task_id)
             )
 
+    @offloaded
     def delete_tenant(self, tenant_id: str) -> int:
         with self._write() as conn:
             return self._delete_rows(conn, "SELECT rowid, tenant_id FROM memories WHERE tenant_id = ?", (tenant_id,))
 
+    @offloaded
     def count(self, tenant_id: str) -> int:
         conn = self._connection()
         with _mapped():
@@ -223,7 +230,7 @@ class SqliteVecStore(VectorStore):
         conn = getattr(self._local, "conn", None)
         if conn is not None and self._local.pid == os.getpid():
             conn.close()
-        self._local = threading.local()
+        self._local = native_local()
 
     @classmethod
     def _delete_existing(cls, conn: Any, memories: Sequence[NewMemory]) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from autogpt_workers.green import patched
 from autogpt_workers.memory.base import VectorStore
 from autogpt_workers.memory.embeddings import CachedEmbedder, Embedder, OpenAIEmbedder
 from autogpt_workers.memory.errors import MemoryConfigError, MemoryUnavailable
@@ -58,9 +59,14 @@ def build_embedder(settings: Settings, redis: object | None = None) -> Embedder:
                 "(pip install 'autogpt-workers[local-embeddings]'); or set AUTOGPT_MEMORY_EMBEDDER=openai, "
                 "or AUTOGPT_MEMORY_BACKEND=none"
             )
-        embedder = LocalEmbedder(
+        local = LocalEmbedder(
             batch_size=settings.memory_embedding_batch_size, num_threads=settings.memory_local_threads
         )
+        if patched():
+            # under gevent the model's load (seconds of torch start-up) would hold every agent of the process, and
+            # its lease heartbeat, at the first step: the worker builds its runtime, and so this, before it works
+            local.load()
+        embedder = local
     if redis is not None and settings.memory_embedding_cache_ttl_s > 0:
         embedder = CachedEmbedder(embedder, redis, ttl_s=settings.memory_embedding_cache_ttl_s)
     return embedder

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from autogpt_workers.green import offload
 from autogpt_workers.memory.errors import MemoryConfigError
 
 MODEL_NAME = "all-MiniLM-L6-v2"
@@ -71,7 +72,9 @@ class LocalEmbedder:
             return []
         model = self.load()
         with self._encode_lock:
-            vectors = model.encode(
+            # on a real thread under gevent: the other agents go on while torch runs (``green.offload``)
+            vectors = offload(
+                model.encode,
                 list(texts),
                 batch_size=self.batch_size,
                 normalize_embeddings=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,7 @@ import pytest
 
 from autogpt_workers.celery_app import check_worker_options
 from autogpt_workers.config import Settings
-from autogpt_workers.green import requested_pool
+from autogpt_workers.green import DEFAULT_POOL, requested_pool
 from tests.conftest import REPO_ROOT
 
 
@@ -25,7 +26,7 @@ from tests.conftest import REPO_ROOT
          "threads"),
         (["cli.py", "worker", "--queue", "think", "--pool", "threads"], {"AUTOGPT_THINK_POOL": "gevent"}, {},
          "threads"),
-        (["cli.py", "worker", "--queue", "think"], {}, {}, None),
+        (["cli.py", "worker", "--queue", "think"], {}, {}, "gevent"),  # the default
         # only a think worker: the act worker is prefork, every other command is left alone
         (["cli.py", "worker", "--queue", "act"], {"AUTOGPT_THINK_POOL": "gevent"}, {}, None),
         (["cli.py", "api"], {"AUTOGPT_THINK_POOL": "gevent"}, {}, None),
@@ -37,6 +38,10 @@ def test_the_pool_comes_from_the_command_line_then_the_environment_then_dotenv(
     argv: list[str], environ: dict[str, str], dotenv: dict[str, str | None], expected: str | None
 ) -> None:
     assert requested_pool(argv, environ, dotenv) == expected
+
+
+def test_the_early_default_is_the_settings_default() -> None:
+    assert Settings.model_fields["think_pool"].default == DEFAULT_POOL
 
 
 def test_a_gevent_worker_without_the_patch_is_refused() -> None:
@@ -89,9 +94,104 @@ def test_the_cli_patches_a_gevent_think_worker_and_no_other_command() -> None:
         """
     )
     for args, expected in ((["worker", "--queue", "think", "--pool", "gevent"], "True True"),
+                           (["worker", "--queue", "think"], "True True"),
                            (["worker", "--queue", "think", "--pool", "threads"], "False False"),
                            (["api"], "False False")):
+        env = {k: v for k, v in os.environ.items() if k != "AUTOGPT_THINK_POOL"}
         out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO_ROOT,
-                             timeout=60)
+                             env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         assert out.stdout.split()[-2:] == expected.split(), (args, out.stdout)
+
+
+def test_an_offloaded_call_runs_on_a_real_thread_under_gevent_and_inline_otherwise() -> None:
+    """A call that blocks in C code (here the unpatched ``time.sleep``) holds every greenlet unless it is offloaded:
+    offloaded, a ticking greenlet keeps ticking while it runs, and its result and its exception reach the caller."""
+    script = textwrap.dedent(
+        """
+        from autogpt_workers.green import patch, offload
+        patch()
+        import threading, time
+        from gevent import monkey
+        c_sleep = monkey.get_original("time", "sleep")
+        ticks = [0]
+        def tick():
+            while True:
+                ticks[0] += 1
+                time.sleep(0.01)
+        threading.Thread(target=tick, daemon=True).start()
+        time.sleep(0.05)
+        def blocking(x):
+            c_sleep(0.5)
+            return x * 2, threading.get_native_id()
+        start = ticks[0]
+        value, native = offload(blocking, 21)
+        offloaded_ticks = ticks[0] - start
+        start = ticks[0]
+        blocking(1)
+        inline_ticks = ticks[0] - start
+        def fails():
+            raise KeyError("boom")
+        try:
+            offload(fails)
+        except KeyError as exc:
+            raised = str(exc)
+        print(value, native != threading.get_native_id(), offloaded_ticks, inline_ticks, raised)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    value, other_thread, offloaded_ticks, inline_ticks, raised = out.stdout.split()
+    assert value == "42" and other_thread == "True" and raised == "'boom'"
+    assert int(offloaded_ticks) >= 10 and int(inline_ticks) <= 1, out.stdout  # ~50 in 0.5 s offloaded, 0 inline
+
+
+def test_offload_is_a_plain_call_in_an_unpatched_process() -> None:
+    import threading
+
+    from autogpt_workers.green import offload
+
+    assert offload(lambda a, b: (a + b, threading.get_ident()), 1, b=2) == (3, threading.get_ident())
+
+
+def test_the_memory_layer_under_gevent_embeds_and_stores_from_many_greenlets_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The local model's encoding and the embedded store's SQLite calls run on gevent's real threads. Code run there
+    must take no gevent lock (two native threads contending for one hung: the first version of this change stalled
+    a think worker on the embedder's lock) and keep its SQLite connection per OS thread. Thirty greenlets write and
+    search at once; a ticking greenlet shows the process was never held."""
+    from autogpt_workers.memory.local_embeddings import LocalEmbedder
+
+    if not LocalEmbedder.available():
+        pytest.skip("the local-embeddings extra is not installed")
+    script = textwrap.dedent(
+        f"""
+        from autogpt_workers.green import patch
+        patch()
+        import gevent
+        from autogpt_workers.memory.base import NewMemory
+        from autogpt_workers.memory.embedded import SqliteVecStore
+        from autogpt_workers.memory.local_embeddings import LocalEmbedder
+        embedder = LocalEmbedder()
+        embedder.embed(["warm up"])
+        store = SqliteVecStore({str(tmp_path / "m.sqlite3")!r}, embedder.dims, embedder.model)
+        store.ensure_schema()
+        def agent(i):
+            memories = [NewMemory(tenant_id="t", text=f"memory {{i}} {{j}}") for j in range(5)]
+            store.upsert(memories, embedder.embed([m.text for m in memories]))
+            return store.search("t", embedder.embed([f"memory {{i}}"])[0], 3)
+        ticks = [0]
+        def tick():
+            while True:
+                ticks[0] += 1
+                gevent.sleep(0.01)
+        gevent.spawn(tick)
+        agents = [gevent.spawn(agent, i) for i in range(30)]
+        gevent.joinall(agents, timeout=60)
+        print(sum(a.successful() for a in agents), store.count("t"), ticks[0])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    done, count, ticks = (int(x) for x in out.stdout.split()[-3:])
+    assert (done, count) == (30, 150)
+    assert ticks >= 5, ticks
