@@ -319,11 +319,12 @@ def _start_drain_waker(**_: Any) -> None:
         _wakers["drain"] = SignalWaker(_drain_threads, "shutdown-drain")
 
 
-@signals.worker_ready.connect
+@signals.worker_init.connect
 def _build_runtime_before_work(**_: Any) -> None:
-    """A gevent worker builds its runtime (database, LLM clients, memory, the local embedding model) before its
-    first delivery: built at the first step, as the thread pool does, its seconds of blocking start-up would hold
-    every greenlet, the lease heartbeat's among them. A failure is logged by Celery; the first step retries it."""
+    """A gevent worker builds its runtime (database, LLM clients, memory, the local embedding model) before it
+    connects to the broker: built at the first step, as the thread pool does, its seconds of blocking start-up would
+    hold every greenlet, the lease heartbeat's among them (and built once connected, the deliveries prefetched
+    meanwhile would wait in this process). A failure is logged by Celery; the first step builds it again."""
     from autogpt_workers.green import patched
 
     if patched():

@@ -173,7 +173,9 @@ def test_a_worker_of_the_project_runs_wake_ups_by_priority_and_at_their_eta(migr
     publisher.wake(ids["later"], 3, "think", 9, countdown=4.0)
     log_path = ARTIFACTS / "logs" / "worker-think-publisher.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "AUTOGPT_BROKER_URL": wire, "AUTOGPT_LOG_JSON": "true"}
+    # no memory: a gevent worker loads the local embedding model (seconds) before it consumes, and "later" must
+    # still be in its countdown when the worker takes its first wake-up
+    env = {**os.environ, "AUTOGPT_BROKER_URL": wire, "AUTOGPT_LOG_JSON": "true", "AUTOGPT_MEMORY_BACKEND": "none"}
     with open(log_path, "wb") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "autogpt_workers.cli", "worker", "--queue", "think", "--concurrency", "1",
