@@ -8,9 +8,10 @@ Graceful shutdown (SIGTERM, e.g. a scale-in): Celery stops consuming and waits f
 shutdown). On top of that, each worker process drains (``LeaseKeeper.drain``): it takes no new step, lets the
 steps in flight finish for ``shutdown_grace_s``, then hands back what is left (the lease released through
 ``Ledger.release``, the wake-up re-published) so another worker continues at once and nothing waits for a lease
-to expire. The thread pool (think) abandons its LLM calls at the grace; a prefork child (act) running a command
-in-process releases its lease and exits, and the parent forwards SIGTERM to its children when only it was
-signalled (as Kubernetes does). The signal handlers themselves only wake a thread that does this (``SignalWaker``).
+to expire. The think worker (gevent or thread pool) abandons its LLM calls at the grace; a prefork child (act)
+running a command in-process releases its lease and exits, and the parent forwards SIGTERM to its children when
+only it was signalled (as Kubernetes does). The signal handlers themselves only wake a thread that does this
+(``SignalWaker``).
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def _refuse_unsafe_worker(sender: Any = None, conf: Any = None, options: Any = N
 @signals.worker_ready.connect
 @signals.worker_process_init.connect
 def _tune_gc(**_: Any) -> None:
-    """Once a worker has started (the thread pool's process), and in each prefork child as it starts: start-up's
+    """Once a worker has started (the think worker's process), and in each prefork child as it starts: start-up's
     objects frozen out of the collector's way, the young generation's threshold raised (``gc_tuning``)."""
     from autogpt_workers.gc_tuning import tune
 
@@ -235,7 +236,7 @@ def _tune_gc(**_: Any) -> None:
 
 
 def _pool_children() -> list[int]:
-    """This process's child processes (a prefork pool's workers); empty for the thread pool. Each thread's own
+    """This process's child processes (a prefork pool's workers); empty for the think worker's pools. Each thread's own
     ``children`` file lists the processes that thread forked: read them all, whichever thread forked a child."""
     pid = os.getpid()
     children: list[int] = []
@@ -288,7 +289,7 @@ def _waker(kind: str) -> SignalWaker | None:
 
 @signals.worker_shutting_down.connect
 def _drain_on_shutdown(sig: Any = None, how: Any = None, **_: Any) -> None:
-    """MainProcess got SIGTERM/SIGINT/SIGQUIT: drain (thread pool) or tell the pool's children to (prefork)."""
+    """MainProcess got SIGTERM/SIGINT/SIGQUIT: drain (a think worker) or tell the pool's children to (prefork)."""
     children = _pool_children()
     if children:
         for child in children:
@@ -303,7 +304,8 @@ def _drain_on_shutdown(sig: Any = None, how: Any = None, **_: Any) -> None:
 
 
 def _drain_threads() -> None:
-    """A thread-pool worker's drain: no new step, the held ones finished within the grace or handed back."""
+    """A think worker's drain (threads or gevent): no new step, the held ones finished within the grace or handed
+    back."""
     from autogpt_workers.runtime import get_runner
 
     runner = get_runner()
@@ -312,9 +314,9 @@ def _drain_threads() -> None:
 
 @signals.worker_ready.connect
 def _start_drain_waker(**_: Any) -> None:
-    """In a thread-pool worker's main process once it consumes (its steps run there). A prefork worker, which has
-    its children by then, gets none: it only forwards the signal to them, from the handler (``os.kill`` is safe
-    there)."""
+    """In a think worker's process once it consumes (its steps run there, on threads or greenlets). A prefork
+    worker, which has its children by then, gets none: it only forwards the signal to them, from the handler
+    (``os.kill`` is safe there)."""
     if _waker("drain") is None and not _pool_children():
         _wakers["drain"] = SignalWaker(_drain_threads, "shutdown-drain")
 
