@@ -90,7 +90,8 @@ class Settings(BaseSettings):
     think_time_limit_s: float = Field(default=600.0, gt=0)
     act_time_limit_s: float = Field(default=300.0, gt=0)
     rabbitmq_consumer_timeout_s: float = Field(default=RABBITMQ_DEFAULT_CONSUMER_TIMEOUT_S, gt=0)
-    # threads per think worker: each holds one agent waiting on the LLM (about 0.2 MB each, see make bench)
+    # greenlets (or threads) per think worker: each holds one agent waiting on the LLM (under 0.2 MB each, see
+    # make bench)
     think_concurrency: int = Field(default=500, ge=1)
     # the think worker's pool: "gevent" (a greenlet per agent in flight, the standard library patched at start,
     # ``autogpt_workers.green``) or "threads" (an OS thread per agent). Read before the worker imports anything:

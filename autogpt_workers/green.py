@@ -94,8 +94,9 @@ def patched() -> bool:
 
 def native_local() -> threading.local:
     """A thread-local object keyed by the OS thread even under gevent (whose patched ``threading.local`` is per
-    greenlet, and whose locks hang when native threads contend for them): for the state of ``offloaded`` code.
-    Offloaded code must not take gevent's locks either; it may log only where a line is rare."""
+    greenlet, and whose locks hung when two native threads contended for one): for the state of ``offloaded`` code.
+    Offloaded code must not wait on gevent's locks either (a logging handler's is one: no log lines in there).
+    Its connections stay open in the pool's threads for the life of the process."""
     if _patched[0]:
         from gevent import monkey
 
