@@ -102,7 +102,7 @@ class Platform:
     def start_workers(
         self, think_concurrency: int | None, act_concurrency: int | None, think_workers: int | None = None
     ) -> None:
-        """Think workers (threads; one process per core unless ``think_workers`` says otherwise: a process's
+        """Think workers (gevent by default; one process per core unless ``think_workers`` says otherwise: a process's
         Python runs on one core at a time), act worker (prefork), reaper (and dispatcher, where the platform has
         one), as fresh processes. The think processes are ``think``, ``think-2``, ...; ``think_concurrency`` is
         shared out among them."""
