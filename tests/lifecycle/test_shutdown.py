@@ -25,13 +25,14 @@ pytestmark = pytest.mark.timeout(600)
 class Workers:
     """Processes started by one test, stopped at its end whatever happens."""
 
-    def __init__(self, env: dict[str, str], think_pool: str = "threads") -> None:
+    def __init__(self, env: dict[str, str], think_pool: str | None = None) -> None:
         self.env = env
         self.think_pool = think_pool
         self.procs: list[Proc] = []
 
     def start(self, name: str, queue: str, **extra: str) -> Proc:
-        env = {**self.env, "AUTOGPT_THINK_POOL": self.think_pool, **extra}
+        pool = {"AUTOGPT_THINK_POOL": self.think_pool} if self.think_pool else {}  # None: the default
+        env = {**self.env, **pool, **extra}
         concurrency = "16" if queue == "think" else "2"
         proc = Proc(name, ["worker", "--queue", queue, "--concurrency", concurrency,
                            "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h"], env)
@@ -51,7 +52,7 @@ class Workers:
 @pytest.fixture
 def workers(request, lc_urls, fake_llm: str) -> Iterator[Workers]:  # type: ignore[no-untyped-def]
     """The test's workers; a test marked ``BOTH_POOLS`` runs once with each think pool (threads, gevent)."""
-    w = Workers(lc_env(lc_urls, fake_llm), getattr(request, "param", "threads"))
+    w = Workers(lc_env(lc_urls, fake_llm), getattr(request, "param", None))
     try:
         yield w
     finally:
