@@ -34,17 +34,19 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def requested_pool(argv: Sequence[str], environ: Mapping[str, str], dotenv: Mapping[str, str | None]) -> str | None:
+def requested_pool(
+    argv: Sequence[str], environ: Mapping[str, str], dotenv: Callable[[], Mapping[str, str | None]]
+) -> str | None:
     """The think pool this command line asks for (``worker --queue think [--pool P]``), or None for any other
-    command. ``--pool`` wins over ``AUTOGPT_THINK_POOL`` in the environment, which wins over ``.env``, which wins
-    over the default."""
+    command. ``--pool`` wins over ``AUTOGPT_THINK_POOL`` in the environment, which wins over ``.env`` (``dotenv``,
+    read only when it is needed), which wins over the default."""
     args = list(argv[1:])
     if not args or args[0] != "worker":
         return None
     queue = _option(args, "--queue")
     if queue != "think":
         return None
-    return (_option(args, "--pool") or environ.get("AUTOGPT_THINK_POOL") or dotenv.get("AUTOGPT_THINK_POOL")
+    return (_option(args, "--pool") or environ.get("AUTOGPT_THINK_POOL") or dotenv().get("AUTOGPT_THINK_POOL")
             or DEFAULT_POOL)
 
 
@@ -59,15 +61,18 @@ def _option(args: Sequence[str], name: str) -> str | None:
 
 def patch_if_asked(argv: Sequence[str]) -> bool:
     """Patch for gevent if this process is a think worker on the gevent pool. Returns whether it patched."""
-    dotenv: Mapping[str, str | None] = {}
-    if os.path.exists(".env"):
-        from dotenv import dotenv_values
-
-        dotenv = dotenv_values(".env")
-    if requested_pool(argv, os.environ, dotenv) != "gevent":
+    if requested_pool(argv, os.environ, _read_dotenv) != "gevent":
         return False
     patch()
     return True
+
+
+def _read_dotenv() -> Mapping[str, str | None]:
+    if not os.path.exists(".env"):
+        return {}
+    from dotenv import dotenv_values
+
+    return dotenv_values(".env")
 
 
 def patch() -> None:
@@ -95,8 +100,7 @@ def patched() -> bool:
 def native_local() -> threading.local:
     """A thread-local object keyed by the OS thread even under gevent (whose patched ``threading.local`` is per
     greenlet, and whose locks hung when two native threads contended for one): for the state of ``offloaded`` code.
-    Offloaded code must not wait on gevent's locks either (a logging handler's is one: no log lines in there).
-    Its connections stay open in the pool's threads for the life of the process."""
+    Offloaded code must not wait on gevent's locks either (a logging handler's is one: no log lines in there)."""
     if _patched[0]:
         from gevent import monkey
 

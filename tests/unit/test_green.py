@@ -37,7 +37,7 @@ from tests.conftest import REPO_ROOT
 def test_the_pool_comes_from_the_command_line_then_the_environment_then_dotenv(
     argv: list[str], environ: dict[str, str], dotenv: dict[str, str | None], expected: str | None
 ) -> None:
-    assert requested_pool(argv, environ, dotenv) == expected
+    assert requested_pool(argv, environ, lambda: dotenv) == expected
 
 
 def test_the_early_default_is_the_settings_default() -> None:
