@@ -55,6 +55,7 @@ def build_runner(settings: Settings) -> StepRunner:
         timeout_s=settings.llm_timeout_s,
         max_connections=settings.llm_max_connections,
         shards=settings.llm_client_shards,
+        lean=settings.llm_http_transport == "lean",
     )
     llm = OpenAIChatModel(
         clients,

@@ -33,11 +33,13 @@ import httpx2
 import openai
 import structlog
 import tenacity
+from httpx2._utils import get_environment_proxies
 
 from autogpt_workers.agent.frozen import messages_json
 from autogpt_workers.agent.tool_json import dumps, tools_json
 from autogpt_workers.agent.types import LLMResponse, Message, ToolCall, ToolSchema, Usage
 from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
+from autogpt_workers.llm.lean_transport import LeanTransport
 
 if TYPE_CHECKING:
     from autogpt_workers.config import Settings
@@ -80,18 +82,21 @@ class _Retryable(Exception):
 
 
 def make_client(
-    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int
+    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int, lean: bool = True
 ) -> openai.OpenAI:
     """One OpenAI client for the process (create it after fork; it is thread-safe, share it).
 
     ``max_retries=0``: ``OpenAIChatModel`` retries. The pool allows ``max_connections`` concurrent requests,
-    all kept alive, and a thread waits for a free connection at most ``timeout_s``.
+    all kept alive, and a thread waits for a free connection at most ``timeout_s``. ``lean``: under httpx, our
+    HTTP/1.1 transport (``lean_transport``) instead of httpcore's, unless the environment names a proxy (httpx's
+    own transport goes through it; ours does not).
     """
     timeout = httpx2.Timeout(timeout_s, connect=min(timeout_s, 10.0))
-    http_client = openai.DefaultHttpxClient(
-        timeout=timeout,
-        limits=httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-    )
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if lean and not environment_proxies():
+        http_client = openai.DefaultHttpxClient(timeout=timeout, transport=LeanTransport(max_connections))
+    else:
+        http_client = openai.DefaultHttpxClient(timeout=timeout, limits=limits)
     return openai.OpenAI(
         base_url=base_url,
         api_key=api_key or PLACEHOLDER_API_KEY,
@@ -101,22 +106,32 @@ def make_client(
     )
 
 
+def environment_proxies() -> bool:
+    """Whether ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (any case) names a proxy, as httpx reads them."""
+    return any(proxy is not None for proxy in get_environment_proxies().values())
+
+
 def make_clients(
-    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int, shards: int
+    base_url: str | None,
+    api_key: str | None,
+    timeout_s: float,
+    max_connections: int,
+    shards: int,
+    lean: bool = True,
 ) -> tuple[openai.OpenAI, ...]:
     """``shards`` clients that share ``max_connections`` between them (each gets its part, rounded up, plus one:
     ``OpenAIChatModel`` deals threads to them in turn, so their counts differ by one at most). An HTTP pool walks
     all its connections on every request; several small pools cost less than one large one."""
     per_shard = -(-max_connections // shards) + (1 if shards > 1 else 0)
-    return tuple(make_client(base_url, api_key, timeout_s, per_shard) for _ in range(shards))
+    return tuple(make_client(base_url, api_key, timeout_s, per_shard, lean) for _ in range(shards))
 
 
 @functools.lru_cache(maxsize=4)
 def shared_client(
-    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int
+    base_url: str | None, api_key: str | None, timeout_s: float, max_connections: int, lean: bool = True
 ) -> openai.OpenAI:
     """``make_client``, memoised: every caller in the process with the same settings gets the same client."""
-    return make_client(base_url, api_key, timeout_s, max_connections)
+    return make_client(base_url, api_key, timeout_s, max_connections, lean)
 
 
 class OpenAIChatModel:
@@ -173,7 +188,11 @@ class OpenAIChatModel:
         """The model the settings describe, on the process's shared client unless ``provider`` is given."""
         api_key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
         client = provider or shared_client(
-            settings.openai_base_url, api_key, settings.llm_timeout_s, settings.llm_max_connections
+            settings.openai_base_url,
+            api_key,
+            settings.llm_timeout_s,
+            settings.llm_max_connections,
+            settings.llm_http_transport == "lean",
         )
         return cls(
             client,

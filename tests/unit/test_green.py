@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -195,3 +196,52 @@ def test_the_memory_layer_under_gevent_embeds_and_stores_from_many_greenlets_at_
     done, count, ticks = (int(x) for x in out.stdout.split()[-3:])
     assert (done, count) == (30, 150)
     assert ticks >= 5, ticks
+
+
+def test_the_llm_transport_waits_cooperatively_under_gevent() -> None:
+    """The LLM client's transport (``lean_transport``) on gevent's sockets: 50 greenlets each wait 0.3 s for the fake
+    LLM at once and all finish in about that time (one after another would take 15 s), kept-alive connections are
+    reused by the second round, and a ticking greenlet keeps ticking meanwhile."""
+    script = textwrap.dedent(
+        """
+        from autogpt_workers.green import patch
+        patch()
+        import json, threading, time
+        import gevent
+        from autogpt_workers.llm import lean_transport
+        from autogpt_workers.llm.openai_chat import make_client
+        from tests.fake_llm.client import FakeLLMControl, start_fake_llm
+        connects = [0]
+        connect = lean_transport.LeanTransport._connect
+        def counting(self, *args):
+            connects[0] += 1
+            return connect(self, *args)
+        lean_transport.LeanTransport._connect = counting
+        ticks = [0]
+        def tick():
+            while True:
+                ticks[0] += 1
+                time.sleep(0.01)
+        with start_fake_llm() as server:
+            FakeLLMControl(server.base_url).set_config(latency_s=0.3)
+            client = make_client(server.openai_base_url, None, 10.0, 64)
+            body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+            def call():
+                return json.loads(client.post("/chat/completions", content=body, cast_to=bytes))["object"]
+            gevent.spawn(tick)
+            walls = []
+            for _ in range(2):
+                start = time.monotonic()
+                calls = [gevent.spawn(call) for _ in range(50)]
+                gevent.joinall(calls, timeout=30, raise_error=True)
+                walls.append(time.monotonic() - start)
+                assert all(c.value == "chat.completion" for c in calls), [c.value for c in calls]
+        print(json.dumps({"walls": walls, "connects": connects[0], "ticks": ticks[0]}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert max(result["walls"]) < 5.0, result  # concurrent: one after another is 50 x 0.3 s
+    assert result["connects"] == 50, result  # the second round reused the first round's connections
+    assert result["ticks"] >= 20, result

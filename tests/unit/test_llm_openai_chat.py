@@ -19,6 +19,7 @@ import pytest
 
 from autogpt_workers.agent.types import LLMResponse, ToolCall, Usage
 from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
+from autogpt_workers.llm.lean_transport import LeanTransport
 from autogpt_workers.llm.openai_chat import (
     OpenAIChatModel,
     RetryEvent,
@@ -300,14 +301,24 @@ def test_arguments_sent_as_an_object_are_encoded(stub: StubLLM) -> None:
 def test_client_pool_and_retries() -> None:
     client = make_client("http://127.0.0.1:9/v1", None, 7.0, 321)
     assert client.max_retries == 0
-    pool = client._client._transport._pool  # type: ignore[attr-defined]
+    transport = client._client._transport  # type: ignore[attr-defined]
+    assert isinstance(transport, LeanTransport) and transport.max_connections == 321
+    pool = make_client("http://127.0.0.1:9/v1", None, 7.0, 321, lean=False)._client._transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 321 and pool._max_keepalive_connections == 321
+
+
+def test_a_proxy_in_the_environment_keeps_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Our transport does not speak to proxies: with one configured, the client is httpx's own, which does."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    client = make_client("https://llm.example/v1", None, 7.0, 10)
+    assert not isinstance(client._client._transport, LeanTransport)  # type: ignore[attr-defined]
+    assert any(t is not None for t in client._client._mounts.values())  # type: ignore[attr-defined]
 
 
 def test_threads_are_dealt_the_clients_in_turn_and_each_keeps_to_its_own(stub: StubLLM) -> None:
     clients = make_clients(stub.base_url, "sk-test", 5.0, 10, 4)
-    pools = [c._client._transport._pool for c in clients]  # type: ignore[attr-defined]
-    assert [p._max_connections for p in pools] == [4, 4, 4, 4]  # 10 / 4 rounded up, plus one
+    transports = [c._client._transport for c in clients]  # type: ignore[attr-defined]
+    assert [t.max_connections for t in transports] == [4, 4, 4, 4]  # 10 / 4 rounded up, plus one
     model = OpenAIChatModel(clients, "gpt-4o-mini", max_attempts=1)
     stub.replies = [Reply(body=completion("ok")) for _ in range(16)]
     used: dict[int, list[int]] = {}
