@@ -188,6 +188,22 @@ def prepare_green_worker(conf: Any) -> None:
 
     patch()  # already done by the CLI; Celery's own CLI patches the standard library but not psycopg2
     conf.broker_heartbeat = 0
+    share_thread_state(app)
+
+
+def share_thread_state(celery: Celery) -> None:
+    """Celery keeps its result backend and its ``thread_oid`` (a message's ``reply_to``) per thread, in a
+    ``threading.local``, which gevent's patch makes per greenlet: every task then built a backend of its own, and every
+    publish hashed a new oid (2% and 0.7% of a think worker's CPU in ``bench.profile_run``). Results are off here
+    (``task_ignore_result``, no result backend): the disabled backend keeps no state, so the greenlets of an OS
+    thread share it and the oid (``green.native_local``). With a real result backend configured, Celery's
+    per-greenlet state stays (that backend's connections)."""
+    from celery.backends.base import DisabledBackend
+
+    from autogpt_workers.green import native_local
+
+    if isinstance(celery.backend, DisabledBackend):
+        celery._local = native_local()
 
 
 def ensure_worker_settings(conf: Any, settings: Settings, options: Mapping[str, Any] | None = None) -> None:

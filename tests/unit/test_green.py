@@ -245,3 +245,29 @@ def test_the_llm_transport_waits_cooperatively_under_gevent() -> None:
     assert max(result["walls"]) < 5.0, result  # concurrent: one after another is 50 x 0.3 s
     assert result["connects"] == 50, result  # the second round reused the first round's connections
     assert result["ticks"] >= 20, result
+
+
+def test_a_gevent_worker_shares_celery_thread_state_among_its_greenlets() -> None:
+    """Celery's per-thread backend and oid are per greenlet under gevent (a new backend per task); a green worker
+    whose results are off shares its thread's among the greenlets, and a new greenlet builds nothing."""
+    script = textwrap.dedent(
+        """
+        from autogpt_workers.green import patch
+        patch()
+        import gevent
+        from autogpt_workers.celery_app import app, prepare_green_worker
+        def state():
+            return id(app.backend), app.thread_oid
+        before = [gevent.spawn(state) for _ in range(2)]
+        gevent.joinall(before, raise_error=True)
+        assert before[0].value != before[1].value, "expected a backend per greenlet before"
+        prepare_green_worker(app.conf)
+        after = [gevent.spawn(state) for _ in range(3)]
+        gevent.joinall(after, raise_error=True)
+        assert len({g.value for g in after}) == 1, [g.value for g in after]
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "ok"
