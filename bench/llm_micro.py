@@ -4,12 +4,13 @@ Runs the agent core (``Agent.think``: budget, prompt, messages, the chat complet
 the proposal) against the project's fake LLM over HTTP, as the think worker does, for ``--steps`` steps of the
 bench's scripted task per round, and prints this process's CPU per think (``time.process_time``: the fake LLM
 is another process). No database and no broker: a profiling aid for the LLM client path, not a figure of
-``make bench``.
+``make bench``. ``--transports``: the HTTP transport under the openai client alone, ours against httpx's.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -43,11 +44,42 @@ def one_round(agent: Agent, workspace: Workspace, steps: int) -> tuple[int, floa
     return steps + 2, cpu
 
 
+def transports(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
+    """CPU per raw chat-completion call (the client's ``post`` of a prepared body, as ``OpenAIChatModel`` makes it)
+    on each HTTP transport under the openai client, in rounds of ``calls`` calls that alternate the transports
+    (lean, httpx, then httpx, lean, ...) so that the host's drift falls on both: microseconds per call, per round."""
+    clients = {name: make_client(base_url, None, 10.0, 4, lean=name == "lean") for name in ("lean", "httpx")}
+    body = json.dumps({"model": "scripted-demo", "messages": [{"role": "user", "content": "write a file " * 40}]})
+    per_call: dict[str, list[float]] = {name: [] for name in clients}
+    for r in range(rounds):
+        for name in ("lean", "httpx") if r % 2 == 0 else ("httpx", "lean"):
+            client = clients[name]
+            for _ in range(calls // 10):  # warm: connections, caches
+                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+            started = time.process_time()
+            for _ in range(calls):
+                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+            per_call[name].append((time.process_time() - started) / calls * 1e6)
+    return per_call
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.llm_micro", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20, help="steps of the scripted task (default 20)")
     p.add_argument("--rounds", type=int, default=30, help="tasks run one after another (default 30)")
+    p.add_argument("--transports", action="store_true",
+                   help="instead: CPU per raw call on our HTTP transport and on httpx's, alternately (--rounds of 200)")
     args = p.parse_args(argv)
+    if args.transports:
+        with start_fake_llm() as server:
+            per_call = transports(server.openai_base_url, args.rounds, 200)
+        for name, values in per_call.items():
+            median = statistics.median(values)
+            print(f"{name}: CPU per call, {args.rounds} rounds of 200 calls: median {median:.0f} us, "
+                  f"min {min(values):.0f} us, max {max(values):.0f} us")
+        lean, httpx = statistics.median(per_call["lean"]), statistics.median(per_call["httpx"])
+        print(f"lean / httpx (medians): {lean / httpx:.2f}")
+        return
     with start_fake_llm() as server, tempfile.TemporaryDirectory() as tmp:
         llm = OpenAIChatModel(make_client(server.openai_base_url, None, 10.0, 4), "scripted-demo")
         agent = Agent(llm, default_registry(10_000, load_plugins=False), price_lookup({}, (0.001, 0.002)),

@@ -239,7 +239,10 @@ def test_the_llm_transport_waits_cooperatively_under_gevent() -> None:
         print(json.dumps({"walls": walls, "connects": connects[0], "ticks": ticks[0]}))
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    proxies = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in proxies}  # a proxy would mean httpx's transport
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
+                         env=env)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert max(result["walls"]) < 5.0, result  # concurrent: one after another is 50 x 0.3 s

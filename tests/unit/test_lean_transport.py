@@ -231,14 +231,19 @@ def test_the_pool_limit_makes_a_caller_wait_then_time_out(serve: Callable[[Handl
     assert len(server.requests) == 3  # the first caller's, then the patient two: the timed-out one sent nothing
 
 
-def test_the_openai_client_turns_transport_failures_into_its_own_errors(serve: Callable[[Handler], RawServer]) -> None:
+def test_the_openai_client_turns_transport_failures_into_its_own_errors(
+    serve: Callable[[Handler], RawServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What ``OpenAIChatModel`` catches: ``APITimeoutError`` and ``APIConnectionError``, as with httpx's transport."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)  # a proxy would give the client httpx's transport
     def silent(conn: socket.socket) -> None:
         slow.read_request(conn)
         time.sleep(1.0)
 
     slow = serve(silent)
     hang_up = serve(lambda conn: (hang_up.read_request(conn), None)[1])
+    assert isinstance(make_client(f"{slow.url}/v1", "sk-test", 0.2, 4)._client._transport, LeanTransport)
     with pytest.raises(openai.APITimeoutError):
         make_client(f"{slow.url}/v1", "sk-test", 0.2, 4).post("/chat/completions", content=b"{}", cast_to=bytes)
     with pytest.raises(openai.APIConnectionError):

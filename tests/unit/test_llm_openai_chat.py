@@ -298,7 +298,15 @@ def test_arguments_sent_as_an_object_are_encoded(stub: StubLLM) -> None:
     assert json.loads(response.tool_calls[0].arguments) == {"reason": "x"}
 
 
-def test_client_pool_and_retries() -> None:
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine's proxy variables would give the clients httpx's transport (ours speaks to no proxy)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+def test_client_pool_and_retries(no_proxy_env: None) -> None:
     client = make_client("http://127.0.0.1:9/v1", None, 7.0, 321)
     assert client.max_retries == 0
     transport = client._client._transport  # type: ignore[attr-defined]
@@ -315,7 +323,7 @@ def test_a_proxy_in_the_environment_keeps_httpx_transport(monkeypatch: pytest.Mo
     assert any(t is not None for t in client._client._mounts.values())  # type: ignore[attr-defined]
 
 
-def test_threads_are_dealt_the_clients_in_turn_and_each_keeps_to_its_own(stub: StubLLM) -> None:
+def test_threads_are_dealt_the_clients_in_turn_and_each_keeps_to_its_own(stub: StubLLM, no_proxy_env: None) -> None:
     clients = make_clients(stub.base_url, "sk-test", 5.0, 10, 4)
     transports = [c._client._transport for c in clients]  # type: ignore[attr-defined]
     assert [t.max_connections for t in transports] == [4, 4, 4, 4]  # 10 / 4 rounded up, plus one
