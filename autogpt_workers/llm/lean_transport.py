@@ -13,7 +13,9 @@ caller's retry policy decides), socket errors raised as httpx's ``Connect``/``Re
 timeouts, so the openai client turns them into ``APIConnectionError``/``APITimeoutError`` as before.
 
 Not here: HTTP/2, proxies (``make_client`` keeps httpx's own transport when a proxy is configured in the
-environment), streamed replies (a body is read whole: chat completions without ``stream=True``).
+environment), streamed replies (a body is read whole: chat completions without ``stream=True``), ``HEAD`` requests
+(refused: their replies announce a body they do not carry), and 1xx interim replies (no ``Expect: 100-continue`` is
+sent; a ``103 Early Hints`` would be taken for the reply).
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ Origin = tuple[bytes, str, int]
 class _Reply:
     """httptools' callbacks: the reply's status text, headers and body as they are parsed."""
 
-    __slots__ = ("body", "done", "headers", "headers_done", "keep_alive", "parser", "reason", "status")
+    __slots__ = ("body", "done", "headers", "headers_done", "http_version", "keep_alive", "parser", "reason", "status")
 
     def __init__(self) -> None:
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.status = 0
+        self.http_version = b"HTTP/1.1"
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
@@ -64,6 +67,7 @@ class _Reply:
         self.headers_done = True
         assert self.parser is not None
         self.status = self.parser.get_status_code()
+        self.http_version = b"HTTP/" + self.parser.get_http_version().encode("ascii")
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -174,6 +178,8 @@ class LeanTransport(httpx2.BaseTransport):
         scheme = url.raw_scheme
         if scheme not in DEFAULT_PORTS:
             raise httpx2.UnsupportedProtocol(f"no transport for {scheme.decode(errors='replace')!r} URLs")
+        if request.method == "HEAD":
+            raise httpx2.UnsupportedProtocol("the LLM transport sends no HEAD requests (httpx's transport does)")
         origin = (scheme, url.host, url.port or DEFAULT_PORTS[scheme])
         head, body = _encode(request)
         connection = self._take(origin) or self._connect(origin, timeouts.get("connect"))
@@ -190,7 +196,7 @@ class LeanTransport(httpx2.BaseTransport):
             status,
             headers=reply.headers,
             stream=httpx2.ByteStream(b"".join(reply.body)),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reply.reason},
+            extensions={"http_version": reply.http_version, "reason_phrase": reply.reason},
         )
 
     def _take(self, origin: Origin) -> _Connection | None:

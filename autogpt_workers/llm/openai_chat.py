@@ -25,6 +25,7 @@ import json
 import math
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -33,7 +34,6 @@ import httpx2
 import openai
 import structlog
 import tenacity
-from httpx2._utils import get_environment_proxies
 
 from autogpt_workers.agent.frozen import messages_json
 from autogpt_workers.agent.tool_json import dumps, tools_json
@@ -107,8 +107,10 @@ def make_client(
 
 
 def environment_proxies() -> bool:
-    """Whether ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (any case) names a proxy, as httpx reads them."""
-    return any(proxy is not None for proxy in get_environment_proxies().values())
+    """Whether ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (any case) names a proxy: the variables httpx reads,
+    through the same ``urllib.request.getproxies``."""
+    proxies = urllib.request.getproxies()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
 
 
 def make_clients(

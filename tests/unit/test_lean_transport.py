@@ -260,3 +260,14 @@ def test_a_closed_transport_drops_its_idle_connections(serve: Callable[[Handler]
     assert transport._idle == {}
     with pytest.raises(ValueError):
         LeanTransport(0)
+
+
+def test_head_is_refused_and_the_reply_keeps_its_http_version(serve: Callable[[Handler], RawServer]) -> None:
+    """A HEAD reply announces a body it does not carry, which the parser cannot know: refused, not hung on."""
+    box: list[RawServer] = []
+    box.append(server := serve(answer_each(box, OK.replace(b"HTTP/1.1", b"HTTP/1.0"))))
+    with client() as c:
+        with pytest.raises(httpx2.UnsupportedProtocol, match="HEAD"):
+            c.head(server.url)
+        assert c.get(server.url).http_version == "HTTP/1.0"
+    assert len(server.requests) == 1
