@@ -146,25 +146,30 @@ def test_chunked_and_close_delimited_bodies_and_gzip(serve: Callable[[Handler], 
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_reused(serve: Callable[[Handler], RawServer]) -> None:
+    hung_up = threading.Semaphore(0)
+
     def one_request_then_hang_up(conn: socket.socket) -> None:
         server.read_request(conn)
         conn.sendall(OK)  # keep-alive by its headers, then closed anyway (a server's idle timeout)
+        conn.close()
+        hung_up.release()
 
     server = serve(one_request_then_hang_up)
     with client() as c:
         for _ in range(3):
             assert c.get(server.url).status_code == 200
-            time.sleep(0.05)  # the server's FIN arrives
+            assert hung_up.acquire(timeout=10)
+            time.sleep(0.1)  # the server's FIN reaches the client's socket
     assert server.connections == 3
 
 
 def test_a_connection_idle_past_the_keepalive_expiry_is_not_reused(serve: Callable[[Handler], RawServer]) -> None:
     box: list[RawServer] = []
     box.append(server := serve(answer_each(box, OK)))
-    with httpx2.Client(transport=LeanTransport(2, keepalive_expiry_s=0.1)) as c:
+    with httpx2.Client(transport=LeanTransport(2, keepalive_expiry_s=0.5)) as c:
         c.get(server.url)
         c.get(server.url)
-        time.sleep(0.2)
+        time.sleep(1.0)
         c.get(server.url)
     assert server.connections == 2
 
@@ -216,7 +221,9 @@ def test_the_pool_limit_makes_a_caller_wait_then_time_out(serve: Callable[[Handl
     with client(max_connections=1, pool=0.1) as c:
         first = threading.Thread(target=c.get, args=(server.url,))
         first.start()
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while not server.requests and time.monotonic() < deadline:  # the first caller holds the one connection
+            time.sleep(0.01)
         with pytest.raises(httpx2.PoolTimeout):
             c.get(server.url)
         first.join()
