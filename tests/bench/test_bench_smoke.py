@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,9 +59,11 @@ def test_quick_bench_writes_every_figure(services: None, tmp_path: Path) -> None
     assert figures["cpu"]["values"]["window_steps"] > 0
     assert figures["worker_memory"]["values"]["in_flight"] > 0
     assert figures["submit_api"]["values"]["accepted"] > 0
-    # the submits' own PostgreSQL backends and the broker were metered (CPU seen, not a timing)
-    assert figures["submit_api"]["values"]["postgres_cpu_per_task_s"] > 0
-    assert figures["submit_api"]["values"]["rabbitmq_cpu_per_task_s"] > 0
+    # the submits' own PostgreSQL backends and the broker were metered (CPU seen, not a timing); RabbitMQ's share of
+    # the quick run's one-second window can stay under one clock tick of /proc (a CI run read 0.0 for it)
+    submit_values = figures["submit_api"]["values"]
+    assert submit_values["postgres_cpu_per_task_s"] > 0
+    assert math.isfinite(submit_values["rabbitmq_cpu_per_task_s"]) and submit_values["rabbitmq_cpu_per_task_s"] >= 0
 
     topk = figures["memory_topk_10k"]["values"]
     assert topk["size"] == 10_000 and topk["queries"] == 50
