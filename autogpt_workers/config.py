@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     # that walk was 7% of the think worker's CPU at 500 agents in flight; with eight, 1.3%)
     llm_client_shards: int = Field(default=8, ge=1, le=64)
     # what carries the openai client's requests: "lean", our HTTP/1.1 transport with a C reply parser
-    # (llm/lean_transport; about half of the CPU of a call was httpcore's), or "httpx", httpx's own (HTTP/2 not
-    # used either way). A proxy named in the environment always goes through httpx's own.
+    # (llm/lean_transport; 0.63 of the CPU per call of httpx's own in ``python -m bench.llm_micro --transports``), or
+    # "httpx", httpx's own (HTTP/2 not used either way). A proxy named in the environment always goes through httpx's.
     llm_http_transport: Literal["lean", "httpx"] = "lean"
     # USD per 1k tokens: {"model": [prompt, completion]}; unknown models cost the default pair
     llm_prices_per_1k: dict[str, tuple[float, float]] = Field(

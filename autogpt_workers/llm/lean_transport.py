@@ -1,10 +1,10 @@
 """A lean HTTP/1.1 transport under the openai client: kept-alive sockets, replies parsed by httptools (llhttp, C).
 
 The openai client stays what calls the LLM (its request building, its errors); only the layer under ``httpx2``
-changes. In the think worker's profile, the default transport (httpcore and h11, in Python) was about half of the
-CPU of an LLM call: writing the request through h11's state machine, reading the reply event by event, and the
-body as a stream of chunks. Here a request is one ``sendall`` and the reply is fed to llhttp as it arrives, then
-handed to httpx whole (content decoding, gzip included, stays httpx's).
+changes. In the think worker's py-spy profile, httpx's send path (its transport: httpcore and h11, in Python) was
+about half of an LLM call's samples: writing the request through h11's state machine, reading the reply event by
+event, and the body as a stream of chunks. Here a request is one ``sendall`` and the reply is fed to llhttp as it
+arrives, then handed to httpx whole (content decoding, gzip included, stays httpx's).
 
 Semantics kept from httpcore's pool: at most ``max_connections`` requests at once (a caller waits up to the pool
 timeout, then ``PoolTimeout``), idle connections kept for ``keepalive_expiry_s`` and dropped when the server has

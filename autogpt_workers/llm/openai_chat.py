@@ -92,10 +92,10 @@ def make_client(
     own transport goes through it; ours does not).
     """
     timeout = httpx2.Timeout(timeout_s, connect=min(timeout_s, 10.0))
-    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     if lean and not environment_proxies():
         http_client = openai.DefaultHttpxClient(timeout=timeout, transport=LeanTransport(max_connections))
     else:
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         http_client = openai.DefaultHttpxClient(timeout=timeout, limits=limits)
     return openai.OpenAI(
         base_url=base_url,
