@@ -36,6 +36,11 @@ from gevent.monkey import get_original
 _poll = get_original("select", "poll")
 
 DEFAULT_PORTS = {b"http": 80, b"https": 443}
+# how long an idle connection is kept: under the 5 s after which uvicorn-based servers (vLLM, the fake LLM) close an
+# idle one. At 5 s, as httpcore keeps them, a request sent on a connection the server is closing at that instant
+# gets no answer, and ``OpenAIChatModel`` retries it after its backoff (0.5 s and up) as a ``connection`` retry; a
+# second less leaves a second's margin for that race, at the cost of a new connection after 4 to 5 idle seconds
+KEEPALIVE_EXPIRY_S = 4.0
 READ_SIZE = 65536
 
 Origin = tuple[bytes, str, int]
@@ -149,7 +154,7 @@ class LeanTransport(httpx2.BaseTransport):
         self,
         max_connections: int,
         *,
-        keepalive_expiry_s: float = 5.0,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_connections < 1:

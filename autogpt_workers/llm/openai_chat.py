@@ -39,7 +39,7 @@ from autogpt_workers.agent.frozen import messages_json
 from autogpt_workers.agent.tool_json import dumps, tools_json
 from autogpt_workers.agent.types import LLMResponse, Message, ToolCall, ToolSchema, Usage
 from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
-from autogpt_workers.llm.lean_transport import LeanTransport
+from autogpt_workers.llm.lean_transport import KEEPALIVE_EXPIRY_S, LeanTransport
 
 if TYPE_CHECKING:
     from autogpt_workers.config import Settings
@@ -87,15 +87,19 @@ def make_client(
     """One OpenAI client for the process (create it after fork; it is thread-safe, share it).
 
     ``max_retries=0``: ``OpenAIChatModel`` retries. The pool allows ``max_connections`` concurrent requests,
-    all kept alive, and a thread waits for a free connection at most ``timeout_s``. ``lean``: under httpx, our
-    HTTP/1.1 transport (``lean_transport``) instead of httpcore's, unless the environment names a proxy (httpx's
-    own transport goes through it; ours does not).
+    all kept alive (an idle one for ``lean_transport.KEEPALIVE_EXPIRY_S``), and a thread waits for a free
+    connection at most ``timeout_s``. ``lean``: under httpx, our HTTP/1.1 transport (``lean_transport``) instead
+    of httpcore's, unless the environment names a proxy (httpx's own transport goes through it; ours does not).
     """
     timeout = httpx2.Timeout(timeout_s, connect=min(timeout_s, 10.0))
     if lean and not environment_proxies():
         http_client = openai.DefaultHttpxClient(timeout=timeout, transport=LeanTransport(max_connections))
     else:
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        limits = httpx2.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_EXPIRY_S,
+        )
         http_client = openai.DefaultHttpxClient(timeout=timeout, limits=limits)
     return openai.OpenAI(
         base_url=base_url,

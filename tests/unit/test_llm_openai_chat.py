@@ -16,10 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import uvicorn
 
 from autogpt_workers.agent.types import LLMResponse, ToolCall, Usage
 from autogpt_workers.errors import LLMPermanentError, LLMRateLimited, LLMTransientError
-from autogpt_workers.llm.lean_transport import LeanTransport
+from autogpt_workers.llm.lean_transport import KEEPALIVE_EXPIRY_S, LeanTransport
 from autogpt_workers.llm.openai_chat import (
     OpenAIChatModel,
     RetryEvent,
@@ -313,6 +314,9 @@ def test_client_pool_and_retries(no_proxy_env: None) -> None:
     assert isinstance(transport, LeanTransport) and transport.max_connections == 321
     pool = make_client("http://127.0.0.1:9/v1", None, 7.0, 321, lean=False)._client._transport._pool  # type: ignore[attr-defined]
     assert pool._max_connections == 321 and pool._max_keepalive_connections == 321
+    # both keep an idle connection for less than the 5 s after which uvicorn (vLLM, the fake LLM) closes one
+    server_keep_alive = uvicorn.Config(app=None).timeout_keep_alive  # type: ignore[arg-type]
+    assert transport.keepalive_expiry_s == pool._keepalive_expiry == KEEPALIVE_EXPIRY_S < server_keep_alive
 
 
 def test_a_proxy_in_the_environment_keeps_httpx_transport(monkeypatch: pytest.MonkeyPatch) -> None:
