@@ -5,13 +5,21 @@ one statement in autocommit), and this process's CPU and its PostgreSQL backend'
 ``--mode both`` does it with the statement as text and as a server-side prepared statement (the API's engine,
 ``phase_sql.prepare_submit_on_connect``), alternately. A profiling aid for the submit, not a figure of ``make
 bench``: nothing else runs, so there is no contention.
+
+``--batch 8,32`` adds, in each round, the same rows written for B tasks at once by one multi-row statement
+(``BATCH_SQL``: the task, its first step, its ``task.queued`` event, its wake-up and its options; the same tables,
+indexes and webhook trigger). The platform has no such statement: it measures what a submit API that gathered the
+submits arriving together into one statement (a group commit) would save, for whoever builds one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+import uuid
+from typing import Any
 
 from sqlalchemy import text
 
@@ -46,6 +54,78 @@ OPTIONS = {
 }
 
 
+# B tasks of ``VALUES`` and ``OPTIONS`` in one statement: the arrays carry what differs between submits (the id, the
+# goal, the budget, the request's hash), the rest is written as the one-task statement writes it for this tenant.
+# Like that statement with options, it is for tasks without a webhook: the trigger on ``task_events`` may not see an
+# options row written by the same statement
+BATCH_SQL = """
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(goals)s::text[], %(budgets)s::jsonb[], %(hashes)s::text[])
+        AS i(id, goal, budget, request_hash)
+), t AS (
+    INSERT INTO tasks (id, tenant_id, goal, priority, budget, allowed_commands, metadata, idempotency_key,
+        request_hash, model, approval, deadline, traceparent)
+    SELECT id, %(tenant)s, goal, 5, budget, NULL, '{}'::jsonb, NULL, request_hash, %(model)s, '"never"'::jsonb, NULL,
+        NULL
+    FROM input WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE id = %(tenant)s AND max_running IS NOT NULL)
+    ON CONFLICT ON CONSTRAINT uq_tasks_tenant_idempotency_key DO NOTHING
+    RETURNING id, created_at, priority
+), s AS (
+    INSERT INTO steps (task_id, step_index) SELECT id, 0 FROM t
+), e AS (
+    INSERT INTO task_events (task_id, kind, step_index, data)
+    SELECT id, 'task.queued', NULL, jsonb_build_object('priority', priority) FROM t
+), o AS (
+    INSERT INTO outbox (task_id, step_index, phase, priority) SELECT id, 0, 'think', priority FROM t
+    ON CONFLICT ON CONSTRAINT uq_outbox_task_step_phase DO UPDATE SET published_at = NULL, created_at = now()
+    RETURNING id, task_id
+), opt AS (
+    INSERT INTO task_options (task_id, source, base_priority, profile, webhook_url, webhook_events, additional_input)
+    SELECT id, %(source)s, 5, NULL, NULL, %(events)s, NULL FROM t
+)
+SELECT t.id, t.created_at, o.id FROM t JOIN o ON o.task_id = t.id
+"""
+
+
+def measure_batch(url: str, tasks: int, batch: int) -> dict[str, float]:
+    """``BATCH_SQL`` for ``batch`` tasks at a time, in autocommit on one connection, as text."""
+    db = Database.from_url(url, pool_size=1, max_overflow=0, pre_ping=False)
+    conn = db.engine.raw_connection()
+    try:
+        dbapi: Any = conn.dbapi_connection  # psycopg2's connection, under the pool's proxy
+        dbapi.autocommit = True
+        cursor = dbapi.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = int(cursor.fetchone()[0])
+        values = {
+            "goals": [VALUES["goal"]] * batch, "budgets": [json.dumps(VALUES["budget"])] * batch,
+            "hashes": [VALUES["request_hash"]] * batch, "tenant": VALUES["tenant_id"], "model": VALUES["model"],
+            "source": OPTIONS["source"], "events": OPTIONS["webhook_events"],
+        }
+
+        def write() -> None:
+            cursor.execute(BATCH_SQL, {**values, "ids": [str(uuid.uuid4()) for _ in range(batch)]})
+            assert len(cursor.fetchall()) == batch
+
+        for _ in range(20):
+            write()
+        rounds = max(1, tasks // batch)
+        cpu0, pg0, wall0 = time.process_time(), cpu_seconds(pid), time.perf_counter()
+        for _ in range(rounds):
+            write()
+        cpu1, pg1, wall1 = time.process_time(), cpu_seconds(pid), time.perf_counter()
+        cursor.execute("DELETE FROM tasks WHERE tenant_id = %s", (VALUES["tenant_id"],))
+    finally:
+        conn.close()
+        db.dispose()
+    written = rounds * batch
+    return {
+        "wall_ms": (wall1 - wall0) / written * 1000,
+        "api_cpu_ms": (cpu1 - cpu0) / written * 1000,
+        "postgres_cpu_ms": (pg1 - pg0) / written * 1000,
+    }
+
+
 def measure(url: str, tasks: int, prepared: bool) -> dict[str, float]:
     db = Database.from_url(url, pool_size=1, max_overflow=0, pre_ping=False)
     if prepared:
@@ -77,13 +157,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--mode", choices=("text", "prepared", "both"), default="both")
     parser.add_argument("--rounds", type=int, default=2, help="alternate the modes this many times")
+    parser.add_argument(
+        "--batch", default="", help="comma-separated batch sizes: also B tasks per multi-row statement (BATCH_SQL)"
+    )
     args = parser.parse_args(argv)
     modes = ["text", "prepared"] if args.mode == "both" else [args.mode]
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
     print("| mode | wall ms/task | this process's CPU ms/task | PostgreSQL CPU ms/task |\n|---|---|---|---|")
     for _ in range(args.rounds):
         for mode in modes:
             r = measure(args.database_url, args.tasks, prepared=mode == "prepared")
             print(f"| {mode} | {r['wall_ms']:.3f} | {r['api_cpu_ms']:.3f} | {r['postgres_cpu_ms']:.3f} |")
+        for batch in batches:
+            r = measure_batch(args.database_url, args.tasks, batch)
+            cells = f"{r['wall_ms']:.3f} | {r['api_cpu_ms']:.3f} | {r['postgres_cpu_ms']:.3f}"
+            print(f"| {batch} per statement | {cells} |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,47 @@ def test_submit_micro_prints_both_modes_and_leaves_no_task(
         tenant = submit_micro.VALUES["tenant_id"]
         left = s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant})
     assert left == 0
+
+
+def test_submit_micro_batch_rows_follow_the_modes_and_leave_no_task(
+    migrated: None, settings: Any, db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    submit_micro.main(
+        ["--database-url", settings.database_url, "--tasks", "4", "--rounds", "1", "--mode", "prepared", "--batch", "2"]
+    )
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| prepared", "| 2 per statement"]
+    with db.session() as s:
+        tenant = submit_micro.VALUES["tenant_id"]
+        left = s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant})
+    assert left == 0
+
+
+def test_the_batch_statement_writes_each_task_as_the_submit_does(migrated: None, db: Any) -> None:
+    """Each task of ``BATCH_SQL`` gets the rows the one-task submit writes: step 0, ``task.queued``, the think
+    wake-up and its options (what the micro compares is the same work)."""
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    values = {
+        "ids": ids, "goals": ["g"] * 3, "budgets": ["{}"] * 3, "hashes": ["0" * 64] * 3, "tenant": "batch-test",
+        "model": "m", "source": "native", "events": ["task.completed"],
+    }
+    conn = db.engine.raw_connection()
+    try:
+        cursor = conn.cursor()
+        cursor.execute(submit_micro.BATCH_SQL, values)
+        assert sorted(str(r[0]) for r in cursor.fetchall()) == sorted(ids)
+        cursor.execute(
+            "SELECT (SELECT count(*) FROM steps WHERE task_id = t.id AND step_index = 0 AND status = 'pending'),"
+            " (SELECT count(*) FROM task_events WHERE task_id = t.id AND kind = 'task.queued'),"
+            " (SELECT count(*) FROM outbox WHERE task_id = t.id AND step_index = 0 AND phase = 'think'),"
+            " (SELECT count(*) FROM task_options WHERE task_id = t.id AND source = 'native'), t.status"
+            " FROM tasks t WHERE t.id = ANY(%s::uuid[])",
+            (ids,),
+        )
+        assert cursor.fetchall() == [(1, 1, 1, 1, "queued")] * 3
+    finally:
+        conn.rollback()
+        conn.close()
 
 
 def test_profile_areas_take_the_first_area_a_stack_reaches(tmp_path: Path) -> None:
