@@ -151,6 +151,17 @@ def measure(url: str, tasks: int, prepared: bool) -> dict[str, float]:
     }
 
 
+def batch_sizes(value: str) -> list[int]:
+    """``--batch``'s comma-separated sizes, each a whole number of at least 1."""
+    try:
+        sizes = [int(b) for b in value.split(",") if b.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"batch sizes are whole numbers separated by commas, not {value!r}") from None
+    if any(b < 1 for b in sizes):
+        raise argparse.ArgumentTypeError(f"a batch holds at least 1 task, not {value!r}")
+    return sizes
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=os.environ.get("AUTOGPT_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL))
@@ -158,17 +169,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", choices=("text", "prepared", "both"), default="both")
     parser.add_argument("--rounds", type=int, default=2, help="alternate the modes this many times")
     parser.add_argument(
-        "--batch", default="", help="comma-separated batch sizes: also B tasks per multi-row statement (BATCH_SQL)"
+        "--batch",
+        type=batch_sizes,
+        default=[],
+        help="comma-separated batch sizes: also B tasks per multi-row statement (BATCH_SQL)",
     )
     args = parser.parse_args(argv)
     modes = ["text", "prepared"] if args.mode == "both" else [args.mode]
-    batches = [int(b) for b in args.batch.split(",") if b.strip()]
     print("| mode | wall ms/task | this process's CPU ms/task | PostgreSQL CPU ms/task |\n|---|---|---|---|")
     for _ in range(args.rounds):
         for mode in modes:
             r = measure(args.database_url, args.tasks, prepared=mode == "prepared")
             print(f"| {mode} | {r['wall_ms']:.3f} | {r['api_cpu_ms']:.3f} | {r['postgres_cpu_ms']:.3f} |")
-        for batch in batches:
+        for batch in args.batch:
             r = measure_batch(args.database_url, args.tasks, batch)
             cells = f"{r['wall_ms']:.3f} | {r['api_cpu_ms']:.3f} | {r['postgres_cpu_ms']:.3f}"
             print(f"| {batch} per statement | {cells} |")

@@ -44,6 +44,14 @@ def test_submit_micro_batch_rows_follow_the_modes_and_leave_no_task(
     assert left == 0
 
 
+@pytest.mark.parametrize("value", ["eight", "8,0", "-2"])
+def test_submit_micro_refuses_a_bad_batch_size_with_a_message(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        submit_micro.main(["--batch", value])
+    assert exit_.value.code == 2
+    assert "argument --batch:" in capsys.readouterr().err
+
+
 def test_the_batch_statement_writes_each_task_as_the_submit_does(migrated: None, db: Any) -> None:
     """Each task of ``BATCH_SQL`` gets the rows the one-task submit writes: step 0, ``task.queued``, the think
     wake-up and its options (what the micro compares is the same work)."""
