@@ -19,6 +19,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import text
@@ -109,20 +110,26 @@ def measure_batch(url: str, tasks: int, batch: int) -> dict[str, float]:
 
         for _ in range(20):
             write()
-        rounds = max(1, tasks // batch)
-        cpu0, pg0, wall0 = time.process_time(), cpu_seconds(pid), time.perf_counter()
-        for _ in range(rounds):
-            write()
-        cpu1, pg1, wall1 = time.process_time(), cpu_seconds(pid), time.perf_counter()
+        costs = _per_task(pid, write, calls=max(1, tasks // batch), tasks_per_call=batch)
         cursor.execute("DELETE FROM tasks WHERE tenant_id = %s", (VALUES["tenant_id"],))
     finally:
         conn.close()
         db.dispose()
-    written = rounds * batch
+    return costs
+
+
+def _per_task(pid: int, write: Callable[[], None], calls: int, tasks_per_call: int = 1) -> dict[str, float]:
+    """``write`` called ``calls`` times, each writing ``tasks_per_call`` tasks: wall time, this process's CPU and
+    backend ``pid``'s CPU per task."""
+    tasks = calls * tasks_per_call
+    cpu0, pg0, wall0 = time.process_time(), cpu_seconds(pid), time.perf_counter()
+    for _ in range(calls):
+        write()
+    cpu1, pg1, wall1 = time.process_time(), cpu_seconds(pid), time.perf_counter()
     return {
-        "wall_ms": (wall1 - wall0) / written * 1000,
-        "api_cpu_ms": (cpu1 - cpu0) / written * 1000,
-        "postgres_cpu_ms": (pg1 - pg0) / written * 1000,
+        "wall_ms": (wall1 - wall0) / tasks * 1000,
+        "api_cpu_ms": (cpu1 - cpu0) / tasks * 1000,
+        "postgres_cpu_ms": (pg1 - pg0) / tasks * 1000,
     }
 
 
@@ -136,19 +143,16 @@ def measure(url: str, tasks: int, prepared: bool) -> dict[str, float]:
             pid = int(s.execute(text("SELECT pg_backend_pid()")).scalar_one())
         for _ in range(20):  # past PostgreSQL's first custom plans of a prepared statement
             ledger.create_task_alone(VALUES, options=OPTIONS)
-        cpu0, pg0, wall0 = time.process_time(), cpu_seconds(pid), time.perf_counter()
-        for _ in range(tasks):
+
+        def write() -> None:
             assert ledger.create_task_alone(VALUES, options=OPTIONS) is not None
-        cpu1, pg1, wall1 = time.process_time(), cpu_seconds(pid), time.perf_counter()
+
+        costs = _per_task(pid, write, calls=tasks)
         with db.transaction() as s:  # the bench's database keeps no micro tasks
             s.execute(text("DELETE FROM tasks WHERE tenant_id = :t"), {"t": VALUES["tenant_id"]})
     finally:
         db.dispose()
-    return {
-        "wall_ms": (wall1 - wall0) / tasks * 1000,
-        "api_cpu_ms": (cpu1 - cpu0) / tasks * 1000,
-        "postgres_cpu_ms": (pg1 - pg0) / tasks * 1000,
-    }
+    return costs
 
 
 def batch_sizes(value: str) -> list[int]:

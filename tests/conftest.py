@@ -143,6 +143,15 @@ def fake_llm() -> Iterator[str]:
 
 
 @pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine's proxy variables would give the LLM clients httpx's transport (ours speaks to no proxy); a
+    subprocess started in the test inherits the environment without them."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture
 def llm(fake_llm: str):  # type: ignore[no-untyped-def]
     from tests.fake_llm.client import FakeLLMControl
 

@@ -18,16 +18,19 @@ def test_prompt_micro_prints_the_cpu_per_think(capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out.startswith("prompt of 3 steps x 100 B: ")
 
 
+def _micro_tasks_left(db: Any) -> int:
+    with db.session() as s:
+        tenant = submit_micro.VALUES["tenant_id"]
+        return int(s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant}))
+
+
 def test_submit_micro_prints_both_modes_and_leaves_no_task(
     migrated: None, settings: Any, db: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     submit_micro.main(["--database-url", settings.database_url, "--tasks", "5", "--rounds", "1"])
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| text", "| prepared"]
-    with db.session() as s:
-        tenant = submit_micro.VALUES["tenant_id"]
-        left = s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant})
-    assert left == 0
+    assert _micro_tasks_left(db) == 0
 
 
 def test_submit_micro_batch_rows_follow_the_modes_and_leave_no_task(
@@ -38,10 +41,7 @@ def test_submit_micro_batch_rows_follow_the_modes_and_leave_no_task(
     )
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| prepared", "| 2 per statement"]
-    with db.session() as s:
-        tenant = submit_micro.VALUES["tenant_id"]
-        left = s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant})
-    assert left == 0
+    assert _micro_tasks_left(db) == 0
 
 
 @pytest.mark.parametrize("value", ["eight", "8,0", "-2"])

@@ -198,7 +198,7 @@ def test_the_memory_layer_under_gevent_embeds_and_stores_from_many_greenlets_at_
     assert ticks >= 5, ticks
 
 
-def test_the_llm_transport_waits_cooperatively_under_gevent() -> None:
+def test_the_llm_transport_waits_cooperatively_under_gevent(no_proxy_env: None) -> None:
     """The LLM client's transport (``lean_transport``) on gevent's sockets: 50 greenlets each wait 0.3 s for the fake
     LLM at once and all finish in about that time (one after another would take 15 s), kept-alive connections are
     reused by the second round, and a ticking greenlet keeps ticking meanwhile."""
@@ -239,10 +239,7 @@ def test_the_llm_transport_waits_cooperatively_under_gevent() -> None:
         print(json.dumps({"walls": walls, "connects": connects[0], "ticks": ticks[0]}))
         """
     )
-    proxies = {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"}
-    env = {k: v for k, v in os.environ.items() if k.upper() not in proxies}  # a proxy would mean httpx's transport
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
-                         env=env)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert max(result["walls"]) < 5.0, result  # concurrent: one after another is 50 x 0.3 s

@@ -239,11 +239,9 @@ def test_the_pool_limit_makes_a_caller_wait_then_time_out(serve: Callable[[Handl
 
 
 def test_the_openai_client_turns_transport_failures_into_its_own_errors(
-    serve: Callable[[Handler], RawServer], monkeypatch: pytest.MonkeyPatch
+    serve: Callable[[Handler], RawServer], no_proxy_env: None
 ) -> None:
     """What ``OpenAIChatModel`` catches: ``APITimeoutError`` and ``APIConnectionError``, as with httpx's transport."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)  # a proxy would give the client httpx's transport
     def silent(conn: socket.socket) -> None:
         slow.read_request(conn)
         time.sleep(1.0)

@@ -299,14 +299,6 @@ def test_arguments_sent_as_an_object_are_encoded(stub: StubLLM) -> None:
     assert json.loads(response.tool_calls[0].arguments) == {"reason": "x"}
 
 
-@pytest.fixture
-def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A machine's proxy variables would give the clients httpx's transport (ours speaks to no proxy)."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-
-
 def test_client_pool_and_retries(no_proxy_env: None) -> None:
     client = make_client("http://127.0.0.1:9/v1", None, 7.0, 321)
     assert client.max_retries == 0
