@@ -23,7 +23,7 @@ from autogpt_workers.config import Settings, get_settings
 from autogpt_workers.gc_tuning import tune as tune_gc
 from autogpt_workers.store import phase_sql, submit_sql
 from autogpt_workers.store.db import Database
-from autogpt_workers.submit import BackgroundPublisher, IdempotencyConflict
+from autogpt_workers.submit import BackgroundPublisher, IdempotencyConflict, submit_group
 
 PING_AFTER_IDLE_S = 1.0  # a pooled connection unused this long is pinged before use (``store.db.ping_after_idle``)
 
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.publisher = Publisher(celery_app)
         # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
         app.state.background_publisher = BackgroundPublisher(app.state.db, app.state.publisher)
+        app.state.submit_group = submit_group(app.state.db) if settings.api_group_commit else None
         yield
         app.state.background_publisher.close()
         app.state.db.dispose()

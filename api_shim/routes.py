@@ -125,6 +125,7 @@ def make_router(settings: Settings) -> APIRouter:
         tenant = tenant_of(request)
         publisher = request.app.state.publisher
         background = request.app.state.background_publisher
+        group = request.app.state.submit_group
 
         def submit() -> tuple[Submitted, TaskView]:
             result = submit_task(
@@ -137,6 +138,7 @@ def make_router(settings: Settings) -> APIRouter:
                 policy=policy,
                 background=background,
                 profiles=profiles,
+                group=group,
             )
             # a new task is answered as committed; an earlier one (same idempotency key) as it is now
             return result, result.view or _load_task(db, result.task_id, tenant)

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # so the overflow serves only the other routes
     api_db_pool_size: int = Field(default=10, ge=1)
     api_db_max_overflow: int = Field(default=20, ge=0)
+    # the API's submits that arrive together are written in one statement (``submit.submit_group``); false: each alone
+    api_group_commit: bool = True
 
     # LLM (any OpenAI-compatible endpoint)
     openai_api_key: SecretStr | None = Field(

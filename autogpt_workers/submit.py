@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from autogpt_workers import tracing
 from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
@@ -26,6 +27,7 @@ from autogpt_workers.broker import Publisher
 from autogpt_workers.config import get_settings
 from autogpt_workers.contracts import TaskStatus, TaskSubmission, TaskView, Usage
 from autogpt_workers.errors import UsageError
+from autogpt_workers.group_commit import GroupCommit
 from autogpt_workers.profiles import ProfileCatalog, apply_profile
 from autogpt_workers.publish_marks import PublishMarks
 from autogpt_workers.store.db import Database
@@ -67,13 +69,16 @@ def submit_task(
     policy: Policy | None = None,
     background: BackgroundPublisher | None = None,
     profiles: ProfileCatalog | None = None,
+    group: SubmitGroup | None = None,
 ) -> Submitted:
     """Accept a task. ``policy`` (running-task caps, deadline urgency) may hold it back in the admission queue;
     without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request. The
     first wake-up is published before returning, or handed to ``background`` (then ``published`` is False: not
     yet). A task that names a profile gets the profile's allow-list, budget limits and approval classes for what
     it left out (read from ``profiles``, by default the shipped ones and ``AUTOGPT_PROFILES_DIR``); an unknown
-    profile raises ``UnknownProfile`` before anything is written."""
+    profile raises ``UnknownProfile`` before anything is written. With ``group`` (``submit_group``), a submit
+    that needs no transaction is written together with the other threads' submits of the moment, in one
+    statement (a group commit): the same rows, and the same answer."""
     ledger = Ledger(db)
     digest = request_hash(submission)  # of the request as given: the same body under the same key is the same task
     if submission.profile is not None:
@@ -110,7 +115,13 @@ def submit_task(
     if in_statement and backlog is None and (policy is None or not policy.caps_every_tenant()):
         # only the tenant's own cap could hold the task: without one (the statement reads it), the submit is one
         # statement, a transaction of its own
-        created = ledger.create_task_alone(values, options=options)
+        if group is None:
+            created = ledger.create_task_alone(values, options=options)
+        else:
+            outcome = group.run((values, options))
+            if isinstance(outcome, Exception):
+                raise outcome
+            created = outcome
     if created is None:
         created, held, existing = _create_in_transaction(db, ledger, values, options, in_statement, policy, backlog)
         if created is None:
@@ -158,6 +169,38 @@ def _create_in_transaction(
         if policy is not None and (backlog is not None or _may_be_capped(created.tenant_cap, policy)):
             held = hold_if_capped(s, created.task_id, values["tenant_id"], policy, backlog)
         return created, held, None
+
+
+GroupOutcome = CreatedTask | None | Exception
+SubmitGroup = GroupCommit[tuple[dict[str, Any], dict[str, Any]], GroupOutcome]
+
+
+def submit_group(db: Database, max_batch: int = 32) -> SubmitGroup:
+    """The group commit of a process's submits to ``db`` (the API's, one per process: ``submit_task(group=...)``).
+    ``python -m bench.submit_micro --batch`` measured what it saves: PostgreSQL's CPU per task 0.36 ms written alone,
+    0.17 ms eight at a time."""
+    return GroupCommit(lambda submits: _write_group(Ledger(db), submits), max_batch)
+
+
+def _write_group(ledger: Ledger, submits: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[GroupOutcome]:
+    """The group's write: several submits in one statement. If the server refuses it (a value one submit got past
+    validation, a deadlock between two batches), nothing of it was written, and each submit is written alone, so
+    only one the server refuses fails, with its own error. A lost connection fails them all, as it would have alone
+    (whether the statement committed is unknown: no retry here, no task twice)."""
+    if len(submits) > 1:
+        try:
+            return list(ledger.create_tasks_alone(submits))
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+            log.warning("submit_group_refused", tasks=len(submits), error=str(exc.orig).strip())
+    outcomes: list[GroupOutcome] = []
+    for values, options in submits:
+        try:
+            outcomes.append(ledger.create_task_alone(values, options=options))
+        except Exception as exc:  # this submit's own error, raised in its own thread
+            outcomes.append(exc)
+    return outcomes
 
 
 def default_profiles() -> ProfileCatalog:

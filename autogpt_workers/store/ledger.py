@@ -481,6 +481,28 @@ class Ledger:
             row = phase_sql.run(connection, stmt, params, self.db.prepared_submit).one_or_none()
         return _created(row, values.get("priority", 5))
 
+    def create_tasks_alone(
+        self, submits: Sequence[tuple[dict[str, Any], dict[str, Any]]]
+    ) -> list[CreatedTask | None]:
+        """``create_task_alone`` (with options) for several submits in one statement and one round trip (the API's
+        group commit, ``submit.submit_task``): one result per ``(values, options)``, in order, each what
+        ``create_task_alone`` would answer for it alone (``None``: nothing written for it, take the transaction).
+        They go in sorted by tenant and idempotency key (see ``submit_sql.CREATE_TASKS_ALONE``). A statement the
+        server refuses writes nothing for any of them."""
+        if any(not values.keys() <= submit_sql.TASK_DEFAULTS.keys() for values, _ in submits):
+            return [None] * len(submits)
+        params = [_create_params(values, options) for values, options in submits]
+        ordered = sorted(params, key=lambda p: (p["p_tenant_id"], p["p_idempotency_key"] or ""))
+        rows = {"p_rows": submit_sql.batch_rows(ordered)}
+        with self.db.autocommit() as connection:
+            found = phase_sql.run(connection, submit_sql.CREATE_TASKS_ALONE, rows, self.db.prepared_submit).all()
+        made = {str(task_id): (created_at, outbox_id) for task_id, created_at, outbox_id in found}
+        results: list[CreatedTask | None] = []
+        for p in params:
+            hit = made.get(str(p["p_id"]))
+            results.append(None if hit is None else _created((p["p_id"], *hit, None), p["p_priority"]))
+        return results
+
     # -- the step protocol -----------------------------------------------------------------------------------------
 
     def claim(

@@ -107,6 +107,7 @@ _TYPES: dict[str, tuple[TypeEngine[Any], str]] = {
     "p_webhook_url": (Text(), "text"),
     "p_webhook_events": (ARRAY(String()), "text[]"),
     "p_additional_input": (JSONB(), "jsonb"),
+    "p_rows": (JSONB(), "jsonb"),  # the group commit's tasks (``submit_sql.CREATE_TASKS_ALONE``)
 }
 
 

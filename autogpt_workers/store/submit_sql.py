@@ -113,7 +113,64 @@ CREATE_TASK_WITH_OPTIONS = _statement(with_options=True)
 # ``AUTOGPT_DB_PREPARED_STATEMENTS=false``; PostgreSQL then plans these five CTEs once per connection, not per submit
 CREATE_TASK_ALONE = PhaseStatement("autogpt_submit_alone", _sql(with_options=False, alone=True))
 CREATE_TASK_ALONE_WITH_OPTIONS = PhaseStatement("autogpt_submit_alone_options", _sql(with_options=True, alone=True))
-SUBMIT_STATEMENTS = (CREATE_TASK_ALONE, CREATE_TASK_ALONE_WITH_OPTIONS)
+
+# the group commit's (``submit.submit_task`` through ``group_commit.GroupCommit``): the tasks of several submits in one
+# statement, each as ``CREATE_TASK_ALONE_WITH_OPTIONS`` writes one (the same rows; a tenant with a cap of its own, or a
+# taken idempotency key, writes nothing and returns no row), their values as one JSON array (``batch_rows``): one
+# parameter, so one prepared statement serves every batch size. ``ord`` is the order the tasks are inserted in (the
+# caller sorts them by idempotency key, so two batches that race for the same keys wait in the same order instead of
+# deadlocking). ``jsonb_to_recordset`` reads a JSON null as SQL NULL: a JSONB column gets JSON's null back, as the
+# one-task statements store a ``None`` there. Tasks with a webhook never come here (the trigger)
+_BATCH_COLUMNS = (
+    "ord integer, id uuid, tenant_id text, goal text, priority integer, budget jsonb, allowed_commands jsonb, "
+    "metadata jsonb, idempotency_key text, request_hash text, model text, approval jsonb, deadline timestamptz, "
+    "traceparent text, source text, base_priority integer, profile text, webhook_events text[], additional_input jsonb"
+)
+_BATCH_SQL = (
+    f"WITH i AS (SELECT * FROM jsonb_to_recordset(:p_rows) AS i({_BATCH_COLUMNS})), "
+    "t AS ("
+    "INSERT INTO tasks (id, tenant_id, goal, priority, budget, allowed_commands, metadata, idempotency_key, "
+    "request_hash, model, approval, deadline, traceparent) "
+    "SELECT id, tenant_id, goal, priority, COALESCE(budget, 'null'), COALESCE(allowed_commands, 'null'), "
+    "COALESCE(metadata, 'null'), idempotency_key, request_hash, model, COALESCE(approval, 'null'), deadline, "
+    "traceparent FROM i "
+    "WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE tenants.id = i.tenant_id AND max_running IS NOT NULL) "
+    "ORDER BY ord "
+    "ON CONFLICT ON CONSTRAINT uq_tasks_tenant_idempotency_key DO NOTHING "
+    "RETURNING id, created_at, priority), "
+    "s AS (INSERT INTO steps (task_id, step_index) SELECT id, 0 FROM t), "
+    "e AS (INSERT INTO task_events (task_id, kind, step_index, data) "
+    "SELECT id, 'task.queued', NULL, jsonb_build_object('priority', priority) FROM t), "
+    f"o AS (INSERT INTO {Outbox.__tablename__} (task_id, step_index, phase, priority) "
+    "SELECT id, 0, 'think', priority FROM t "
+    "ON CONFLICT ON CONSTRAINT uq_outbox_task_step_phase DO UPDATE SET published_at = NULL, created_at = now() "
+    "RETURNING id, task_id), "
+    "opt AS (INSERT INTO task_options (task_id, source, base_priority, profile, webhook_url, webhook_events, "
+    "additional_input) SELECT i.id, i.source, i.base_priority, i.profile, NULL, i.webhook_events, "
+    "COALESCE(i.additional_input, 'null') "
+    "FROM t JOIN i ON i.id = t.id) "
+    "SELECT t.id, t.created_at, o.id FROM t JOIN o ON o.task_id = t.id"
+)
+CREATE_TASKS_ALONE = PhaseStatement("autogpt_submit_batch", _BATCH_SQL)
+SUBMIT_STATEMENTS = (CREATE_TASK_ALONE, CREATE_TASK_ALONE_WITH_OPTIONS, CREATE_TASKS_ALONE)
+
+
+def batch_rows(params: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``CREATE_TASKS_ALONE``'s ``p_rows`` for the one-task statements' parameters (``Ledger._create_params``, with
+    options), in the order given: JSON values (ids and times as text)."""
+    rows = []
+    for ord_, p in enumerate(params):
+        row: dict[str, Any] = {"ord": ord_}
+        for key, value in p.items():
+            if key == "p_event_data":  # the statement builds it from the priority
+                continue
+            if isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            row[key[2:].rstrip("_")] = value  # p_metadata_ -> metadata
+        rows.append(row)
+    return rows
 
 EXISTING_TASK = text(
     "SELECT id, request_hash FROM tasks WHERE tenant_id = :p_tenant_id AND idempotency_key = :p_idempotency_key"

@@ -8,8 +8,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import create_engine, event, make_url, text
 
+from autogpt_workers.broker import Publisher
 from autogpt_workers.store.db import Database
 from autogpt_workers.store.migrate import upgrade
 from autogpt_workers.submit import flush_marks
@@ -107,3 +109,22 @@ def plans_of(db: Database, call: Callable[[], object]) -> list[str]:
             plans.append("\n".join(row[0] for row in cursor.fetchall()))
         dbapi_connection.rollback()
     return plans
+
+
+@pytest.fixture
+def publisher() -> Publisher:
+    """A publisher on the test broker (the celery app's own connection pool)."""
+    from autogpt_workers.celery_app import app
+
+    return Publisher(app)
+
+
+@pytest.fixture
+def prepared_db(settings: Any) -> Iterator[Database]:
+    """A database handle as the API's: the submit's statements prepared on its one connection."""
+    from autogpt_workers.store import phase_sql, submit_sql
+
+    database = Database.from_url(settings.database_url, pool_size=1, max_overflow=0)
+    phase_sql.prepare_submit_on_connect(database, submit_sql.SUBMIT_STATEMENTS)
+    yield database
+    database.dispose()

@@ -35,13 +35,6 @@ def inserts(db: Any) -> Iterator[list[bool]]:
         event.remove(db.engine, "before_cursor_execute", before)
 
 
-@pytest.fixture
-def publisher() -> Publisher:
-    from autogpt_workers.celery_app import app
-
-    return Publisher(app)
-
-
 def _tenant(db: Any, max_running: int | None) -> str:
     tenant = f"alone-{uuid.uuid4().hex[:8]}"
     with db.transaction() as s:
@@ -124,18 +117,6 @@ def test_a_replayed_idempotency_key_is_answered_from_the_transaction(
     assert inserts == [True, True, False, True, False]
     with db.session() as s:
         assert s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": tenant}) == 1
-
-
-@pytest.fixture
-def prepared_db(settings: Any) -> Iterator[Any]:
-    """A database handle as the API's: the submit's statements prepared on its one connection."""
-    from autogpt_workers.store import phase_sql, submit_sql
-    from autogpt_workers.store.db import Database
-
-    database = Database.from_url(settings.database_url, pool_size=1, max_overflow=0)
-    phase_sql.prepare_submit_on_connect(database, submit_sql.SUBMIT_STATEMENTS)
-    yield database
-    database.dispose()
 
 
 def _rows(db: Any, task_id: uuid.UUID) -> dict[str, Any]:

@@ -1,0 +1,118 @@
+"""``GroupCommit``: concurrent callers are written together, each gets its own result or its batch's error."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from autogpt_workers.group_commit import GroupCommit
+
+
+class Recorder:
+    """A write that records its batches and can be held (so callers pile up behind it)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.fail_on: int | None = None
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        self.release.wait(10)
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"refused {self.fail_on}")
+        return [i * 10 for i in items]
+
+
+def test_an_idle_group_writes_a_call_at_once_alone() -> None:
+    write = Recorder()
+    group = GroupCommit(write)
+    assert group.run(3) == 30
+    assert group.run(4) == 40
+    assert write.batches == [[3], [4]]
+    assert (group.batches, group.items) == (2, 2)
+
+
+def test_callers_that_arrive_during_a_write_are_written_together_in_order_of_arrival() -> None:
+    write = Recorder()
+    write.release.clear()
+    group = GroupCommit(write)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(group.run, 0)
+        assert write.entered.wait(5)  # the first call's write is in flight, held
+        rest = []
+        for i in range(1, 6):
+            rest.append(pool.submit(group.run, i))
+            while len(group._waiting) < i:  # each queued before the next: a known order
+                threading.Event().wait(0.001)
+        write.release.set()
+        assert first.result(5) == 0
+        assert [f.result(5) for f in rest] == [10, 20, 30, 40, 50]
+    assert write.batches == [[0], [1, 2, 3, 4, 5]]
+    assert (group.batches, group.items) == (2, 6)
+
+
+def test_a_batch_is_at_most_max_batch_and_the_rest_follows() -> None:
+    write = Recorder()
+    write.release.clear()
+    group = GroupCommit(write, max_batch=2)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(group.run, 0)
+        assert write.entered.wait(5)
+        rest = []
+        for i in range(1, 6):
+            rest.append(pool.submit(group.run, i))
+            while len(group._waiting) < i:
+                threading.Event().wait(0.001)
+        write.release.set()
+        assert [f.result(5) for f in [first, *rest]] == [0, 10, 20, 30, 40, 50]
+    assert write.batches == [[0], [1, 2], [3, 4], [5]]
+
+
+def test_a_failed_write_raises_in_every_caller_of_its_batch_only() -> None:
+    write = Recorder()
+    write.release.clear()
+    write.fail_on = 2
+    group = GroupCommit(write, max_batch=2)
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(group.run, 0)
+        assert write.entered.wait(5)
+        rest = []
+        for i in range(1, 5):
+            rest.append(pool.submit(group.run, i))
+            while len(group._waiting) < i:
+                threading.Event().wait(0.001)
+        write.release.set()
+        assert first.result(5) == 0
+        for refused in rest[:2]:  # [1, 2]: the batch with 2
+            with pytest.raises(ValueError, match="refused 2"):
+                refused.result(5)
+        assert [f.result(5) for f in rest[2:]] == [30, 40]  # the next batch is written all the same
+    assert group.run(7) == 70  # and the group is idle again
+
+
+def test_a_write_that_answers_the_wrong_count_fails_its_batch() -> None:
+    group: GroupCommit[int, int] = GroupCommit(lambda items: [])
+    with pytest.raises(RuntimeError, match="0 results for 1 items"):
+        group.run(1)
+
+
+def test_many_threads_each_get_their_own_result() -> None:
+    write = Recorder()
+    group = GroupCommit(write, max_batch=8)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(group.run, range(400)))
+    assert results == [i * 10 for i in range(400)]
+    assert sorted(i for batch in write.batches for i in batch) == list(range(400))
+    assert all(1 <= len(batch) <= 8 for batch in write.batches)
+    assert group.items == 400 and group.batches == len(write.batches)
+
+
+def test_max_batch_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        GroupCommit(lambda items: items, max_batch=0)
