@@ -41,6 +41,13 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
+# the group commit's statements (``submit.submit_group``): how many submits each wrote; _sum / _count is the mean
+SUBMIT_BATCH = Histogram(
+    "autogpt_api_submit_batch_size",
+    "Submits written by one statement of the API's group commit.",
+    buckets=(1, 2, 4, 8, 16, 32),
+)
+
 
 def endpoint_of(scope: Scope) -> str:
     """The route template the router matched for this request, or ``<unmatched>``."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import httpx
+
 from bench import httpload
 from bench.cpu import InfraMeter
 from bench.env import BenchEnv, Sql
@@ -27,6 +29,22 @@ class SubmitResult:
     api_cpu_s: float
     infra_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)  # PostgreSQL's backends, RabbitMQ
     host_busy: float = float("nan")  # share of both cores busy during the submits (anyone's work)
+    per_statement: float = float("nan")  # submits per statement of the API's group commit (its /metrics)
+
+
+def batch_totals(api_url: str) -> tuple[float, float]:
+    """``autogpt_api_submit_batch_size``'s sum and count from the API's ``/metrics`` (all its processes); zeros for a
+    platform without it."""
+    sums = {"autogpt_api_submit_batch_size_sum": 0.0, "autogpt_api_submit_batch_size_count": 0.0}
+    try:
+        text = httpx.get(f"{api_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return 0.0, 0.0
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in sums:
+            sums[name] += float(value)
+    return sums["autogpt_api_submit_batch_size_sum"], sums["autogpt_api_submit_batch_size_count"]
 
 
 def measure_submit(
@@ -51,11 +69,17 @@ def measure_submit(
     meter = CpuMeter([platform.api.pid]).start()
     infra = InfraMeter(db, env.database, platform.fake.process.pid, count_new=True)
     infra.start()
+    before = batch_totals(url)
     submit_result = httpload.load(url, submit, clients, duration_s=duration_s, headers=headers)
     meter.stop()
     infra_cpu = infra.stop()
+    after = batch_totals(url)
+    statements = after[1] - before[1]
+    per_statement = (after[0] - before[0]) / statements if statements else float("nan")
     env.settle(db)
-    return SubmitResult(clients, health_result, submit_result, meter.seconds, infra_cpu, meter.host_busy)
+    return SubmitResult(
+        clients, health_result, submit_result, meter.seconds, infra_cpu, meter.host_busy, per_statement
+    )
 
 
 def submit_figure(r: SubmitResult) -> Figure:
@@ -84,10 +108,12 @@ def submit_figure(r: SubmitResult) -> Figure:
         "postgres_cpu_per_task_s": pg_per_task,
         "rabbitmq_cpu_per_task_s": mq_per_task,
         "host_busy": r.host_busy,
+        "submits_per_statement": r.per_statement,
     }
+    grouped = "" if r.per_statement != r.per_statement else f"; {r.per_statement:.1f} submits per statement"
     fig.note = (
         f"CPU per accepted task: API {cpu_per_task * 1000:.2f} ms, PostgreSQL {pg_per_task * 1000:.2f} ms, "
-        f"RabbitMQ {mq_per_task * 1000:.2f} ms; both cores {r.host_busy:.0%} busy"
+        f"RabbitMQ {mq_per_task * 1000:.2f} ms; both cores {r.host_busy:.0%} busy{grouped}"
     )
     if not s.ok:
         fig.note = f"no task accepted: {s.errors[:2]}"

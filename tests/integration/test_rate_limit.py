@@ -1,0 +1,101 @@
+"""The per-tenant token bucket on real Redis: concurrent hits of one tenant share a script call and are decided as
+if they had come one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from autogpt_workers.ratelimit import Decision, RateLimiter
+
+
+def _limiter(settings: Any) -> tuple[RateLimiter, list[int]]:
+    """A limiter on the test Redis, under a prefix of its own, and the sizes of its script calls."""
+    limiter = RateLimiter.from_url(settings.redis_url)
+    limiter.prefix = f"test:ratelimit:{uuid.uuid4().hex}:"
+    calls: list[int] = []
+    script = limiter._script
+
+    async def counted(keys: list[str], args: list[Any]) -> Any:
+        calls.append(int(args[3]))
+        return await script(keys=keys, args=args)
+
+    limiter._script = counted  # type: ignore[assignment]
+    return limiter, calls
+
+
+async def _hits(limiter: RateLimiter, n: int, rate: float = 0.001, burst: int = 5) -> list[Decision]:
+    try:
+        return list(await asyncio.gather(*(limiter.hit("t", rate, burst) for _ in range(n))))
+    finally:
+        await limiter.close()
+
+
+def test_concurrent_hits_share_a_call_and_the_first_ones_get_the_tokens(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+    decisions = asyncio.run(_hits(limiter, 20))
+    assert calls == [1, 19]  # the first alone; the 19 that arrived meanwhile in one call
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 15
+    assert [round(d.remaining) for d in decisions[:5]] == [4, 3, 2, 1, 0]  # as five calls one by one would say
+    assert all(d.retry_after_s > 100 for d in decisions[5:])  # a token comes back every 1000 s
+
+
+def test_hits_one_after_the_other_are_a_call_each(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+
+    async def one_by_one() -> list[Decision]:
+        try:
+            return [await limiter.hit("t", 0.001, 3) for _ in range(5)]
+        finally:
+            await limiter.close()
+
+    decisions = asyncio.run(one_by_one())
+    assert calls == [1, 1, 1, 1, 1]
+    assert [d.allowed for d in decisions] == [True, True, True, False, False]
+    assert decisions[3].retry_after_header == decisions[4].retry_after_header
+
+
+def test_tenants_and_limits_are_separate_buckets(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+
+    async def mixed() -> list[Decision]:
+        try:
+            return list(
+                await asyncio.gather(
+                    limiter.hit("a", 0.001, 1), limiter.hit("b", 0.001, 1), limiter.hit("a", 0.001, 1),
+                    limiter.hit("b", 0.001, 1),
+                )
+            )  # fmt: skip
+        finally:
+            await limiter.close()
+
+    decisions = asyncio.run(mixed())
+    assert [d.allowed for d in decisions] == [True, True, False, False]
+    assert sorted(calls) == [1, 1, 1, 1]
+
+
+def test_a_cancelled_hit_takes_no_token(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+
+    async def with_a_cancel() -> list[Decision]:
+        try:
+            first = asyncio.ensure_future(limiter.hit("t", 0.001, 2))
+            await asyncio.sleep(0)  # the first call is in flight
+            gone = asyncio.ensure_future(limiter.hit("t", 0.001, 2))
+            kept = asyncio.ensure_future(limiter.hit("t", 0.001, 2))
+            await asyncio.sleep(0)
+            gone.cancel()  # its client went away while it waited
+            return [await first, await kept, await limiter.hit("t", 0.001, 2)]
+        finally:
+            await limiter.close()
+
+    decisions = asyncio.run(with_a_cancel())
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert calls == [1, 1, 1]
+
+
+def test_without_redis_requests_are_let_through(settings: Any) -> None:
+    limiter = RateLimiter.from_url("redis://127.0.0.1:1/0")
+    decisions = asyncio.run(_hits(limiter, 3, burst=1))
+    assert all(d.allowed for d in decisions)
