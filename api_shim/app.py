@@ -26,8 +26,6 @@ from autogpt_workers.store.db import Database
 from autogpt_workers.submit import BackgroundPublisher, IdempotencyConflict, submit_group
 
 PING_AFTER_IDLE_S = 1.0  # a pooled connection unused this long is pinged before use (``store.db.ping_after_idle``)
-# first wake-ups published together with one wait for their confirms (``confirm_batch``), by two threads
-API_PUBLISH_BATCH = 64
 
 
 def create_server_app() -> FastAPI:
@@ -55,9 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             phase_sql.prepare_submit_on_connect(app.state.db, submit_sql.SUBMIT_STATEMENTS)
         app.state.publisher = Publisher(celery_app)
         # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
-        app.state.background_publisher = BackgroundPublisher(
-            app.state.db, app.state.publisher, threads=2, batch=API_PUBLISH_BATCH
-        )
+        app.state.background_publisher = BackgroundPublisher(app.state.db, app.state.publisher)
         app.state.submit_group = (
             submit_group(app.state.db, on_batch=api_metrics.SUBMIT_BATCH.observe) if settings.api_group_commit else None
         )

@@ -83,9 +83,7 @@ class Publisher:
             self._templates[key] = template
         return template  # type: ignore[return-value]
 
-    def _publish(self, producer: Producer, t: MessageTemplate, m: Message, retry: bool = True) -> None:
-        """Publish ``m`` as ``send_task`` would; ``retry=False``: one attempt, its error raised (for a caller that
-        counts the messages on its channel, ``confirm_batch``: a reconnect would start a new count)."""
+    def _publish(self, producer: Producer, t: MessageTemplate, m: Message) -> None:
         declare = list(t.declare)
         signals.before_task_publish.send(
             sender=t.name, body=m.body, exchange=t.exchange, routing_key=t.routing_key, declare=declare,
@@ -93,7 +91,7 @@ class Publisher:
         )
         content_type, content_encoding, payload = dumps(m.body, serializer=t.serializer)
         publish(
-            producer, payload, retry=retry, retry_policy=dict(t.retry_policy), exchange=t.exchange,
+            producer, payload, retry=True, retry_policy=dict(t.retry_policy), exchange=t.exchange,
             routing_key=t.routing_key, delivery_mode=t.delivery_mode, declare=declare, headers=m.headers,
             content_type=content_type, content_encoding=content_encoding, **m.properties,
         )

@@ -26,7 +26,6 @@ from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
 from autogpt_workers.agent.types import Budget
 from autogpt_workers.broker import Publisher
 from autogpt_workers.config import get_settings
-from autogpt_workers.confirm_batch import ConfirmBatch, NotBatchable
 from autogpt_workers.contracts import TaskStatus, TaskSubmission, TaskView, Usage
 from autogpt_workers.errors import UsageError
 from autogpt_workers.group_commit import GroupCommit
@@ -238,19 +237,12 @@ class BackgroundPublisher:
     ``offer`` takes a wake-up only while fewer than ``max_pending`` wait: beyond that the caller publishes it
     itself, so a broker slower than the submits slows the submits down (no backlog hidden in memory). Each
     wake-up is published in the submitter's context (its trace span). ``close`` publishes what is left.
-
-    With ``batch`` > 1 (the API's), a thread takes every wake-up that waits, up to ``batch``, and publishes them
-    on a channel of its own with one wait for their confirms (``confirm_batch``); if that fails, it publishes them
-    one by one as ``batch=1`` does (``Publisher.wake``, with its retries; what still fails is left to the reaper).
     """
 
-    def __init__(
-        self, db: Database, publisher: Publisher, threads: int = 4, max_pending: int = 256, batch: int = 1
-    ) -> None:
+    def __init__(self, db: Database, publisher: Publisher, threads: int = 4, max_pending: int = 256) -> None:
         self.db = db
         self.publisher = publisher
         self.threads = threads
-        self.batch = batch
         self._queue: queue.Queue[tuple[Wakeup, contextvars.Context] | None] = queue.Queue(max_pending)
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -286,43 +278,11 @@ class BackgroundPublisher:
                     self._workers.append(worker)
 
     def _run(self) -> None:
-        confirms = ConfirmBatch(self.publisher) if self.batch > 1 else None
-        try:
-            while True:
-                item = self._queue.get()
-                if item is None:
-                    return
-                items, stop = [item], False
-                while confirms is not None and len(items) < self.batch:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:  # closing: publish these, then stop
-                        stop = True
-                        break
-                    items.append(more)
-                self._publish_all(confirms, items)
-                if stop:
-                    return
-        finally:
-            if confirms is not None:
-                confirms.close()
-
-    def _publish_all(
-        self, confirms: ConfirmBatch | None, items: list[tuple[Wakeup, contextvars.Context]]
-    ) -> None:
-        if confirms is not None and len(items) > 1:
-            wakeups = [wakeup for wakeup, _ in items]
-            try:
-                confirms.publish(wakeups, [context for _, context in items])
-            except Exception as exc:  # one by one instead, each with the retries of ``wake``
-                if not isinstance(exc, NotBatchable):
-                    log.warning("submit_batch_publish_failed", wakeups=len(items), error=str(exc))
-            else:
-                _marks(self.db).add([wakeup.outbox_id for wakeup in wakeups])
+        while True:
+            item = self._queue.get()
+            if item is None:
                 return
-        for wakeup, context in items:
+            wakeup, context = item
             context.run(_publish, self.db, self.publisher, wakeup)
 
 
