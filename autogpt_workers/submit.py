@@ -194,15 +194,16 @@ def submit_group(
 
 
 def _write_group(ledger: Ledger, submits: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[GroupOutcome]:
-    """The group's write: several submits in one statement. If the server refuses it (a value one submit got past
-    validation, a deadlock between two batches), nothing of it was written, and each submit is written alone, so
-    only one the server refuses fails, with its own error. A lost connection fails them all, as it would have alone
-    (whether the statement committed is unknown: no retry here, no task twice)."""
+    """The group's write: several submits in one statement. If the server refuses it (an error with a SQLSTATE: a
+    value one submit got past validation, a deadlock between two batches), nothing of it was written, and each
+    submit is written alone, so only one the server refuses fails, with its own error. Without the server's answer
+    (no connection, or one lost: whether the statement committed is unknown) it fails them all, as it would have
+    each alone: no retry here, so no task twice and no batch of connection timeouts in a row."""
     if len(submits) > 1:
         try:
             return list(ledger.create_tasks_alone(submits))
         except DBAPIError as exc:
-            if exc.connection_invalidated:
+            if exc.connection_invalidated or not getattr(exc.orig, "pgcode", None):
                 raise
             log.warning("submit_group_refused", tasks=len(submits), error=str(exc.orig).strip())
     outcomes: list[GroupOutcome] = []

@@ -64,6 +64,8 @@ def test_quick_bench_writes_every_figure(services: None, tmp_path: Path) -> None
     submit_values = figures["submit_api"]["values"]
     assert submit_values["postgres_cpu_per_task_s"] > 0
     assert math.isfinite(submit_values["rabbitmq_cpu_per_task_s"]) and submit_values["rabbitmq_cpu_per_task_s"] >= 0
+    # the API's group commit wrote them, and its /metrics says how many per statement (at least one)
+    assert submit_values["submits_per_statement"] >= 1
 
     topk = figures["memory_topk_10k"]["values"]
     assert topk["size"] == 10_000 and topk["queries"] == 50

@@ -196,3 +196,25 @@ def test_submits_from_many_threads_each_get_their_own_task(db: Any, publisher: P
             {"t": tenant},
         )
     assert steps == 40
+
+
+def test_without_an_answer_from_the_server_a_batch_fails_whole_and_is_not_retried(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from autogpt_workers.store.db import Database
+
+    nowhere = Database.from_url("postgresql+psycopg2://postgres@127.0.0.1:1/none", pool_size=1, max_overflow=0)
+    ledger = Ledger(nowhere)
+    alone: list[Any] = []
+    monkeypatch.setattr(ledger, "create_task_alone", lambda *a, **k: alone.append(a))
+    submit = ({"tenant_id": "t", "goal": "g"}, {"source": "native", "base_priority": 5, "profile": None,
+              "webhook_url": None, "webhook_events": [], "additional_input": None})  # fmt: skip
+    try:
+        with pytest.raises(OperationalError):
+            _write_group(ledger, [submit, submit, submit])
+    finally:
+        nowhere.dispose()
+    assert alone == []  # not tried one by one: each would have waited for the same connection
+
