@@ -6,21 +6,17 @@ one statement in autocommit), and this process's CPU and its PostgreSQL backend'
 ``phase_sql.prepare_submit_on_connect``), alternately. A profiling aid for the submit, not a figure of ``make
 bench``: nothing else runs, so there is no contention.
 
-``--batch 8,32`` adds, in each round, the same rows written for B tasks at once by one multi-row statement
-(``BATCH_SQL``: the task, its first step, its ``task.queued`` event, its wake-up and its options; the same tables,
-indexes and webhook trigger). The platform has no such statement: it measures what a submit API that gathered the
-submits arriving together into one statement (a group commit) would save, for whoever builds one.
+``--batch 8,32`` adds, in each round, B tasks at a time written by the API's group commit's statement
+(``Ledger.create_tasks_alone``, ``submit_sql.CREATE_TASKS_ALONE``, prepared as the API prepares it): what a busy API
+saves when its submits arriving together go in one statement.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-import uuid
 from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import text
 
@@ -55,65 +51,25 @@ OPTIONS = {
 }
 
 
-# B tasks of ``VALUES`` and ``OPTIONS`` in one statement: the arrays carry what differs between submits (the id, the
-# goal, the budget, the request's hash), the rest is written as the one-task statement writes it for this tenant.
-# Like that statement with options, it is for tasks without a webhook: the trigger on ``task_events`` may not see an
-# options row written by the same statement
-BATCH_SQL = """
-WITH input AS (
-    SELECT * FROM unnest(%(ids)s::uuid[], %(goals)s::text[], %(budgets)s::jsonb[], %(hashes)s::text[])
-        AS i(id, goal, budget, request_hash)
-), t AS (
-    INSERT INTO tasks (id, tenant_id, goal, priority, budget, allowed_commands, metadata, idempotency_key,
-        request_hash, model, approval, deadline, traceparent)
-    SELECT id, %(tenant)s, goal, 5, budget, NULL, '{}'::jsonb, NULL, request_hash, %(model)s, '"never"'::jsonb, NULL,
-        NULL
-    FROM input WHERE NOT EXISTS (SELECT 1 FROM tenants WHERE id = %(tenant)s AND max_running IS NOT NULL)
-    ON CONFLICT ON CONSTRAINT uq_tasks_tenant_idempotency_key DO NOTHING
-    RETURNING id, created_at, priority
-), s AS (
-    INSERT INTO steps (task_id, step_index) SELECT id, 0 FROM t
-), e AS (
-    INSERT INTO task_events (task_id, kind, step_index, data)
-    SELECT id, 'task.queued', NULL, jsonb_build_object('priority', priority) FROM t
-), o AS (
-    INSERT INTO outbox (task_id, step_index, phase, priority) SELECT id, 0, 'think', priority FROM t
-    ON CONFLICT ON CONSTRAINT uq_outbox_task_step_phase DO UPDATE SET published_at = NULL, created_at = now()
-    RETURNING id, task_id
-), opt AS (
-    INSERT INTO task_options (task_id, source, base_priority, profile, webhook_url, webhook_events, additional_input)
-    SELECT id, %(source)s, 5, NULL, NULL, %(events)s, NULL FROM t
-)
-SELECT t.id, t.created_at, o.id FROM t JOIN o ON o.task_id = t.id
-"""
-
-
 def measure_batch(url: str, tasks: int, batch: int) -> dict[str, float]:
-    """``BATCH_SQL`` for ``batch`` tasks at a time, in autocommit on one connection, as text."""
+    """``Ledger.create_tasks_alone`` for ``batch`` tasks at a time, prepared, on one connection."""
     db = Database.from_url(url, pool_size=1, max_overflow=0, pre_ping=False)
-    conn = db.engine.raw_connection()
+    phase_sql.prepare_submit_on_connect(db, submit_sql.SUBMIT_STATEMENTS)
+    ledger = Ledger(db)
+    submits = [(VALUES, OPTIONS)] * batch
     try:
-        dbapi: Any = conn.dbapi_connection  # psycopg2's connection, under the pool's proxy
-        dbapi.autocommit = True
-        cursor = dbapi.cursor()
-        cursor.execute("SELECT pg_backend_pid()")
-        pid = int(cursor.fetchone()[0])
-        values = {
-            "goals": [VALUES["goal"]] * batch, "budgets": [json.dumps(VALUES["budget"])] * batch,
-            "hashes": [VALUES["request_hash"]] * batch, "tenant": VALUES["tenant_id"], "model": VALUES["model"],
-            "source": OPTIONS["source"], "events": OPTIONS["webhook_events"],
-        }
+        with db.session() as s:  # the pool's one connection: every statement below runs on this backend
+            pid = int(s.execute(text("SELECT pg_backend_pid()")).scalar_one())
 
         def write() -> None:
-            cursor.execute(BATCH_SQL, {**values, "ids": [str(uuid.uuid4()) for _ in range(batch)]})
-            assert len(cursor.fetchall()) == batch
+            assert all(created is not None for created in ledger.create_tasks_alone(submits))
 
         for _ in range(20):
             write()
         costs = _per_task(pid, write, calls=max(1, tasks // batch), tasks_per_call=batch)
-        cursor.execute("DELETE FROM tasks WHERE tenant_id = %s", (VALUES["tenant_id"],))
+        with db.transaction() as s:  # the bench's database keeps no micro tasks
+            s.execute(text("DELETE FROM tasks WHERE tenant_id = :t"), {"t": VALUES["tenant_id"]})
     finally:
-        conn.close()
         db.dispose()
     return costs
 
@@ -176,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
         "--batch",
         type=batch_sizes,
         default=[],
-        help="comma-separated batch sizes: also B tasks per multi-row statement (BATCH_SQL)",
+        help="comma-separated batch sizes: also B tasks per statement of the API's group commit",
     )
     args = parser.parse_args(argv)
     modes = ["text", "prepared"] if args.mode == "both" else [args.mode]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -50,33 +49,6 @@ def test_submit_micro_refuses_a_bad_batch_size_with_a_message(value: str, capsys
         submit_micro.main(["--batch", value])
     assert exit_.value.code == 2
     assert "argument --batch:" in capsys.readouterr().err
-
-
-def test_the_batch_statement_writes_each_task_as_the_submit_does(migrated: None, db: Any) -> None:
-    """Each task of ``BATCH_SQL`` gets the rows the one-task submit writes: step 0, ``task.queued``, the think
-    wake-up and its options (what the micro compares is the same work)."""
-    ids = [str(uuid.uuid4()) for _ in range(3)]
-    values = {
-        "ids": ids, "goals": ["g"] * 3, "budgets": ["{}"] * 3, "hashes": ["0" * 64] * 3, "tenant": "batch-test",
-        "model": "m", "source": "native", "events": ["task.completed"],
-    }
-    conn = db.engine.raw_connection()
-    try:
-        cursor = conn.cursor()
-        cursor.execute(submit_micro.BATCH_SQL, values)
-        assert sorted(str(r[0]) for r in cursor.fetchall()) == sorted(ids)
-        cursor.execute(
-            "SELECT (SELECT count(*) FROM steps WHERE task_id = t.id AND step_index = 0 AND status = 'pending'),"
-            " (SELECT count(*) FROM task_events WHERE task_id = t.id AND kind = 'task.queued'),"
-            " (SELECT count(*) FROM outbox WHERE task_id = t.id AND step_index = 0 AND phase = 'think'),"
-            " (SELECT count(*) FROM task_options WHERE task_id = t.id AND source = 'native'), t.status"
-            " FROM tasks t WHERE t.id = ANY(%s::uuid[])",
-            (ids,),
-        )
-        assert cursor.fetchall() == [(1, 1, 1, 1, "queued")] * 3
-    finally:
-        conn.rollback()
-        conn.close()
 
 
 def test_profile_areas_take_the_first_area_a_stack_reaches(tmp_path: Path) -> None:
