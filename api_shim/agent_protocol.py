@@ -253,6 +253,7 @@ def make_router(settings: Settings) -> APIRouter:
                 additional_input=extra,
                 policy=Policy.from_settings(settings),
                 profiles=profiles,
+                group=request.app.state.submit_group,
             )
 
         def load() -> ap.Task:
