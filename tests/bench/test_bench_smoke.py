@@ -64,8 +64,11 @@ def test_quick_bench_writes_every_figure(services: None, tmp_path: Path) -> None
     submit_values = figures["submit_api"]["values"]
     assert submit_values["postgres_cpu_per_task_s"] > 0
     assert math.isfinite(submit_values["rabbitmq_cpu_per_task_s"]) and submit_values["rabbitmq_cpu_per_task_s"] >= 0
-    # the API's group commit wrote them, and its /metrics says how many per statement (at least one)
-    assert submit_values["submits_per_statement"] >= 1
+    # submits per statement of the API's group commit, from its /metrics: at least one when it wrote any. None (NaN)
+    # when it wrote none: the quick run keeps its workers, and once 8 wake-ups wait in the queue the backlog gate
+    # sends new tasks through the admission's transaction (tests/integration/test_submit_api.py checks the series)
+    per_statement = submit_values["submits_per_statement"]
+    assert per_statement is None or per_statement >= 1
 
     topk = figures["memory_topk_10k"]["values"]
     assert topk["size"] == 10_000 and topk["queries"] == 50

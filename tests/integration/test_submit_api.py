@@ -98,3 +98,31 @@ def test_unknown_and_malformed_ids(client: TestClient) -> None:
 def test_the_openapi_document_describes_the_native_api(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/steps"} <= set(paths)
+
+
+def _batch_count(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("autogpt_api_submit_batch_size_count "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_a_submit_is_written_by_the_group_commit_and_counted_on_metrics(migrated, settings) -> None:  # type: ignore[no-untyped-def]
+    from api_shim.app import create_app
+
+    # no backlog gate: the submit takes the one-statement path (the gate's transaction would bypass the group)
+    with TestClient(create_app(settings.model_copy(update={"scheduler_max_ready": 0}))) as client:
+        assert client.app.state.submit_group is not None  # type: ignore[attr-defined]
+        before = _batch_count(client)
+        for i in range(3):
+            assert client.post("/v1/tasks", json={"goal": f"grouped {i}"}).status_code == 201
+        assert _batch_count(client) == before + 3  # one statement each: they came one after the other
+        assert client.app.state.submit_group.items >= 3  # type: ignore[attr-defined]
+
+
+def test_the_group_commit_can_be_turned_off(migrated, settings) -> None:  # type: ignore[no-untyped-def]
+    from api_shim.app import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"api_group_commit": False}))) as client:
+        assert client.app.state.submit_group is None  # type: ignore[attr-defined]
+        assert client.post("/v1/tasks", json={"goal": "alone"}).status_code == 201
