@@ -51,29 +51,6 @@ OPTIONS = {
 }
 
 
-def measure_batch(url: str, tasks: int, batch: int) -> dict[str, float]:
-    """``Ledger.create_tasks_alone`` for ``batch`` tasks at a time, prepared, on one connection."""
-    db = Database.from_url(url, pool_size=1, max_overflow=0, pre_ping=False)
-    phase_sql.prepare_submit_on_connect(db, submit_sql.SUBMIT_STATEMENTS)
-    ledger = Ledger(db)
-    submits = [(VALUES, OPTIONS)] * batch
-    try:
-        with db.session() as s:  # the pool's one connection: every statement below runs on this backend
-            pid = int(s.execute(text("SELECT pg_backend_pid()")).scalar_one())
-
-        def write() -> None:
-            assert all(created is not None for created in ledger.create_tasks_alone(submits))
-
-        for _ in range(20):
-            write()
-        costs = _per_task(pid, write, calls=max(1, tasks // batch), tasks_per_call=batch)
-        with db.transaction() as s:  # the bench's database keeps no micro tasks
-            s.execute(text("DELETE FROM tasks WHERE tenant_id = :t"), {"t": VALUES["tenant_id"]})
-    finally:
-        db.dispose()
-    return costs
-
-
 def _per_task(pid: int, write: Callable[[], None], calls: int, tasks_per_call: int = 1) -> dict[str, float]:
     """``write`` called ``calls`` times, each writing ``tasks_per_call`` tasks: wall time, this process's CPU and
     backend ``pid``'s CPU per task."""
@@ -89,21 +66,27 @@ def _per_task(pid: int, write: Callable[[], None], calls: int, tasks_per_call: i
     }
 
 
-def measure(url: str, tasks: int, prepared: bool) -> dict[str, float]:
+def measure(url: str, tasks: int, prepared: bool, batch: int = 1) -> dict[str, float]:
+    """The submit's statement on one connection: the one-task one (``Ledger.create_task_alone``), as text or
+    prepared; with ``batch`` > 1, the group commit's for ``batch`` tasks at a time (``Ledger.create_tasks_alone``)."""
     db = Database.from_url(url, pool_size=1, max_overflow=0, pre_ping=False)
     if prepared:
         phase_sql.prepare_submit_on_connect(db, submit_sql.SUBMIT_STATEMENTS)
     ledger = Ledger(db)
+    submits = [(VALUES, OPTIONS)] * batch
     try:
         with db.session() as s:  # the pool's one connection: every statement below runs on this backend
             pid = int(s.execute(text("SELECT pg_backend_pid()")).scalar_one())
-        for _ in range(20):  # past PostgreSQL's first custom plans of a prepared statement
-            ledger.create_task_alone(VALUES, options=OPTIONS)
 
         def write() -> None:
-            assert ledger.create_task_alone(VALUES, options=OPTIONS) is not None
+            if batch == 1:
+                assert ledger.create_task_alone(VALUES, options=OPTIONS) is not None
+            else:
+                assert all(created is not None for created in ledger.create_tasks_alone(submits))
 
-        costs = _per_task(pid, write, calls=tasks)
+        for _ in range(20):  # past PostgreSQL's first custom plans of a prepared statement
+            write()
+        costs = _per_task(pid, write, calls=max(1, tasks // batch), tasks_per_call=batch)
         with db.transaction() as s:  # the bench's database keeps no micro tasks
             s.execute(text("DELETE FROM tasks WHERE tenant_id = :t"), {"t": VALUES["tenant_id"]})
     finally:
@@ -142,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             r = measure(args.database_url, args.tasks, prepared=mode == "prepared")
             print(f"| {mode} | {r['wall_ms']:.3f} | {r['api_cpu_ms']:.3f} | {r['postgres_cpu_ms']:.3f} |")
         for batch in args.batch:
-            r = measure_batch(args.database_url, args.tasks, batch)
+            r = measure(args.database_url, args.tasks, prepared=True, batch=batch)
             cells = f"{r['wall_ms']:.3f} | {r['api_cpu_ms']:.3f} | {r['postgres_cpu_ms']:.3f}"
             print(f"| {batch} per statement | {cells} |")
 

@@ -17,6 +17,17 @@ from autogpt_workers.store.gateway import TaskOptions
 from autogpt_workers.store.models import Outbox, Step, Task, TaskEvent
 from autogpt_workers.submit import IdempotencyConflict, submit_task
 
+# a submit that sets every column the submit writes
+EVERY_COLUMN: dict[str, Any] = {
+    "goal": "every column",
+    "priority": 8,
+    "budget": {"max_steps": 7, "max_cost_usd": 0.5},
+    "allowed_commands": ["write_file", "finish"],
+    "metadata": {"order": 42, "tags": ["a", "b"]},
+    "approval": "always",
+    "deadline": "2030-01-02T03:04:05+00:00",
+}
+
 
 @pytest.fixture
 def inserts(db: Any) -> Iterator[list[bool]]:
@@ -150,15 +161,7 @@ def _rows(db: Any, task_id: uuid.UUID) -> dict[str, Any]:
     "body",
     [
         {"goal": "plain"},
-        {
-            "goal": "every column",
-            "priority": 8,
-            "budget": {"max_steps": 7, "max_cost_usd": 0.5},
-            "allowed_commands": ["write_file", "finish"],
-            "metadata": {"order": 42, "tags": ["a", "b"]},
-            "approval": "always",
-            "deadline": "2030-01-02T03:04:05+00:00",
-        },
+        EVERY_COLUMN,
     ],
 )
 def test_the_prepared_submit_writes_what_the_text_one_writes(

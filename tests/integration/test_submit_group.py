@@ -19,19 +19,11 @@ from autogpt_workers.contracts import TaskSubmission
 from autogpt_workers.group_commit import GroupCommit
 from autogpt_workers.store.ledger import Ledger
 from autogpt_workers.submit import GroupOutcome, IdempotencyConflict, _write_group, submit_group, submit_task
+from tests.integration.test_submit_alone import EVERY_COLUMN as EVERY_COLUMN_OF_A_TASK
 from tests.integration.test_submit_alone import _rows, _tenant
 
-EVERY_COLUMN = {
-    "goal": "every column",
-    "priority": 8,
-    "budget": {"max_steps": 7, "max_cost_usd": 0.5},
-    "allowed_commands": ["write_file", "finish"],
-    "metadata": {"order": 42, "tags": ["a", "b"]},
-    "approval": "always",
-    "deadline": "2030-01-02T03:04:05+00:00",
-    "profile": None,
-    "webhook_events": ["step.*"],
-}
+# and the options' columns too
+EVERY_COLUMN = {**EVERY_COLUMN_OF_A_TASK, "profile": None, "webhook_events": ["step.*"]}
 
 
 class HeldGroup:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -29,6 +29,21 @@ class Recorder:
         return [i * 10 for i in items]
 
 
+def _held_then_queued(
+    pool: ThreadPoolExecutor, group: GroupCommit[int, int], write: Recorder, later: int
+) -> tuple[Future[int], list[Future[int]]]:
+    """Call 0 (its write held), then 1..``later``, each queued before the next: a known order. The write is still
+    held when this returns."""
+    first = pool.submit(group.run, 0)
+    assert write.entered.wait(5)  # the first call's write is in flight, held
+    rest = []
+    for i in range(1, later + 1):
+        rest.append(pool.submit(group.run, i))
+        while len(group._waiting) < i:
+            threading.Event().wait(0.001)
+    return first, rest
+
+
 def test_an_idle_group_writes_a_call_at_once_alone() -> None:
     write = Recorder()
     group = GroupCommit(write)
@@ -43,13 +58,7 @@ def test_callers_that_arrive_during_a_write_are_written_together_in_order_of_arr
     write.release.clear()
     group = GroupCommit(write)
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(group.run, 0)
-        assert write.entered.wait(5)  # the first call's write is in flight, held
-        rest = []
-        for i in range(1, 6):
-            rest.append(pool.submit(group.run, i))
-            while len(group._waiting) < i:  # each queued before the next: a known order
-                threading.Event().wait(0.001)
+        first, rest = _held_then_queued(pool, group, write, 5)
         write.release.set()
         assert first.result(5) == 0
         assert [f.result(5) for f in rest] == [10, 20, 30, 40, 50]
@@ -62,13 +71,7 @@ def test_a_batch_is_at_most_max_batch_and_the_rest_follows() -> None:
     write.release.clear()
     group = GroupCommit(write, max_batch=2)
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(group.run, 0)
-        assert write.entered.wait(5)
-        rest = []
-        for i in range(1, 6):
-            rest.append(pool.submit(group.run, i))
-            while len(group._waiting) < i:
-                threading.Event().wait(0.001)
+        first, rest = _held_then_queued(pool, group, write, 5)
         write.release.set()
         assert [f.result(5) for f in [first, *rest]] == [0, 10, 20, 30, 40, 50]
     assert write.batches == [[0], [1, 2], [3, 4], [5]]
@@ -80,13 +83,7 @@ def test_a_failed_write_raises_in_every_caller_of_its_batch_only() -> None:
     write.fail_on = 2
     group = GroupCommit(write, max_batch=2)
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(group.run, 0)
-        assert write.entered.wait(5)
-        rest = []
-        for i in range(1, 5):
-            rest.append(pool.submit(group.run, i))
-            while len(group._waiting) < i:
-                threading.Event().wait(0.001)
+        first, rest = _held_then_queued(pool, group, write, 4)
         write.release.set()
         assert first.result(5) == 0
         for refused in rest[:2]:  # [1, 2]: the batch with 2
