@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -89,9 +90,11 @@ def plans_of(db: Database, call: Callable[[], object]) -> list[str]:
     """The plans PostgreSQL makes for the statements ``call`` runs on ``db``, with sequential scans priced out: a
     table still scanned from end to end has no index the statement can use. Explained, not run again."""
     statements: list[tuple[str, Any]] = []
+    caller = threading.get_ident()
 
     def seen(conn: object, cursor: object, statement: str, parameters: Any, context: object, many: bool) -> None:
-        statements.append((statement, parameters))
+        if threading.get_ident() == caller:  # not a thread another test left running on the same engine
+            statements.append((statement, parameters))
 
     event.listen(db.engine, "before_cursor_execute", seen)
     try:

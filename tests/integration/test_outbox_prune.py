@@ -19,8 +19,8 @@ RETENTION = 600.0
 
 
 def _task(db: Any, status: str, steps: dict[int, str]) -> uuid.UUID:
-    """A task in ``status`` with steps ``{index: status}``, each with a think wake-up published half an hour ago
-    (nothing left for another test's workers or reaper to take)."""
+    """A task in ``status`` with steps ``{index: status}``, each with a think wake-up published about half an hour
+    ago, step 0's first (nothing left for another test's workers or reaper to take)."""
     with db.transaction() as s:
         created = Ledger(db).create_task(s, {"tenant_id": "prune", "goal": "prune test"})
         assert created is not None
@@ -41,8 +41,12 @@ def _task(db: Any, status: str, steps: dict[int, str]) -> uuid.UUID:
                 ),
                 {"t": task_id, "i": index},
             )
-        s.execute(
-            text("UPDATE outbox SET published_at = now() - interval '30 minutes' WHERE task_id = :t"), {"t": task_id}
+        s.execute(  # a second apart, in step order: "oldest first" has one answer
+            text(
+                "UPDATE outbox SET published_at = now() - interval '30 minutes' + step_index * interval '1 second' "
+                "WHERE task_id = :t"
+            ),
+            {"t": task_id},
         )
     return task_id
 

@@ -5,6 +5,7 @@ every one a JSON object."""
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -67,8 +68,21 @@ def test_api_counts_requests_by_route_template(ops_stack, ran) -> None:  # type:
     assert value(text, "autogpt_api_requests_total", method="GET", endpoint="<unmatched>", status="404") >= 1
 
 
+def _with_consumers(url: str, timeout_s: float = 20.0) -> str:
+    """The reaper's exposition once the think and act queues show their consumers. The consumer counts come from
+    RabbitMQ's management statistics, which a queue emits every few seconds (``collect_statistics_interval``, 5 s
+    by default): a stack whose tasks all finished within that interval can be scraped before the first emission."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = scrape(url)
+        ready = all(value(text, "autogpt_queue_consumers", queue=q) >= 1 for q in ("think", "act"))
+        if ready or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
+
+
 def test_reaper_serves_platform_gauges(ops_stack, ran) -> None:  # type: ignore[no-untyped-def]
-    text = scrape(ops_stack.metrics_urls["reaper"])
+    text = _with_consumers(ops_stack.metrics_urls["reaper"])
     assert value(text, "autogpt_platform_up", source="database") == 1
     assert value(text, "autogpt_platform_up", source="broker") == 1
     for name in ("autogpt_active_agents", "autogpt_outbox_pending", "autogpt_outbox_lag_seconds",
