@@ -41,10 +41,10 @@ def test_each_process_listens_on_its_own_socket_and_new_connections_spread(migra
     env = dict(os.environ)
     api = Proc("api-workers", ["api", "--port", str(port), "--workers", "2"], env).start()
     assert api.popen is not None
-    started = time.monotonic()
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         listeners = wait_for(lambda: _listening(port, 2), 30, "two listening processes")
+        started = time.monotonic()  # the processes were started before this (not before the parent's own start-up)
         assert api.popen.pid not in listeners  # the parent only supervises
         assert all(count == 1 for count in listeners.values())
 
