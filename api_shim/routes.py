@@ -3,15 +3,18 @@ another tenant's task answers 404, exactly like a task that does not exist."""
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from api_shim.auth import tenant_of
+from api_shim.submit_on_loop import submit_on_loop
 from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
 from autogpt_workers.config import Settings
@@ -20,6 +23,8 @@ from autogpt_workers.profiles import ProfileCatalog, UnknownProfile
 from autogpt_workers.store import queries
 from autogpt_workers.store.db import Database
 from autogpt_workers.submit import Submitted, submit_task
+
+T = TypeVar("T")
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such task (for this tenant)."}}
 
@@ -143,9 +148,24 @@ def make_router(settings: Settings) -> APIRouter:
             # a new task is answered as committed; an earlier one (same idempotency key) as it is now
             return result, result.view or _load_task(db, result.task_id, tenant)
 
+        limiter = db_limiter(request)
+
+        def run_sync(fn: Callable[[], T]) -> Awaitable[T]:
+            return to_thread.run_sync(fn, limiter=limiter)
+
         with tracing.submit_span(tenant) as span:  # its context is stored with the task
             try:
-                result, view = await to_thread.run_sync(submit, limiter=db_limiter(request))
+                if group is not None and body.profile is None:  # no thread of its own (submit_on_loop)
+                    result = await submit_on_loop(
+                        db, publisher, body, group=group, run_sync=run_sync, tenant_id=tenant,
+                        idempotency_key=idempotency_key, model=settings.llm_model, policy=policy,
+                        background=background,
+                    )  # fmt: skip
+                    # a new task is answered as committed; an earlier one (same idempotency key) as it is now
+                    load = functools.partial(_load_task, db, result.task_id, tenant)
+                    view = result.view if result.view is not None else await run_sync(load)
+                else:
+                    result, view = await run_sync(submit)
             except UnknownProfile as exc:  # nothing was written
                 raise unprocessable(("body", "profile"), str(exc)) from exc
             if span is not None:

@@ -64,21 +64,34 @@ class Policy:
     max_ready: int | None = None  # the backlog gate (None: off)
     # why new tasks should wait for the backlog now (the dispatcher's flag), or None
     backlog: Callable[[], str | None] | None = dataclasses.field(default=None, compare=False)
+    # the same without I/O: (fresh, reason) of the last reading (``BacklogSignal.cached``)
+    backlog_cached: Callable[[], tuple[bool, str | None]] | None = dataclasses.field(default=None, compare=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
         max_ready = settings.scheduler_max_ready or None
+        signal = backlog_signal(settings.redis_url, settings.database_url) if max_ready is not None else None
         return cls(
             settings.tenant_max_running,
             settings.scheduler_max_running,
             settings.deadline_horizon_s,
             settings.deadline_max_boost,
             max_ready,
-            backlog_signal(settings.redis_url, settings.database_url).reason if max_ready is not None else None,
+            signal.reason if signal is not None else None,
+            signal.cached if signal is not None else None,
         )
 
     def backlogged(self) -> str | None:
         return self.backlog() if self.backlog is not None else None
+
+    def backlog_known(self) -> tuple[bool, str | None]:
+        """``(known, reason)`` without I/O, for an event loop: ``known`` is False when only ``backlogged()``, which
+        may read Redis, can tell."""
+        if self.backlog is None:
+            return True, None
+        if self.backlog_cached is None:
+            return False, None
+        return self.backlog_cached()
 
     def caps_every_tenant(self) -> bool:
         """Whether a running-task cap applies to every tenant (the default per-tenant one or the platform's)."""

@@ -74,6 +74,7 @@ class BacklogSignal:
         self._lock = threading.Lock()
         self._read_at = -1e9
         self._reason: str | None = None
+        self._known: tuple[float, str | None] = (-1e9, None)  # (when read, reason) of the last completed reading
         self._failing = False
 
     def reason(self) -> str | None:
@@ -88,10 +89,19 @@ class BacklogSignal:
                 if not self._failing:
                     log.warning("backlog_flag_unreadable", error=str(exc))
                 self._failing, self._reason = True, None
+                self._known = (now, None)
                 return None
             self._failing = False
             self._reason = raw.decode() if isinstance(raw, bytes) else raw
+            self._known = (now, self._reason)
             return self._reason
+
+    def cached(self) -> tuple[bool, str | None]:
+        """``(fresh, reason)`` from the last reading, without reading Redis or waiting for a reading in progress
+        (an event loop's question): ``fresh`` is False once that reading is ``refresh_s`` old, and only ``reason()``
+        can tell then."""
+        read_at, reason = self._known
+        return time.monotonic() - read_at < self.refresh_s, reason
 
 
 _signals: dict[str, BacklogSignal] = {}

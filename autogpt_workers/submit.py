@@ -57,9 +57,24 @@ def request_hash(submission: TaskSubmission) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def submit_task(
-    db: Database,
-    publisher: Publisher,
+@dataclasses.dataclass(frozen=True)
+class PreparedSubmit:
+    """A submission turned into its task's row values and options (``prepare_submit``): nothing written yet."""
+
+    submission: TaskSubmission  # with its profile applied
+    digest: str  # ``request_hash`` of the request as given
+    values: dict[str, Any]
+    options: dict[str, Any]
+    # the options go into the task's own statement, except a webhook's: its trigger must see the options row
+    in_statement: bool
+
+    def alone(self, policy: Policy | None, backlog: str | None) -> bool:
+        """Whether the submit can be one statement, a transaction of its own (the group commit's): only the tenant's
+        own cap could hold the task, and the statement reads that one."""
+        return self.in_statement and backlog is None and (policy is None or not policy.caps_every_tenant())
+
+
+def prepare_submit(
     submission: TaskSubmission,
     *,
     tenant_id: str = "default",
@@ -68,19 +83,9 @@ def submit_task(
     source: str = "native",
     additional_input: dict[str, Any] | None = None,
     policy: Policy | None = None,
-    background: BackgroundPublisher | None = None,
     profiles: ProfileCatalog | None = None,
-    group: SubmitGroup | None = None,
-) -> Submitted:
-    """Accept a task. ``policy`` (running-task caps, deadline urgency) may hold it back in the admission queue;
-    without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request. The
-    first wake-up is published before returning, or handed to ``background`` (then ``published`` is False: not
-    yet). A task that names a profile gets the profile's allow-list, budget limits and approval classes for what
-    it left out (read from ``profiles``, by default the shipped ones and ``AUTOGPT_PROFILES_DIR``); an unknown
-    profile raises ``UnknownProfile`` before anything is written. With ``group`` (``submit_group``), a submit
-    that needs no transaction is written together with the other threads' submits of the moment, in one
-    statement (a group commit): the same rows, and the same answer."""
-    ledger = Ledger(db)
+) -> PreparedSubmit:
+    """The rows a submission writes (no I/O beyond reading a profile). Raises ``UnknownProfile``."""
     digest = request_hash(submission)  # of the request as given: the same body under the same key is the same task
     if submission.profile is not None:
         submission = apply_profile(submission, profiles or default_profiles())
@@ -108,41 +113,122 @@ def submit_task(
         "webhook_events": submission.webhook_events,
         "additional_input": additional_input,
     }
-    # the options go into the task's own statement, except a webhook's: its trigger must see the options row
-    in_statement = submission.webhook_url is None
-    held = None
+    return PreparedSubmit(submission, digest, values, options, submission.webhook_url is None)
+
+
+def submit_task(
+    db: Database,
+    publisher: Publisher,
+    submission: TaskSubmission,
+    *,
+    tenant_id: str = "default",
+    idempotency_key: str | None = None,
+    model: str | None = None,
+    source: str = "native",
+    additional_input: dict[str, Any] | None = None,
+    policy: Policy | None = None,
+    background: BackgroundPublisher | None = None,
+    profiles: ProfileCatalog | None = None,
+    group: SubmitGroup | None = None,
+) -> Submitted:
+    """Accept a task. ``policy`` (running-task caps, deadline urgency) may hold it back in the admission queue;
+    without one it is admitted at once. ``source``/``additional_input`` record an Agent Protocol request. The
+    first wake-up is published before returning, or handed to ``background`` (then ``published`` is False: not
+    yet). A task that names a profile gets the profile's allow-list, budget limits and approval classes for what
+    it left out (read from ``profiles``, by default the shipped ones and ``AUTOGPT_PROFILES_DIR``); an unknown
+    profile raises ``UnknownProfile`` before anything is written. With ``group`` (``submit_group``), a submit
+    that needs no transaction is written together with the other threads' submits of the moment, in one
+    statement (a group commit): the same rows, and the same answer."""
+    prepared = prepare_submit(
+        submission,
+        tenant_id=tenant_id,
+        idempotency_key=idempotency_key,
+        model=model,
+        source=source,
+        additional_input=additional_input,
+        policy=policy,
+        profiles=profiles,
+    )
     backlog = policy.backlogged() if policy is not None else None  # the workers are all busy: wait for admission
     created = None
-    if in_statement and backlog is None and (policy is None or not policy.caps_every_tenant()):
-        # only the tenant's own cap could hold the task: without one (the statement reads it), the submit is one
-        # statement, a transaction of its own
+    if prepared.alone(policy, backlog):
         if group is None:
-            created = ledger.create_task_alone(values, options=options)
+            created = Ledger(db).create_task_alone(prepared.values, options=prepared.options)
         else:
-            outcome = group.run((values, options))
-            if isinstance(outcome, Exception):
-                raise outcome
-            created = outcome
+            created = group_outcome(group.run((prepared.values, prepared.options)))
+    return finish_submit(db, publisher, prepared, created, policy, backlog, background)
+
+
+def group_outcome(outcome: GroupOutcome) -> CreatedTask | None:
+    """A group commit's answer for one submit: its new task, None (its key is taken, or a cap may hold it: the
+    transaction's path decides), or its own error raised."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def finish_submit(
+    db: Database,
+    publisher: Publisher,
+    prepared: PreparedSubmit,
+    created: CreatedTask | None,
+    policy: Policy | None,
+    backlog: str | None,
+    background: BackgroundPublisher | None,
+) -> Submitted:
+    """The rest of a submit once its one statement ran (``created``), or in place of it (``created`` None: the
+    transaction's path, which also answers a taken idempotency key); may block (the database, the broker)."""
+    values = prepared.values
+    held = None
     if created is None:
-        created, held, existing = _create_in_transaction(db, ledger, values, options, in_statement, policy, backlog)
+        created, held, existing = _create_in_transaction(
+            db, Ledger(db), values, prepared.options, prepared.in_statement, policy, backlog
+        )
         if created is None:
             assert existing is not None
             existing_id, existing_hash = existing
-            if existing_hash != digest:
+            if existing_hash != prepared.digest:
                 raise IdempotencyConflict(
-                    f"idempotency key {idempotency_key!r} was already used for a different request "
+                    f"idempotency key {values['idempotency_key']!r} was already used for a different request "
                     f"(task {existing_id})"
                 )
             return Submitted(existing_id, created=False, published=True)
-    task_id, wakeup = created.task_id, created.wakeup
-    view = _new_task_view(task_id, created.created_at, values, submission, waiting=held is not None)
-    if held is not None:
-        log.info("task_waiting_for_slot", task_id=str(task_id), tenant_id=tenant_id, reason=held)
-        return Submitted(task_id, created=True, published=False, view=view)
-    if background is not None and background.offer(wakeup, contextvars.copy_context()):
-        return Submitted(task_id, created=True, published=False, view=view)
-    published = _publish(db, publisher, wakeup)
-    return Submitted(task_id, created=True, published=published, view=view)
+    if held is None:
+        return publish_new(db, publisher, created, admitted_view(prepared, created), background)
+    view = _new_task_view(created.task_id, created.created_at, values, prepared.submission, waiting=True)
+    log.info("task_waiting_for_slot", task_id=str(created.task_id), tenant_id=values["tenant_id"], reason=held)
+    return Submitted(created.task_id, created=True, published=False, view=view)
+
+
+def publish_new(
+    db: Database,
+    publisher: Publisher,
+    created: CreatedTask,
+    view: TaskView | None,
+    background: BackgroundPublisher | None,
+) -> Submitted:
+    """A new admitted task's first wake-up: handed to ``background``, or published now (blocks on the broker's
+    confirm)."""
+    handed = hand_to_background(created, view, background)
+    if handed is not None:
+        return handed
+    published = _publish(db, publisher, created.wakeup)
+    return Submitted(created.task_id, created=True, published=published, view=view)
+
+
+def admitted_view(prepared: PreparedSubmit, created: CreatedTask) -> TaskView | None:
+    """The answer for a new task admitted at once, as committed (what reading it back would answer)."""
+    return _new_task_view(created.task_id, created.created_at, prepared.values, prepared.submission, waiting=False)
+
+
+def hand_to_background(
+    created: CreatedTask, view: TaskView | None, background: BackgroundPublisher | None
+) -> Submitted | None:
+    """The submit's answer once ``background`` took the first wake-up; None when it did not (none, or full): then
+    the caller publishes it (``publish_new``). Never blocks."""
+    if background is not None and background.offer(created.wakeup, contextvars.copy_context()):
+        return Submitted(created.task_id, created=True, published=False, view=view)
+    return None
 
 
 def _create_in_transaction(

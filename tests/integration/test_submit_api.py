@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -126,3 +127,68 @@ def test_the_group_commit_can_be_turned_off(migrated, settings) -> None:  # type
     with TestClient(create_app(settings.model_copy(update={"api_group_commit": False}))) as client:
         assert client.app.state.submit_group is None  # type: ignore[attr-defined]
         assert client.post("/v1/tasks", json={"goal": "alone"}).status_code == 201
+
+
+def _count_hops(monkeypatch) -> list[object]:  # type: ignore[no-untyped-def]
+    """The functions the process runs in anyio's threads from now on (the route's hops, the caller's key read)."""
+    from anyio import to_thread
+
+    from api_shim import routes
+
+    hops: list[object] = []
+    real = to_thread.run_sync
+
+    async def counted(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(routes.to_thread, "run_sync", counted)
+    return hops
+
+
+def test_a_grouped_submit_takes_no_thread_and_concurrent_ones_each_get_their_task(  # type: ignore[no-untyped-def]
+    migrated, settings, db, monkeypatch
+) -> None:
+    """With the group commit and nothing to decide in a transaction, the route awaits the group's writer thread on
+    the event loop (``submit_on_loop``): no thread hop of its own. Submits that arrive together are written
+    together, each answered with its own task."""
+    from api_shim.app import create_app
+
+    hops = _count_hops(monkeypatch)
+    with TestClient(create_app(settings.model_copy(update={"scheduler_max_ready": 0}))) as client:
+        assert client.post("/v1/tasks", json={"goal": "warm-up"}).status_code == 201  # the caller's key is read once
+        hops.clear()
+        assert client.post("/v1/tasks", json={"goal": "on the loop"}).status_code == 201
+        assert hops == []
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: client.post("/v1/tasks", json={"goal": f"together {i}"}), range(48)))
+        assert hops == []
+    assert {a.status_code for a in answers} == {201}
+    ids = [uuid.UUID(a.json()["id"]) for a in answers]
+    assert len(set(ids)) == 48
+    with db.session() as s:
+        goals = dict(s.execute(select(Task.id, Task.goal).where(Task.id.in_(ids))).tuples().all())
+    assert [goals[i] for i in ids] == [f"together {i}" for i in range(48)]
+
+
+def test_a_grouped_submit_publishes_its_wakeup_itself_when_the_background_publisher_is_full(  # type: ignore[no-untyped-def]
+    migrated, settings, db, monkeypatch
+) -> None:
+    from api_shim.app import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"scheduler_max_ready": 0}))) as client:
+        background = client.app.state.background_publisher  # type: ignore[attr-defined]
+        assert client.post("/v1/tasks", json={"goal": "warm-up"}).status_code == 201  # the caller's key is read once
+        background.offer = lambda wakeup, context: False  # full
+        hops = _count_hops(monkeypatch)
+        resp = client.post("/v1/tasks", json={"goal": "published by the route"})
+    assert resp.status_code == 201, resp.text
+    assert len(hops) == 1  # the publish (it waits for the broker's confirm), in a thread
+    first = (Outbox.task_id == uuid.UUID(resp.json()["id"]), Outbox.step_index == 0, Outbox.phase == "think")
+    deadline = time.monotonic() + 10  # confirmed before the answer; marked in the next batch of marks
+    while True:
+        with db.session() as s:
+            if s.scalars(select(Outbox.published_at).where(*first)).one() is not None:
+                break
+        assert time.monotonic() < deadline, "the wake-up was never published"
+        time.sleep(0.05)
