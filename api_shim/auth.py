@@ -106,7 +106,12 @@ class Gate:
         scope.setdefault("state", {})
         scope["state"]["tenant_id"] = principal.tenant_id
         scope["state"]["principal"] = principal
-        await self.app(scope, _capped(receive, limit), _with_headers(send, int(decision.remaining)))
+        receive, send = _capped(receive, limit), _with_headers(send, int(decision.remaining))
+        fast = getattr(fastapi_app.state, "fast_submit", None)  # ``fast_submit``: POST /v1/tasks past the framework
+        if fast is not None and fast.handles(scope):
+            await fast(scope, receive, send, self.app)
+        else:
+            await self.app(scope, receive, send)
 
 
 async def _principal(app: FastAPI, settings: Settings, headers: dict[str, str]) -> Principal | None:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api_shim import agent_protocol, events, routes
 from api_shim.auth import PUBLIC_PATHS, BodyTooLarge, Gate, error_body
+from api_shim.fast_submit import FastSubmit
 from autogpt_workers.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,7 +46,12 @@ def install(app: FastAPI, settings: Settings) -> None:
         print(f"\n{'!' * 100}\n{banner}\n{'!' * 100}\n", file=sys.stderr, flush=True)
         log.warning("api_auth_disabled", detail=banner)
     app.add_middleware(Gate)
-    app.include_router(routes.make_router(settings))
+    submit = routes.SubmitEndpoint(settings)
+    native = routes.make_router(settings, submit)
+    app.include_router(native)
+    if settings.api_fast_submit:
+        route = next(r for r in native.routes if getattr(r, "path", None) == submit.path)
+        app.state.fast_submit = FastSubmit(submit, route)
     app.include_router(events.make_router(settings))
     app.include_router(agent_protocol.make_router(settings))
 

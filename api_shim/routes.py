@@ -25,6 +25,7 @@ from autogpt_workers.store.db import Database
 from autogpt_workers.submit import Submitted, submit_task
 
 T = TypeVar("T")
+MAX_IDEMPOTENCY_KEY = 255
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such task (for this tenant)."}}
 
@@ -39,14 +40,13 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-def db_limiter(request: Request) -> CapacityLimiter:
-    """The threads that may run a submit's database work at once: as many as the pool has connections. More
-    threads would only wait for a connection (or open one beyond the pool and close it again) while holding
-    the GIL away from the event loop; requests beyond it wait in the event loop instead."""
-    limiter: CapacityLimiter | None = getattr(request.app.state, "db_limiter", None)
+def db_limiter(state: Any, settings: Settings) -> CapacityLimiter:
+    """The threads that may run a submit's database work at once (``state`` is the app's): as many as the pool has
+    connections. More threads would only wait for a connection (or open one beyond the pool and close it again)
+    while holding the GIL away from the event loop; requests beyond it wait in the event loop instead."""
+    limiter: CapacityLimiter | None = getattr(state, "db_limiter", None)
     if limiter is None:
-        settings = settings_of(request)
-        limiter = request.app.state.db_limiter = CapacityLimiter(settings.api_db_pool_size)
+        limiter = state.db_limiter = CapacityLimiter(settings.api_db_pool_size)
     return limiter
 
 
@@ -99,38 +99,33 @@ def _check_limits(submission: TaskSubmission, settings: Settings) -> None:
         )
 
 
-def make_router(settings: Settings) -> APIRouter:
-    router = APIRouter()
-    policy = Policy.from_settings(settings)
-    profiles = ProfileCatalog(settings.profiles_dir)
+class SubmitEndpoint:
+    """``POST /v1/tasks`` once its body is a valid ``TaskSubmission``: the route below, and the gate's fast path
+    (``fast_submit``), answer through this one object, so both answer alike."""
 
-    @router.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    path = "/v1/tasks"
 
-    @router.post(
-        "/v1/tasks",
-        response_model=TaskView,
-        status_code=201,
-        tags=["tasks"],
-        responses={
-            200: {"model": TaskView, "description": "Same idempotency key and body: the existing task."},
-            409: {"description": "Idempotency key reused with a different body."},
-        },
-    )
-    async def create_task(
-        body: TaskSubmission,
-        request: Request,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-    ) -> Response:
-        """Accept a task: returns once the task and its first wake-up are committed (or, over a running-task
-        cap, once it waits in the admission queue: ``waiting_for_slot``)."""
-        _check_limits(body, settings)
-        db = db_of(request)
-        tenant = tenant_of(request)
-        publisher = request.app.state.publisher
-        background = request.app.state.background_publisher
-        group = request.app.state.submit_group
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy = Policy.from_settings(settings)
+        self.profiles = ProfileCatalog(settings.profiles_dir)
+
+    def check(self, body: TaskSubmission) -> None:
+        """Raises the 422 of a body past the platform's limits (before anything is written)."""
+        _check_limits(body, self.settings)
+
+    async def answer(self, state: Any, body: TaskSubmission, tenant: str, idempotency_key: str | None) -> Response:
+        """Accept ``body`` (checked) for ``tenant``; ``state`` is the app's. Errors are raised for the app's
+        exception handlers (409, 422, 503)."""
+        settings, policy, profiles = self.settings, self.policy, self.profiles
+        db: Database = state.db
+        publisher = state.publisher
+        background = state.background_publisher
+        group = state.submit_group
+        limiter = db_limiter(state, settings)
+
+        def run_sync(fn: Callable[[], T]) -> Awaitable[T]:
+            return to_thread.run_sync(fn, limiter=limiter)
 
         def submit() -> tuple[Submitted, TaskView]:
             result = submit_task(
@@ -147,11 +142,6 @@ def make_router(settings: Settings) -> APIRouter:
             )
             # a new task is answered as committed; an earlier one (same idempotency key) as it is now
             return result, result.view or _load_task(db, result.task_id, tenant)
-
-        limiter = db_limiter(request)
-
-        def run_sync(fn: Callable[[], T]) -> Awaitable[T]:
-            return to_thread.run_sync(fn, limiter=limiter)
 
         with tracing.submit_span(tenant) as span:  # its context is stored with the task
             try:
@@ -177,6 +167,35 @@ def make_router(settings: Settings) -> APIRouter:
             headers={"Location": f"/v1/tasks/{result.task_id}"},
             media_type="application/json",
         )
+
+
+def make_router(settings: Settings, submit_endpoint: SubmitEndpoint | None = None) -> APIRouter:
+    router = APIRouter()
+    endpoint = submit_endpoint or SubmitEndpoint(settings)
+
+    @router.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.post(
+        endpoint.path,
+        response_model=TaskView,
+        status_code=201,
+        tags=["tasks"],
+        responses={
+            200: {"model": TaskView, "description": "Same idempotency key and body: the existing task."},
+            409: {"description": "Idempotency key reused with a different body."},
+        },
+    )
+    async def create_task(
+        body: TaskSubmission,
+        request: Request,
+        idempotency_key: Annotated[str | None, Header(max_length=MAX_IDEMPOTENCY_KEY)] = None,
+    ) -> Response:
+        """Accept a task: returns once the task and its first wake-up are committed (or, over a running-task
+        cap, once it waits in the admission queue: ``waiting_for_slot``)."""
+        endpoint.check(body)
+        return await endpoint.answer(request.app.state, body, tenant_of(request), idempotency_key)
 
     @router.get("/v1/tasks", response_model=TaskPage, tags=["tasks"])
     def list_tasks(
