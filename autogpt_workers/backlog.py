@@ -15,6 +15,7 @@ queue it speaks for), so platforms sharing one Redis do not hold each other's ta
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -67,10 +68,12 @@ class BacklogFlag:
 class BacklogSignal:
     """The API's side: why new tasks should wait now (the flag's text), or None; read at most every ``refresh_s``."""
 
-    def __init__(self, redis: Redis, key: str, refresh_s: float = 0.1) -> None:
+    def __init__(self, redis: Redis, key: str, refresh_s: float = 0.1, stale_ok_s: float = 1.0) -> None:
         self.redis = redis
         self.key = key
         self.refresh_s = refresh_s
+        self.stale_ok_s = stale_ok_s  # how old a reading ``cached`` answers with while another caller refreshes it
+        self._refresh = threading.Lock()  # claimed by the ``cached`` caller that is to refresh the reading
         self._lock = threading.Lock()
         self._read_at = -1e9
         self._reason: str | None = None
@@ -78,6 +81,14 @@ class BacklogSignal:
         self._failing = False
 
     def reason(self) -> str | None:
+        try:
+            return self._read()
+        finally:
+            if self._refresh.locked():  # a ``cached`` caller's claim is answered: the reading is fresh
+                with contextlib.suppress(RuntimeError):  # released meanwhile by another reading
+                    self._refresh.release()
+
+    def _read(self) -> str | None:
         with self._lock:
             now = time.monotonic()
             if now - self._read_at < self.refresh_s:
@@ -89,19 +100,25 @@ class BacklogSignal:
                 if not self._failing:
                     log.warning("backlog_flag_unreadable", error=str(exc))
                 self._failing, self._reason = True, None
-                self._known = (now, None)
+                self._known = (time.monotonic(), None)
                 return None
             self._failing = False
             self._reason = raw.decode() if isinstance(raw, bytes) else raw
-            self._known = (now, self._reason)
+            self._known = (time.monotonic(), self._reason)
             return self._reason
 
     def cached(self) -> tuple[bool, str | None]:
         """``(fresh, reason)`` from the last reading, without reading Redis or waiting for a reading in progress
-        (an event loop's question): ``fresh`` is False once that reading is ``refresh_s`` old, and only ``reason()``
-        can tell then."""
+        (an event loop's question). Once that reading is ``refresh_s`` old, one caller gets ``fresh`` False: it is
+        to call ``reason()`` (in a thread), which reads the flag again. Meanwhile the others get the last reading as
+        fresh, up to ``stale_ok_s`` old, so a burst of submits makes one read and one thread hop, not one each."""
         read_at, reason = self._known
-        return time.monotonic() - read_at < self.refresh_s, reason
+        age = time.monotonic() - read_at
+        if age < self.refresh_s:
+            return True, reason
+        if self._refresh.acquire(blocking=False):
+            return False, reason  # this caller refreshes it
+        return age < self.stale_ok_s, reason  # a claim older than that was lost: every caller reads again
 
 
 _signals: dict[str, BacklogSignal] = {}
