@@ -161,8 +161,8 @@ def test_inside_a_running_task_the_wake_up_is_its_child(settings, wire: str) -> 
 
 def test_a_worker_of_the_project_runs_wake_ups_by_priority_and_at_their_eta(migrated, settings, wire: str) -> None:  # type: ignore[no-untyped-def]
     """Queued before the worker starts, the wake-ups are taken highest priority first; the one with a countdown
-    runs after it; each runs with its args (the runner settles the delivery of the task id and step it was given:
-    tasks that are not in the ledger)."""
+    runs when it is due, not before; each runs with its args (the runner settles the delivery of the task id and
+    step it was given: tasks that are not in the ledger)."""
     app = celery_on(settings, wire, registered=False)
     publisher = Publisher(app)
     ids = {name: uuid.uuid4() for name in ("low", "high", "mid", "later")}
@@ -203,7 +203,11 @@ def test_a_worker_of_the_project_runs_wake_ups_by_priority_and_at_their_eta(migr
         os.killpg(worker.pid, 15)
         worker.wait(timeout=30)
     order = sorted(ids, key=lambda name: runs[str(ids[name])][0])
-    assert order == ["high", "mid", "low", "later"], order
+    # "later" is last unless the worker got to the others only after its countdown (a loaded host's slow start):
+    # then it was due, and took its turn by its priority (9); nothing ran after it before it was due
+    assert [name for name in order if name != "later"] == ["high", "mid", "low"], order
+    after_later = order[order.index("later") + 1 :]
+    assert all(runs[str(ids[name])][0] >= started + 4.0 - 0.5 for name in after_later), (order, runs)
     assert [runs[str(ids[name])][1] for name in ("low", "high", "mid", "later")] == [0, 1, 2, 3]
     assert runs[str(ids["later"])][0] >= started + 4.0 - 0.5
 
