@@ -118,7 +118,8 @@ class BacklogSignal:
             return True, reason
         if self._refresh.acquire(blocking=False):
             return False, reason  # this caller refreshes it
-        return age < self.stale_ok_s, reason  # a claim older than that was lost: every caller reads again
+        # another caller is refreshing it; past stale_ok_s its refresh was lost (its hop never ran): every caller reads
+        return age < self.stale_ok_s, reason
 
 
 _signals: dict[str, BacklogSignal] = {}
