@@ -35,11 +35,6 @@ def db_of(request: Request) -> Database:
     return db
 
 
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
 def db_limiter(state: Any, settings: Settings) -> CapacityLimiter:
     """The threads that may run a submit's database work at once (``state`` is the app's): as many as the pool has
     connections. More threads would only wait for a connection (or open one beyond the pool and close it again)

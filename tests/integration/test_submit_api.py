@@ -22,6 +22,18 @@ def client(migrated, settings) -> Iterator[TestClient]:  # type: ignore[no-untyp
         yield c
 
 
+def _wait_marked_published(db, task_id: uuid.UUID) -> None:  # type: ignore[no-untyped-def]
+    """Until the task's first wake-up (the think of step 0) is marked published in the outbox (10 s at most)."""
+    first = (Outbox.task_id == task_id, Outbox.step_index == 0, Outbox.phase == "think")
+    deadline = time.monotonic() + 10
+    while True:
+        with db.session() as s:
+            if s.scalars(select(Outbox.published_at).where(*first)).one() is not None:
+                return
+        assert time.monotonic() < deadline, "the published wake-up was never marked"
+        time.sleep(0.05)
+
+
 def test_submit_commits_the_task_and_its_first_wakeup(client: TestClient, db) -> None:  # type: ignore[no-untyped-def]
     resp = client.post("/v1/tasks", json={"goal": "say hi", "priority": 7, "budget": {"max_steps": 3}})
     assert resp.status_code == 201, resp.text
@@ -37,13 +49,7 @@ def test_submit_commits_the_task_and_its_first_wakeup(client: TestClient, db) ->
         first = (Outbox.task_id == tid, Outbox.step_index == 0, Outbox.phase == "think")
         assert s.scalars(select(Outbox).where(*first)).one() is not None
     # confirmed by the broker, then marked in the API process's next batch of marks (every 0.2 s)
-    deadline = time.monotonic() + 10
-    while True:
-        with db.session() as s:
-            if s.scalars(select(Outbox.published_at).where(*first)).one() is not None:
-                break
-        assert time.monotonic() < deadline, "the published wake-up was never marked"
-        time.sleep(0.05)
+    _wait_marked_published(db, tid)
     got = client.get(f"/v1/tasks/{tid}")
     assert got.status_code == 200 and got.json()["id"] == str(tid)
     steps = client.get(f"/v1/tasks/{tid}/steps").json()
@@ -184,11 +190,4 @@ def test_a_grouped_submit_publishes_its_wakeup_itself_when_the_background_publis
         resp = client.post("/v1/tasks", json={"goal": "published by the route"})
     assert resp.status_code == 201, resp.text
     assert len(hops) == 1  # the publish (it waits for the broker's confirm), in a thread
-    first = (Outbox.task_id == uuid.UUID(resp.json()["id"]), Outbox.step_index == 0, Outbox.phase == "think")
-    deadline = time.monotonic() + 10  # confirmed before the answer; marked in the next batch of marks
-    while True:
-        with db.session() as s:
-            if s.scalars(select(Outbox.published_at).where(*first)).one() is not None:
-                break
-        assert time.monotonic() < deadline, "the wake-up was never published"
-        time.sleep(0.05)
+    _wait_marked_published(db, uuid.UUID(resp.json()["id"]))  # confirmed before the answer; marked in the next batch
