@@ -10,7 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -42,18 +44,78 @@ def _service_problems(settings: Settings) -> list[str]:
     return problems
 
 
+class _Stop(Exception):
+    """SIGTERM: stop the stack as Ctrl-C does."""
+
+
+class _Signals:
+    """SIGINT and SIGTERM, once ``install``-ed, raise ``KeyboardInterrupt`` and ``_Stop`` in the main thread, except
+    inside ``held()``: there the first one waits for the block's end.
+
+    A child is started inside ``held()``, so that it is in ``Stack.procs`` before the stop can run. A signal that
+    landed inside ``subprocess.Popen`` (it waits for the child's ``exec`` after the fork) used to raise there, and
+    the child, already running, was known to nobody: ``Stack.stop`` left it behind."""
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._pending: BaseException | None = None
+
+    def install(self) -> dict[int, Any]:
+        """Install the handlers; the ones they replace, for ``restore``."""
+        return {signum: signal.signal(signum, self._handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def restore(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        exc: BaseException = KeyboardInterrupt() if signum == signal.SIGINT else _Stop()
+        if self._depth:
+            self._pending = self._pending or exc
+            return
+        raise exc
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending is not None:
+                pending, self._pending = self._pending, None
+                raise pending
+
+
+_SIGNALS = _Signals()
+
+
 class Stack:
     def __init__(self, log_dir: Path, env: dict[str, str], console: Console) -> None:
         self.log_dir = log_dir
         self.env = env
         self.console = console
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, subprocess.Popen[Any]] = {}
 
     def start(self, name: str, args: list[str]) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        self.procs[name] = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO_ROOT, start_new_session=True
-        )
+        with _SIGNALS.held():
+            self.procs[name] = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO_ROOT, start_new_session=True
+            )
+
+    def run_to_end(self, name: str, args: list[str]) -> tuple[int, str]:
+        """Run ``args`` as ``start`` does, wait for it, and say how it ended and what it printed. Stopped meanwhile
+        (Ctrl-C, SIGTERM), it is left in ``procs`` for ``stop``."""
+        with _SIGNALS.held():
+            proc = self.procs[name] = subprocess.Popen(
+                args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        out, _ = proc.communicate()
+        del self.procs[name]
+        return proc.returncode, out
 
     def dead(self) -> list[str]:
         return [name for name, p in self.procs.items() if p.poll() is not None]
@@ -124,14 +186,6 @@ class RunPorts:
         return {name: self.metrics_base + i for i, name in enumerate(("think", "act", "reaper", "dispatcher"))}
 
 
-class _Stop(Exception):
-    """SIGTERM: stop the stack as Ctrl-C does."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Stop
-
-
 def run_stack(
     settings: Settings, goal: str, exit_after_demo: bool, console: Console, ports: RunPorts | None = None
 ) -> int:
@@ -154,7 +208,7 @@ def run_stack(
     me = [sys.executable, "-m", "autogpt_workers.cli"]
     stack = Stack(log_dir, env, console)
     demo_key_id: str | None = None
-    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_handlers = _SIGNALS.install()
     try:
         if settings.openai_api_key is None:
             if not (REPO_ROOT / "tests" / "fake_llm").is_dir():
@@ -174,9 +228,9 @@ def run_stack(
             console.print(f"Using the model [bold]{settings.llm_model}[/] at {settings.openai_base_url or 'OpenAI'}.")
 
         console.print("migrating the database and declaring queues …")
-        migrated = subprocess.run([*me, "migrate"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
-        if migrated.returncode != 0:
-            console.print(f"[red]migration failed:[/]\n{migrated.stdout}{migrated.stderr}")
+        code, printed = stack.run_to_end("migrate", [*me, "migrate"])
+        if code != 0:
+            console.print(f"[red]migration failed:[/]\n{printed}")
             return 1
 
         demo_key, demo_key_id = _demo_key(settings)
@@ -228,7 +282,7 @@ def run_stack(
         except (KeyboardInterrupt, _Stop):  # a second Ctrl-C or SIGTERM: no more grace
             stack.stop(grace_s=0)
         finally:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+            _SIGNALS.restore(previous_handlers)
         if demo_key_id is not None:
             _revoke(settings, demo_key_id)
         console.print("stack stopped")
