@@ -132,7 +132,7 @@ async def _principal(app: FastAPI, settings: Settings, headers: dict[str, str]) 
 def _limiter(app: FastAPI, settings: Settings) -> RateLimiter:
     limiter: RateLimiter | None = getattr(app.state, "rate_limiter", None)
     if limiter is None:
-        limiter = app.state.rate_limiter = RateLimiter.from_url(settings.redis_url)
+        limiter = app.state.rate_limiter = RateLimiter.from_url(settings.redis_url, settings.api_rate_lease_s)
     return limiter
 
 

@@ -99,3 +99,84 @@ def test_without_redis_requests_are_let_through(settings: Any) -> None:
     limiter = RateLimiter.from_url("redis://127.0.0.1:1/0")
     decisions = asyncio.run(_hits(limiter, 3, burst=1))
     assert all(d.allowed for d in decisions)
+
+
+
+async def _tokens(limiter: RateLimiter, tenant: str = "t") -> float:
+    return float(await limiter.redis.hget(limiter.prefix + tenant, "tokens"))
+
+
+def test_a_high_rate_tenant_leases_tokens_and_spends_them_without_a_call(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+    assert limiter.lease_size(10_000, 10_000, 1) == 64  # capped
+    assert limiter.lease_size(20, 100, 1) == 0  # the default limits: no lease
+
+    async def run() -> tuple[list[Decision], float]:
+        try:
+            decisions = [await limiter.hit("t", 10_000, 10_000) for _ in range(70)]
+            return decisions, await _tokens(limiter)
+        finally:
+            await limiter.close()
+
+    decisions, tokens = asyncio.run(run())
+    # one call took 1 + 64; the next 64 hits spent the lease; the 66th made the second call
+    assert calls == [65, 65]
+    assert all(d.allowed for d in decisions)
+    remaining = [d.remaining for d in decisions]
+    assert remaining[:65] == sorted(remaining[:65], reverse=True)  # counts down as if each hit had called
+    assert remaining[0] - remaining[64] == 64
+    assert tokens < 10_000 - 64  # the second lease is out of the bucket (what refilled meanwhile aside)
+
+
+def test_a_tenant_at_the_default_limits_takes_one_token_per_hit(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+
+    async def run() -> tuple[list[Decision], float]:
+        try:
+            decisions = [await limiter.hit("t", 0.001, 100) for _ in range(3)]  # burst 100, a rate under 80/s
+            return decisions, await _tokens(limiter)
+        finally:
+            await limiter.close()
+
+    decisions, tokens = asyncio.run(run())
+    assert calls == [1, 1, 1]
+    assert [round(d.remaining) for d in decisions] == [99, 98, 97]
+    assert round(tokens) == 97
+
+
+def test_a_lapsed_lease_is_dropped_not_given_back(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+    limiter.lease_ttl_s = 0.2
+    rate, burst = 100.0, 100  # a lease of min(5, 5) = 5 requests
+
+    async def run() -> list[Decision]:
+        try:
+            first = await limiter.hit("t", rate, burst)
+            await asyncio.sleep(0.3)  # the lease lapses unspent
+            return [first, await limiter.hit("t", rate, burst)]
+        finally:
+            await limiter.close()
+
+    decisions = asyncio.run(run())
+    assert calls == [6, 6]
+    assert all(d.allowed for d in decisions)
+
+
+def test_hits_waiting_on_a_call_spend_its_lease_and_a_lease_takes_only_what_is_left(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+    rate, burst = 1000.0, 100  # a lease of min(50, 5) = 5 requests
+
+    async def run() -> list[Decision]:
+        try:
+            # two tokens, and a clock far ahead of Redis's: nothing refills during the test
+            await limiter.redis.hset(limiter.prefix + "t", mapping={"tokens": "2", "ts": "99999999999"})
+            return list(await asyncio.gather(*(limiter.hit("t", rate, burst) for _ in range(3))))
+        finally:
+            await limiter.close()
+
+    decisions = asyncio.run(run())
+    # the first call asked for 1 + 5 and got 2: the first hit's token and a lease of one, which the second hit
+    # (waiting meanwhile) spends; the third makes the next call and finds the bucket empty
+    assert calls == [6, 6]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert decisions[2].retry_after_s > 0
