@@ -177,9 +177,9 @@ class Settings(BaseSettings):
     api_auth: Literal["required", "disabled"] = "required"
     api_rate_per_s: float = Field(default=20.0, gt=0)  # per-tenant token bucket (tenants may override)
     api_rate_burst: int = Field(default=100, ge=1)
-    # a tenant allowed >= 80 requests/s has up to this many seconds of its rate taken per Redis call and spent by
-    # the API process without a call (``ratelimit``: at most 5% of the burst, 64 requests); 0: a call per request
-    api_rate_lease_s: float = Field(default=0.05, ge=0)
+    # > 0 (e.g. 0.05): a tenant allowed >= 4 / this requests/s has up to this many seconds of its rate taken per
+    # Redis call and spent by the API process without a call (``ratelimit``: at most 5% of the burst, 64 requests)
+    api_rate_lease_s: float = Field(default=0.0, ge=0)
     api_max_page_size: int = Field(default=100, ge=1)
     api_max_input_bytes: int = Field(default=16_384, ge=64)  # additional_input / metadata, as JSON
     api_max_upload_bytes: int = Field(default=10_000_000, ge=1)

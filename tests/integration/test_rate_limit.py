@@ -106,8 +106,28 @@ async def _tokens(limiter: RateLimiter, tenant: str = "t") -> float:
     return float(await limiter.redis.hget(limiter.prefix + tenant, "tokens"))
 
 
-def test_a_high_rate_tenant_leases_tokens_and_spends_them_without_a_call(settings: Any) -> None:
+def _leasing(settings: Any) -> tuple[RateLimiter, list[int]]:
     limiter, calls = _limiter(settings)
+    limiter.lease_s = 0.05  # AUTOGPT_API_RATE_LEASE_S=0.05
+    return limiter, calls
+
+
+def test_without_a_lease_setting_a_high_rate_tenant_makes_a_call_per_hit(settings: Any) -> None:
+    limiter, calls = _limiter(settings)
+    assert limiter.lease_size(10_000, 10_000, 1) == 0
+
+    async def run() -> list[Decision]:
+        try:
+            return [await limiter.hit("t", 10_000, 10_000) for _ in range(3)]
+        finally:
+            await limiter.close()
+
+    assert all(d.allowed for d in asyncio.run(run()))
+    assert calls == [1, 1, 1]
+
+
+def test_a_high_rate_tenant_leases_tokens_and_spends_them_without_a_call(settings: Any) -> None:
+    limiter, calls = _leasing(settings)
     assert limiter.lease_size(10_000, 10_000, 1) == 64  # capped
     assert limiter.lease_size(20, 100, 1) == 0  # the default limits: no lease
 
@@ -129,7 +149,7 @@ def test_a_high_rate_tenant_leases_tokens_and_spends_them_without_a_call(setting
 
 
 def test_a_tenant_at_the_default_limits_takes_one_token_per_hit(settings: Any) -> None:
-    limiter, calls = _limiter(settings)
+    limiter, calls = _leasing(settings)
 
     async def run() -> tuple[list[Decision], float]:
         try:
@@ -145,7 +165,7 @@ def test_a_tenant_at_the_default_limits_takes_one_token_per_hit(settings: Any) -
 
 
 def test_a_lapsed_lease_is_dropped_not_given_back(settings: Any) -> None:
-    limiter, calls = _limiter(settings)
+    limiter, calls = _leasing(settings)
     limiter.lease_ttl_s = 0.2
     rate, burst = 100.0, 100  # a lease of min(5, 5) = 5 requests
 
@@ -163,7 +183,7 @@ def test_a_lapsed_lease_is_dropped_not_given_back(settings: Any) -> None:
 
 
 def test_hits_waiting_on_a_call_spend_its_lease_and_a_lease_takes_only_what_is_left(settings: Any) -> None:
-    limiter, calls = _limiter(settings)
+    limiter, calls = _leasing(settings)
     rate, burst = 1000.0, 100  # a lease of min(50, 5) = 5 requests
 
     async def run() -> list[Decision]:
