@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,6 +28,9 @@ class LoadResult:
     statuses: Counter[int]
     bodies: list[Any]  # decoded JSON of 2xx answers, when kept
     errors: list[str]
+    # per client: the local port of its (last) connection and its 2xx latencies; which server process a client
+    # talked to can be told from the port (``server_connections``)
+    clients: list[tuple[int | None, list[float]]] = dataclasses.field(default_factory=list)
 
     @property
     def ok(self) -> int:
@@ -42,10 +47,12 @@ class _Conn:
         self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.local_port: int | None = None
 
     async def request(self, method: str, path: str, body: Any) -> tuple[int, bytes]:
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.local_port = self.writer.get_extra_info("sockname")[1]
         payload = b"" if body is None else json.dumps(body).encode()
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{self.extra}"
         if body is not None:
@@ -108,6 +115,7 @@ async def _load(
 
     async def client() -> None:
         conn = _Conn(host, port, headers)
+        latencies: list[float] = []
         try:
             for i in counter:
                 if time.perf_counter() >= stop_at:
@@ -122,12 +130,14 @@ async def _load(
                     continue
                 result.statuses[status] += 1
                 if 200 <= status < 300:
-                    result.latencies_s.append(time.perf_counter() - sent)
+                    latencies.append(time.perf_counter() - sent)
+                    result.latencies_s.append(latencies[-1])
                     if keep_bodies:
                         result.bodies.append(json.loads(data) if data else None)
                 elif len(result.errors) < 20:
                     result.errors.append(f"HTTP {status}: {data[:200].decode(errors='replace')}")
         finally:
+            result.clients.append((conn.local_port, latencies))
             conn.close()
 
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -148,3 +158,33 @@ def load(
     if (duration_s is None) == (total is None):
         raise ValueError("give exactly one of duration_s and total")
     return asyncio.run(_load(base_url, make, clients, duration_s, total, headers or {}, keep_bodies))
+
+
+def server_connections(port: int, pids: list[int]) -> dict[int, int]:
+    """The established TCP connections to ``port`` on this host served by ``pids``: the client's port -> the pid
+    holding the server's end (from ``/proc/net/tcp`` and ``tcp6`` and the processes' socket inodes)."""
+    owner: dict[int, int] = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[int(target[8:-1])] = pid
+    found: dict[int, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port and inode in owner:
+                found[int(remote.rsplit(":", 1)[1], 16)] = owner[inode]
+    return found

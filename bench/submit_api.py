@@ -5,6 +5,7 @@ afterwards), so the figure is the API's own, with PostgreSQL and RabbitMQ behind
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from bench import httpload
 from bench.cpu import InfraMeter
 from bench.env import BenchEnv, Sql
 from bench.figure import Figure, judge, ms, percentile
-from bench.procs import CpuMeter
+from bench.procs import CpuMeter, session_pids
 from bench.stack import Platform, steps_goal
 
 KEY = "submit_api"
@@ -30,6 +31,23 @@ class SubmitResult:
     infra_cpu_s: dict[str, float] = dataclasses.field(default_factory=dict)  # PostgreSQL's backends, RabbitMQ
     host_busy: float = float("nan")  # share of both cores busy during the submits (anyone's work)
     per_statement: float = float("nan")  # submits per statement of the API's group commit (its /metrics)
+    # per API process, busiest first: (client connections it served, its 2xx answers' p50, p99); the kernel spreads
+    # the connections over the processes by their addresses' hash, so a run's split varies, and its p99 with it
+    by_process: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)
+
+
+def split_by_process(result: httpload.LoadResult, served_by: dict[int, int]) -> list[tuple[int, float, float]]:
+    """``SubmitResult.by_process`` from a load's clients and ``httpload.server_connections`` read during it."""
+    groups: dict[int, list[list[float]]] = {}
+    for port, latencies in result.clients:
+        pid = served_by.get(port) if port is not None else None
+        if pid is not None:
+            groups.setdefault(pid, []).append(latencies)
+    rows = []
+    for lists in groups.values():
+        values = [v for latencies in lists for v in latencies]
+        rows.append((len(lists), percentile(values, 50), percentile(values, 99)))
+    return sorted(rows, reverse=True)
 
 
 def batch_totals(api_url: str) -> tuple[float, float]:
@@ -70,7 +88,14 @@ def measure_submit(
     meter = CpuMeter([platform.api.pid]).start()
     infra = InfraMeter(db, env.database, platform.fake.process.pid, count_new=True)
     infra.start()
+    api_port, api_pid = int(url.rsplit(":", 1)[1]), platform.api.pid
+    served_by: dict[int, int] = {}
+    spy = threading.Timer(duration_s / 2, lambda: served_by.update(
+        httpload.server_connections(api_port, [p for p in session_pids(api_pid) if p != api_pid])
+    ))
+    spy.start()
     submit_result = httpload.load(url, submit, clients, duration_s=duration_s, headers=headers)
+    spy.cancel()
     meter.stop()
     infra_cpu = infra.stop()
     after = batch_totals(url)
@@ -78,7 +103,8 @@ def measure_submit(
     per_statement = (after[0] - before[0]) / statements if statements else float("nan")
     env.settle(db)
     return SubmitResult(
-        clients, health_result, submit_result, meter.seconds, infra_cpu, meter.host_busy, per_statement
+        clients, health_result, submit_result, meter.seconds, infra_cpu, meter.host_busy, per_statement,
+        split_by_process(submit_result, served_by),
     )
 
 
@@ -109,12 +135,19 @@ def submit_figure(r: SubmitResult) -> Figure:
         "rabbitmq_cpu_per_task_s": mq_per_task,
         "host_busy": r.host_busy,
         "submits_per_statement": r.per_statement,
+        "connections_per_process": [n for n, _, _ in r.by_process],
+        "p50_by_process_s": [p for _, p, _ in r.by_process],
+        "p99_by_process_s": [p for _, _, p in r.by_process],
     }
     grouped = "" if r.per_statement != r.per_statement else f"; {r.per_statement:.1f} submits per statement"
     fig.note = (
         f"CPU per accepted task: API {cpu_per_task * 1000:.2f} ms, PostgreSQL {pg_per_task * 1000:.2f} ms, "
         f"RabbitMQ {mq_per_task * 1000:.2f} ms; both cores {r.host_busy:.0%} busy{grouped}"
     )
+    if len(r.by_process) > 1:
+        fig.note += "; client connections per API process " + " / ".join(
+            f"{n} (p50 {ms(p50)}, p99 {ms(p99)})" for n, p50, p99 in r.by_process
+        )
     if not s.ok:
         fig.note = f"no task accepted: {s.errors[:2]}"
     return fig
