@@ -16,7 +16,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from api_shim import metrics as api_metrics
 from api_shim.gateway import install as install_gateway
 from api_shim.lifecycle_routes import router as lifecycle_router
-from autogpt_workers import tracing, tracing_celery
+from api_shim.shed_connections import ShedConnections
+from autogpt_workers import connection_share, tracing, tracing_celery
 from autogpt_workers.broker import Publisher
 from autogpt_workers.celery_app import app as celery_app
 from autogpt_workers.config import Settings, get_settings
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_gateway(app, settings)
     app.include_router(lifecycle_router)
     api_metrics.install(app)
+    if connection_share.CURRENT is not None:  # one of several API processes: keep its share of connections even
+        app.add_middleware(ShedConnections, share=connection_share.CURRENT)
 
     @app.exception_handler(IdempotencyConflict)
     async def _conflict(_: Request, exc: IdempotencyConflict) -> JSONResponse:

@@ -21,6 +21,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import MutableSequence
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
@@ -64,12 +65,20 @@ def check_port_free(host: str, port: int) -> None:
         raise PortTaken(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
-def _serve_one(config: dict[str, Any]) -> None:
-    """One API process: its own socket on the shared port, then uvicorn on it."""
+def _serve_one(config: dict[str, Any], index: int = 0, counts: MutableSequence[int] | None = None) -> None:
+    """One API process: its own socket on the shared port, then uvicorn on it. With ``counts`` (one entry per
+    process, shared) it keeps its share of the connections even (``connection_share``)."""
     import uvicorn
 
+    from autogpt_workers import connection_share
+
     sock = listening_socket(config["host"], config["port"])
-    uvicorn.Server(uvicorn.Config(**config)).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(**config))
+    if counts is not None and len(counts) > 1:
+        share = connection_share.ConnectionShare(counts, index, lambda: len(server.server_state.connections))
+        share.keep_published()
+        connection_share.CURRENT = share
+    server.run(sockets=[sock])
 
 
 def serve(config: dict[str, Any], workers: int, grace_s: float = 30.0) -> int:
@@ -83,9 +92,11 @@ def serve(config: dict[str, Any], workers: int, grace_s: float = 30.0) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     started: list[tuple[SpawnProcess, float]] = []
+    counts = context.Array("i", workers, lock=False)  # each process's connections (``connection_share``)
 
     def start(index: int) -> tuple[SpawnProcess, float]:
-        process = context.Process(target=_serve_one, args=(config,), name=f"autogpt-api-{index}")
+        counts[index] = 0  # a replaced process starts with none
+        process = context.Process(target=_serve_one, args=(config, index, counts), name=f"autogpt-api-{index}")
         process.start()
         log.info("api_process_started", index=index, pid=process.pid)
         return process, time.monotonic()
