@@ -184,12 +184,12 @@ def test_a_lapsed_lease_is_dropped_not_given_back(settings: Any) -> None:
 
 def test_hits_waiting_on_a_call_spend_its_lease_and_a_lease_takes_only_what_is_left(settings: Any) -> None:
     limiter, calls = _leasing(settings)
-    rate, burst = 1000.0, 100  # a lease of min(50, 5) = 5 requests
+    limiter.lease_s = 20.0  # a slow refill (one token in 2 s: none between the calls) with a lease of min(10, 5) = 5
+    rate, burst = 0.5, 100
 
     async def run() -> list[Decision]:
         try:
-            # two tokens, and a clock far ahead of Redis's: nothing refills during the test
-            await limiter.redis.hset(limiter.prefix + "t", mapping={"tokens": "2", "ts": "99999999999"})
+            await limiter.redis.hset(limiter.prefix + "t", mapping={"tokens": "2", "ts": "99999999999"})  # two left
             return list(await asyncio.gather(*(limiter.hit("t", rate, burst) for _ in range(3))))
         finally:
             await limiter.close()

@@ -28,13 +28,13 @@ def handlers() -> Iterator[None]:
 def test_a_signal_inside_held_waits_for_the_block_to_end(handlers: None) -> None:
     reached_end = False
     with pytest.raises(_Stop), _SIGNALS.held():
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
         with _SIGNALS.held():  # nested: still held
-            os.kill(os.getpid(), signal.SIGINT)  # the first signal is the one raised
+            signal.raise_signal(signal.SIGINT)  # the first signal is the one raised
         reached_end = True
     assert reached_end
     with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
         signal.getsignal(signal.SIGINT)  # a bytecode boundary for the handler to run at, should it not have yet
 
 
@@ -45,7 +45,7 @@ def test_a_stop_signal_during_popen_leaves_the_child_known_to_stop(
 
     def popen_then_signal(*args: Any, **kwargs: Any) -> subprocess.Popen[Any]:
         child = real_popen(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, inside "Popen"
+        signal.raise_signal(signal.SIGTERM)  # its handler runs here, inside "Popen"
         return child
 
     monkeypatch.setattr(subprocess, "Popen", popen_then_signal)
