@@ -9,7 +9,7 @@ others, and the clients of the busier process waited longer (p99 61 against 40 m
 So each process publishes how many connections it holds (uvicorn's own count) in a small array shared by the
 processes, and a process holding more than its fair share (the total over N, rounded up) answers one request with
 ``Connection: close`` (``shed``), at most one per ``interval_s``. The client opens a new connection, which the
-kernel places anew; in a few rounds the split is even. A client pays one reconnect (on loopback, about 0.1 ms).
+kernel places anew; in a few rounds the split is even. A client pays one reconnect (a TCP handshake) per shed.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ class ConnectionShare:
         now = time.monotonic() if now is None else now
         if now < self._next_shed:
             return False
-        self.publish()
-        if self.counts[self.index] <= self.fair():
+        if self.publish() <= self.fair():
             return False
         self._next_shed = now + self.interval_s
         return True
