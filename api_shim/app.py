@@ -56,7 +56,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
         app.state.background_publisher = BackgroundPublisher(app.state.db, app.state.publisher)
         app.state.submit_group = (
-            submit_group(app.state.db, on_batch=api_metrics.SUBMIT_BATCH.observe) if settings.api_group_commit else None
+            submit_group(
+                app.state.db, settings.api_group_commit_max_batch, on_batch=api_metrics.SUBMIT_BATCH.observe
+            )
+            if settings.api_group_commit
+            else None
         )
         yield
         app.state.background_publisher.close()

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     api_db_max_overflow: int = Field(default=20, ge=0)
     # the API's submits that arrive together are written in one statement (``submit.submit_group``); false: each alone
     api_group_commit: bool = True
+    # at most this many submits in one statement of the group commit
+    api_group_commit_max_batch: int = Field(default=32, ge=1)
     # POST /v1/tasks with an ordinary body is answered by the API's gate, past FastAPI's routing (``api_shim.
     # fast_submit``); false: every request through FastAPI's route
     api_fast_submit: bool = True

@@ -135,6 +135,14 @@ def test_the_group_commit_can_be_turned_off(migrated, settings) -> None:  # type
         assert client.post("/v1/tasks", json={"goal": "alone"}).status_code == 201
 
 
+def test_the_group_commits_batch_cap_is_a_setting(migrated, settings) -> None:  # type: ignore[no-untyped-def]
+    from api_shim.app import create_app
+
+    with TestClient(create_app(settings.model_copy(update={"api_group_commit_max_batch": 8}))) as client:
+        assert client.app.state.submit_group.max_batch == 8  # type: ignore[attr-defined]
+        assert client.post("/v1/tasks", json={"goal": "capped batches"}).status_code == 201
+
+
 def _count_hops(monkeypatch) -> list[object]:  # type: ignore[no-untyped-def]
     """The functions the process runs in anyio's threads from now on (the route's hops, the caller's key read)."""
     from anyio import to_thread
