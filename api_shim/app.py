@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             phase_sql.prepare_submit_on_connect(app.state.db, submit_sql.SUBMIT_STATEMENTS)
         app.state.publisher = Publisher(celery_app)
         # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
-        app.state.background_publisher = BackgroundPublisher(app.state.db, app.state.publisher)
+        app.state.background_publisher = BackgroundPublisher(
+            app.state.db, app.state.publisher, batch=settings.api_publish_batch
+        )
         app.state.submit_group = (
             submit_group(
                 app.state.db, settings.api_group_commit_max_batch, on_batch=api_metrics.SUBMIT_BATCH.observe

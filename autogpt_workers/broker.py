@@ -83,7 +83,12 @@ class Publisher:
             self._templates[key] = template
         return template  # type: ignore[return-value]
 
-    def _publish(self, producer: Producer, t: MessageTemplate, m: Message) -> None:
+    def publish_once(self, producer: Producer, t: MessageTemplate, m: Message) -> None:
+        """Publish ``m`` as ``wake`` does, on ``producer``, without its retries: a failure is raised at once (for a
+        caller with a connection of its own, ``confirm_batch``, which publishes again through ``wake``)."""
+        self._publish(producer, t, m, retry=False)
+
+    def _publish(self, producer: Producer, t: MessageTemplate, m: Message, retry: bool = True) -> None:
         declare = list(t.declare)
         signals.before_task_publish.send(
             sender=t.name, body=m.body, exchange=t.exchange, routing_key=t.routing_key, declare=declare,
@@ -91,7 +96,7 @@ class Publisher:
         )
         content_type, content_encoding, payload = dumps(m.body, serializer=t.serializer)
         publish(
-            producer, payload, retry=True, retry_policy=dict(t.retry_policy), exchange=t.exchange,
+            producer, payload, retry=retry, retry_policy=dict(t.retry_policy), exchange=t.exchange,
             routing_key=t.routing_key, delivery_mode=t.delivery_mode, declare=declare, headers=m.headers,
             content_type=content_type, content_encoding=content_encoding, **m.properties,
         )
@@ -109,7 +114,7 @@ class Publisher:
                 routing_key=t.routing_key,
             )
             self.app.amqp._event_dispatcher.publish(
-                "task-sent", m.sent_event, _EventProducer(producer), retry=True, retry_policy=dict(t.retry_policy)
+                "task-sent", m.sent_event, _EventProducer(producer), retry=retry, retry_policy=dict(t.retry_policy)
             )
 
     def _acquire(self) -> Producer:

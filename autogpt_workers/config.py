@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     api_group_commit: bool = True
     # at most this many submits in one statement of the group commit
     api_group_commit_max_batch: int = Field(default=32, ge=1)
+    # the API's background publisher: > 1, each of its threads publishes up to this many new tasks' wake-ups on a
+    # connection of its own and then waits once for the broker's confirms (``confirm_batch``); 1: one at a time
+    api_publish_batch: int = Field(default=1, ge=1)
     # POST /v1/tasks with an ordinary body is answered by the API's gate, past FastAPI's routing (``api_shim.
     # fast_submit``); false: every request through FastAPI's route
     api_fast_submit: bool = True

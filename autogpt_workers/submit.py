@@ -26,6 +26,7 @@ from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
 from autogpt_workers.agent.types import Budget
 from autogpt_workers.broker import Publisher
 from autogpt_workers.config import get_settings
+from autogpt_workers.confirm_batch import ConfirmBatch, Wake
 from autogpt_workers.contracts import TaskStatus, TaskSubmission, TaskView, Usage
 from autogpt_workers.errors import UsageError
 from autogpt_workers.group_commit import GroupCommit
@@ -326,10 +327,13 @@ class BackgroundPublisher:
     wake-up is published in the submitter's context (its trace span). ``close`` publishes what is left.
     """
 
-    def __init__(self, db: Database, publisher: Publisher, threads: int = 4, max_pending: int = 256) -> None:
+    def __init__(
+        self, db: Database, publisher: Publisher, threads: int = 4, max_pending: int = 256, batch: int = 1
+    ) -> None:
         self.db = db
         self.publisher = publisher
         self.threads = threads
+        self.batch = batch  # > 1: a thread publishes up to this many of the waiting wake-ups per wait for confirms
         self._queue: queue.Queue[tuple[Wakeup, contextvars.Context] | None] = queue.Queue(max_pending)
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -365,12 +369,42 @@ class BackgroundPublisher:
                     self._workers.append(worker)
 
     def _run(self) -> None:
+        if self.batch > 1:
+            self._run_batches()
+            return
         while True:
             item = self._queue.get()
             if item is None:
                 return
             wakeup, context = item
             context.run(_publish, self.db, self.publisher, wakeup)
+
+    def _run_batches(self) -> None:
+        """Take what waits (up to ``batch``), publish it on this thread's own connection and wait for the confirms
+        once (``confirm_batch``), mark what was confirmed; until ``close``'s end mark."""
+        batcher = ConfirmBatch(self.publisher)
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None:
+                    return
+                items, end = [item], False
+                while len(items) < self.batch:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        end = True
+                        break
+                    items.append(item)
+                wakes = [Wake(w.task_id, w.step_index, w.phase, w.priority, context) for w, context in items]
+                confirmed = batcher.wake_all(wakes)
+                _marks(self.db).add([w.outbox_id for (w, _), ok in zip(items, confirmed, strict=True) if ok])
+                if end:
+                    return
+        finally:
+            batcher.close()
 
 
 def _may_be_capped(tenant_cap: int | None, policy: Policy) -> bool:
