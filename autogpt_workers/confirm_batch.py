@@ -128,6 +128,7 @@ class ConfirmBatch:
         result = self._channel._basic_publish(message, *args, **kwargs)
         self._sent += 1
         self._pending[self._sent] = self._index
+        self._index = None  # what else goes out for this wake-up (its task-sent event) confirms no wake-up
         return result
 
     def _acked(self, delivery_tag: int, multiple: bool) -> None:
