@@ -357,8 +357,10 @@ def _child_stop() -> None:
     from autogpt_workers.runtime import get_runner
 
     runner = get_runner()
-    if not runner.leases.held():
+    if not runner.leases.held() and not _child_running_task[0]:
         os._exit(0)
+    # a task that has claimed its step but not yet registered the hold would leave the step leased until the reaper
+    # saw the lease expire (seen in CI): while a task runs, drain, so what it holds at the grace's end is handed back
 
     def hand_back_and_exit(holds: list[Any]) -> None:
         try:
@@ -377,6 +379,7 @@ def _child_sigterm(signum: int, frame: Any) -> None:
 
 
 _pool_child: list[int] = [0]  # the pid of this process, if it is a prefork pool child
+_child_running_task: list[bool] = [False]  # between a task's prerun and postrun, in a prefork child
 
 
 @signals.worker_process_init.connect
@@ -387,7 +390,14 @@ def _mark_pool_child(**_: Any) -> None:
 @signals.task_prerun.connect
 def _install_child_sigterm(**_: Any) -> None:
     """In a prefork child, before its first task: our SIGTERM handler (billiard installs its own after the
-    process initializer, so it cannot be set in ``worker_process_init``)."""
-    if _pool_child[0] == os.getpid() and _waker("child") is None:
-        _wakers["child"] = SignalWaker(_child_stop, "child-sigterm")
-        signal.signal(signal.SIGTERM, _child_sigterm)
+    process initializer, so it cannot be set in ``worker_process_init``). Before every task: that one runs."""
+    if _pool_child[0] == os.getpid():
+        _child_running_task[0] = True
+        if _waker("child") is None:
+            _wakers["child"] = SignalWaker(_child_stop, "child-sigterm")
+            signal.signal(signal.SIGTERM, _child_sigterm)
+
+
+@signals.task_postrun.connect
+def _child_task_done(**_: Any) -> None:
+    _child_running_task[0] = False
