@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -45,6 +46,19 @@ def private_vhost(broker_url: str, suffix: str) -> Iterator[str]:
         yield f"{parsed.scheme}://{parsed.netloc}/{quoted}"
     finally:
         httpx.delete(f"{MGMT}/api/vhosts/{quoted}", auth=auth, timeout=30)
+
+
+def drop_connections(broker_url: str) -> None:
+    """Close every client connection of the broker URL's vhost from the broker's side (the management API), once it
+    lists at least one, as a broker restart would for them."""
+    auth, vhost = management_auth(broker_url), urllib.parse.quote(vhost_of(broker_url), safe="")
+    deadline = time.monotonic() + 20
+    while not (conns := httpx.get(f"{MGMT}/api/vhosts/{vhost}/connections", auth=auth, timeout=10).json()):
+        assert time.monotonic() < deadline, "the management API never listed the publisher's connection"
+        time.sleep(0.5)
+    for conn in conns:
+        httpx.delete(f"{MGMT}/api/connections/{urllib.parse.quote(conn['name'], safe='')}", auth=auth, timeout=10)
+    time.sleep(0.5)
 
 
 @contextlib.contextmanager

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import contextvars
 import json
-import time
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from celery import signals
 from kombu import Connection
@@ -20,7 +17,7 @@ from kombu import Connection
 from autogpt_workers.broker import Publisher
 from autogpt_workers.confirm_batch import ConfirmBatch, Wake
 from autogpt_workers.contracts import THINK_QUEUE
-from tests.integration.conftest import MGMT, management_auth, private_vhost, vhost_of
+from tests.integration.conftest import drop_connections, private_vhost
 from tests.integration.test_publisher import celery_on
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
@@ -55,17 +52,6 @@ def drain(conn: Connection, queue: str) -> list[Any]:
     while (message := conn.default_channel.basic_get(queue, no_ack=True)) is not None:
         messages.append(message)
     return messages
-
-
-def drop_connections(url: str) -> None:
-    auth, vhost = management_auth(url), urllib.parse.quote(vhost_of(url), safe="")
-    deadline = time.monotonic() + 20
-    while not (conns := httpx.get(f"{MGMT}/api/vhosts/{vhost}/connections", auth=auth, timeout=10).json()):
-        assert time.monotonic() < deadline, "the management API never listed the publisher's connection"
-        time.sleep(0.5)
-    for conn in conns:
-        httpx.delete(f"{MGMT}/api/connections/{urllib.parse.quote(conn['name'], safe='')}", auth=auth, timeout=10)
-    time.sleep(0.5)
 
 
 def test_a_batch_is_confirmed_and_its_messages_are_the_publishers(settings, wire: str, who_header: None) -> None:  # type: ignore[no-untyped-def]

@@ -216,24 +216,12 @@ def test_a_worker_of_the_project_runs_wake_ups_by_priority_and_at_their_eta(migr
 def test_a_wake_up_survives_the_broker_dropping_the_publishers_connection(settings, wire: str) -> None:  # type: ignore[no-untyped-def]
     """The kept producer's connection is closed by the broker between two wake-ups: the next one reconnects
     (kombu's ensure, with the retry policy) and is confirmed, not lost and not an error."""
-    import urllib.parse
-
-    import httpx
-
-    from tests.integration.conftest import MGMT, management_auth, vhost_of
+    from tests.integration.conftest import drop_connections
 
     app = celery_on(settings, wire, registered=False)
     publisher = Publisher(app)
     publisher.wake(uuid.uuid4(), 0, "think", 5)
-    auth = management_auth(wire)
-    vhost = urllib.parse.quote(vhost_of(wire), safe="")
-    deadline = time.monotonic() + 20
-    while not (conns := httpx.get(f"{MGMT}/api/vhosts/{vhost}/connections", auth=auth, timeout=10).json()):
-        assert time.monotonic() < deadline, "the management API never listed the publisher's connection"
-        time.sleep(0.5)
-    for conn in conns:
-        httpx.delete(f"{MGMT}/api/connections/{urllib.parse.quote(conn['name'], safe='')}", auth=auth, timeout=10)
-    time.sleep(0.5)
+    drop_connections(wire)
     second = uuid.uuid4()
     publisher.wake(second, 1, "think", 5)
     with app.connection_for_write() as conn:
