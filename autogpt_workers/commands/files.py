@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from autogpt_workers.commands.base import Command, CommandContext, CommandResult
 from autogpt_workers.errors import CommandError
+from autogpt_workers.green import offload
 
 DEFAULT_MAX_LIST_ENTRIES = 500
 
@@ -158,13 +159,17 @@ def _sorted_children(directory: Path) -> Iterator[os.DirEntry[str]]:
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``target``, then rename it over: no reader sees half a file."""
+    """Write ``data`` to a temp file beside ``target``, then rename it over: no reader sees half a file.
+
+    The ``fsync`` waits for the disk: on a think worker (gevent) it runs on a real thread (``green.offload``), so
+    the process's other agents go on meanwhile. On a network volume an ``fsync`` takes milliseconds; on the hub's
+    thread each one would hold every agent of the process for that long."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            offload(os.fsync, f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:

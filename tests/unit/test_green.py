@@ -271,3 +271,53 @@ def test_a_gevent_worker_shares_celery_thread_state_among_its_greenlets() -> Non
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "ok"
+
+
+def test_write_files_fsync_waits_off_the_hub_under_gevent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An inline ``write_file`` on a think worker: its ``fsync`` (here one that blocks 0.5 s, as on a slow network
+    volume) runs on a real thread, so a ticking greenlet keeps ticking; the file is written all the same. The same
+    slow call made on the hub's thread holds the ticker (the control)."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from autogpt_workers.green import patch
+        patch()
+        import os, threading, time
+        from pathlib import Path
+        from gevent import monkey
+        from autogpt_workers.commands import CommandContext, Workspace
+        from autogpt_workers.commands.files import WriteFile
+        c_sleep = monkey.get_original("time", "sleep")
+        real_fsync = os.fsync
+        synced = []
+        def slow_fsync(fd):
+            c_sleep(0.5)
+            synced.append(threading.get_native_id())
+            real_fsync(fd)
+        os.fsync = slow_fsync
+        ticks = [0]
+        def tick():
+            while True:
+                ticks[0] += 1
+                time.sleep(0.01)
+        threading.Thread(target=tick, daemon=True).start()
+        time.sleep(0.05)
+        workspace = Workspace(Path(sys.argv[1]))
+        workspace.create()
+        ctx = CommandContext(workspace=workspace, task_id="t1", step_index=0)
+        command = WriteFile()
+        start = ticks[0]
+        command.run(command.parse_args({"path": "a.txt", "content": "hello"}), ctx)
+        write_ticks = ticks[0] - start
+        start = ticks[0]
+        slow_fsync(os.open(workspace.root / "a.txt", os.O_RDONLY))
+        hub_ticks = ticks[0] - start
+        print((workspace.root / "a.txt").read_text(), synced[0] != threading.get_native_id(), write_ticks, hub_ticks)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "ws")], capture_output=True, text=True,
+                         cwd=REPO_ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    content, other_thread, write_ticks, hub_ticks = out.stdout.split()
+    assert content == "hello" and other_thread == "True"
+    assert int(write_ticks) >= 10 and int(hub_ticks) <= 1, out.stdout  # ~50 in 0.5 s off the hub, 0 on it
