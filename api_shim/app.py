@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.publisher = Publisher(celery_app)
         # new tasks' first wake-ups are published off the request (the answer waits for the commit only)
         app.state.background_publisher = BackgroundPublisher(
-            app.state.db, app.state.publisher, batch=settings.api_publish_batch
+            app.state.db, app.state.publisher, threads=settings.api_publish_threads, batch=settings.api_publish_batch
         )
         app.state.submit_group = (
             submit_group(

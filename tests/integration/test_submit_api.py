@@ -143,6 +143,24 @@ def test_the_group_commits_batch_cap_is_a_setting(migrated, settings) -> None:  
         assert client.post("/v1/tasks", json={"goal": "capped batches"}).status_code == 201
 
 
+def test_the_background_publishers_threads_are_a_setting(migrated, settings, db) -> None:  # type: ignore[no-untyped-def]
+    """``AUTOGPT_API_PUBLISH_THREADS`` threads publish the new tasks' first wake-ups (here 2, with batches of 8):
+    every one of 12 submits' wake-ups is confirmed by the broker and marked published."""
+    from api_shim.app import create_app
+
+    update = {"api_publish_threads": 2, "api_publish_batch": 8}
+    with TestClient(create_app(settings.model_copy(update=update))) as client:
+        background = client.app.state.background_publisher  # type: ignore[attr-defined]
+        assert (background.threads, background.batch) == (2, 8)
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda i: client.post("/v1/tasks", json={"goal": f"two threads {i}"}),
+                                      range(12)))
+        assert [r.status_code for r in responses] == [201] * 12
+        for response in responses:
+            _wait_marked_published(db, uuid.UUID(response.json()["id"]))
+        assert len(background._workers) <= 2
+
+
 def _count_hops(monkeypatch) -> list[object]:  # type: ignore[no-untyped-def]
     """The functions the process runs in anyio's threads from now on (the route's hops, the caller's key read)."""
     from anyio import to_thread
