@@ -13,11 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import structlog
 from pydantic import BaseModel, Field
 
 from autogpt_workers.commands.base import Command, CommandContext, CommandResult
 from autogpt_workers.errors import CommandError
 from autogpt_workers.green import offload, patched
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_LIST_ENTRIES = 500
 
@@ -193,5 +196,7 @@ def _fsync(fd: int) -> None:
         offload(os.fsync, fd)
         return
     os.fsync(fd)
-    if time.monotonic() - start > SLOW_FSYNC_S:
+    took = time.monotonic() - start
+    if took > SLOW_FSYNC_S:
         _offload_fsync_until[0] = time.monotonic() + SLOW_FSYNC_HOLD_S
+        log.warning("workspace_fsync_slow", fsync_s=round(took, 4), offloaded_for_s=SLOW_FSYNC_HOLD_S)

@@ -277,7 +277,7 @@ def test_write_files_fsync_moves_off_the_hub_once_the_disk_is_slow(tmp_path) -> 
     """An inline ``write_file`` on a think worker: a quick ``fsync`` runs on the hub's thread (a hop to a thread
     would cost the step more); once one took longer than ``SLOW_FSYNC_S`` (here 0.5 s, as on a slow network volume,
     which holds the ticking greenlet), the next ones run on a real thread and the ticker keeps ticking. Every file
-    is written."""
+    is written, and the switch is logged once."""
     script = textwrap.dedent(
         """
         import sys
@@ -327,3 +327,4 @@ def test_write_files_fsync_moves_off_the_hub_once_the_disk_is_slow(tmp_path) -> 
     assert got["texts"] == ["quick.txt", "slow.txt", "offloaded.txt"]
     assert got["on_hub"] == [True, True, False], got  # quick and slow on the hub's thread, then a real one
     assert got["slow"] <= 1 and got["offloaded"] >= 10, got  # ~50 ticks in 0.5 s off the hub, 0 on it
+    assert (out.stdout + out.stderr).count("workspace_fsync_slow") == 1  # the operator hears of the slow disk once
