@@ -15,6 +15,22 @@ from autogpt_workers.config import Settings
 from autogpt_workers.green import DEFAULT_POOL, requested_pool
 from tests.conftest import REPO_ROOT
 
+# in a patched process's script, in place of a ``# TICKER`` line (``with_ticker``): a greenlet that counts every
+# 10 ms, so a call that holds the process's one thread shows as ticks missed while it runs
+TICKER = """\
+ticks = [0]
+def tick():
+    while True:
+        ticks[0] += 1
+        time.sleep(0.01)
+threading.Thread(target=tick, daemon=True).start()
+time.sleep(0.05)
+"""
+
+
+def with_ticker(script: str) -> str:
+    return textwrap.dedent(script).replace("# TICKER\n", TICKER)
+
 
 @pytest.mark.parametrize(
     ("argv", "environ", "dotenv", "expected"),
@@ -108,20 +124,14 @@ def test_the_cli_patches_a_gevent_think_worker_and_no_other_command() -> None:
 def test_an_offloaded_call_runs_on_a_real_thread_under_gevent_and_inline_otherwise() -> None:
     """A call that blocks in C code (here the unpatched ``time.sleep``) holds every greenlet unless it is offloaded:
     offloaded, a ticking greenlet keeps ticking while it runs, and its result and its exception reach the caller."""
-    script = textwrap.dedent(
+    script = with_ticker(
         """
         from autogpt_workers.green import patch, offload
         patch()
         import threading, time
         from gevent import monkey
         c_sleep = monkey.get_original("time", "sleep")
-        ticks = [0]
-        def tick():
-            while True:
-                ticks[0] += 1
-                time.sleep(0.01)
-        threading.Thread(target=tick, daemon=True).start()
-        time.sleep(0.05)
+        # TICKER
         def blocking(x):
             c_sleep(0.5)
             return x * 2, threading.get_native_id()
@@ -278,7 +288,7 @@ def test_write_files_fsync_moves_off_the_hub_once_the_disk_is_slow(tmp_path) -> 
     would cost the step more); once one took longer than ``SLOW_FSYNC_S`` (here 0.5 s, as on a slow network volume,
     which holds the ticking greenlet), the next ones run on a real thread and the ticker keeps ticking. Every file
     is written, and the switch is logged once."""
-    script = textwrap.dedent(
+    script = with_ticker(
         """
         import sys
         from autogpt_workers.green import patch
@@ -296,13 +306,7 @@ def test_write_files_fsync_moves_off_the_hub_once_the_disk_is_slow(tmp_path) -> 
             synced.append(threading.get_native_id() == main)
         os.fsync = fsync
         main = threading.get_native_id()
-        ticks = [0]
-        def tick():
-            while True:
-                ticks[0] += 1
-                time.sleep(0.01)
-        threading.Thread(target=tick, daemon=True).start()
-        time.sleep(0.05)
+        # TICKER
         workspace = Workspace(Path(sys.argv[1]))
         workspace.create()
         ctx = CommandContext(workspace=workspace, task_id="t1", step_index=0)
