@@ -71,7 +71,7 @@ class FastSubmit:
             submission = TaskSubmission.model_validate(json.loads(body))
             if submission.profile is not None:
                 return None, None
-            self.endpoint.check(submission)
+            self.endpoint.check(submission, body)
         except (ValueError, ValidationError, RequestValidationError, HTTPException):  # json's are ValueErrors
             return None, None
         return submission, key

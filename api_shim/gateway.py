@@ -6,12 +6,14 @@ Protocol ``/ap/v1``), error bodies in each API's shape, and an OpenAPI document 
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
@@ -35,6 +37,15 @@ STANDARD_ERRORS = {
     "413": {"description": "The request body is too large."},
 }
 BODY_ERRORS = ("400", "413")
+
+
+class EscapedJSONResponse(JSONResponse):
+    """A 422's JSON in ASCII, every other character escaped: the errors echo the client's input, which may hold an
+    unpaired surrogate (a ``\\ud800`` escape, or its raw bytes, which ``json.loads`` lets through) that no UTF-8 text
+    can carry; ``JSONResponse`` then failed to encode it, a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def install(app: FastAPI, settings: Settings) -> None:
@@ -69,8 +80,9 @@ def install(app: FastAPI, settings: Settings) -> None:
             where = ".".join(str(p) for p in first.get("loc", ()))
             message = f"invalid request: {where}: {first.get('msg', 'invalid')}"
             content = {"message": message, "detail": jsonable(errors)}
-            return JSONResponse(content, status_code=422)
-        return await request_validation_exception_handler(request, exc)
+            return EscapedJSONResponse(content, status_code=422)
+        # FastAPI's own answer (``request_validation_exception_handler``), escaped
+        return EscapedJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, exc: BodyTooLarge) -> Response:

@@ -80,14 +80,25 @@ def _load_task(db: Database, task_id: uuid.UUID, tenant_id: str) -> TaskView:
     return view
 
 
-def _check_limits(submission: TaskSubmission, settings: Settings) -> None:
+def escapes_free(body: bytes) -> bool:
+    """Whether no string ``json.loads`` parses from these bytes can hold a NUL or an unpaired surrogate, so that the
+    walk for them can be spared: in UTF-8 text only a ``\\u`` escape makes either, or a surrogate's own three bytes
+    (``json.loads`` lets them through; they start with 0xED, as do some Hangul syllables, which take the walk). A
+    NUL byte (UTF-16 or UTF-32 text, which hides the escapes' bytes) takes the walk too."""
+    return b"\\u" not in body and b"\xed" not in body and b"\x00" not in body
+
+
+def _check_limits(submission: TaskSubmission, settings: Settings, body: bytes | None = None) -> None:
     if len(submission.goal) > settings.max_goal_chars:
         limit = settings.max_goal_chars
         raise unprocessable(("body", "goal"), f"goal is {len(submission.goal)} characters; the limit is {limit}")
-    for field, value in submission.model_dump(mode="json").items():
-        why = unstorable(value)
-        if why:
-            raise unprocessable(("body", field), f"{field} {why}")
+    if body is None or not escapes_free(body):
+        # the Python values: the JSON mode's dump replaces an unpaired surrogate in a dict's key, and PostgreSQL
+        # then refused the task's row (a 503 where a 422 is due)
+        for field, value in submission.model_dump().items():
+            why = unstorable(value)
+            if why:
+                raise unprocessable(("body", field), f"{field} {why}")
     if json_size(submission.metadata) > settings.api_max_input_bytes:
         raise unprocessable(
             ("body", "metadata"), f"metadata is larger than {settings.api_max_input_bytes} bytes as JSON"
@@ -105,9 +116,10 @@ class SubmitEndpoint:
         self.policy = Policy.from_settings(settings)
         self.profiles = ProfileCatalog(settings.profiles_dir)
 
-    def check(self, body: TaskSubmission) -> None:
-        """Raises the 422 of a body past the platform's limits (before anything is written)."""
-        _check_limits(body, self.settings)
+    def check(self, body: TaskSubmission, raw: bytes | None = None) -> None:
+        """Raises the 422 of a body past the platform's limits (before anything is written); ``raw``, the request's
+        JSON text if at hand, spares the walk for characters PostgreSQL cannot store when it has no escape."""
+        _check_limits(body, self.settings, raw)
 
     async def answer(self, state: Any, body: TaskSubmission, tenant: str, idempotency_key: str | None) -> Response:
         """Accept ``body`` (checked) for ``tenant``; ``state`` is the app's. Errors are raised for the app's

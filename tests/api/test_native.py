@@ -173,6 +173,46 @@ def test_limits_are_clear_4xx(gateway: Gateway) -> None:
         assert c.get("/ap/v1/agent/tasks", params={"page_size": 1000}).status_code == 422
 
 
+def test_text_postgresql_cannot_store_is_a_clear_422_and_nothing_is_written(gateway: Gateway, db: Any) -> None:
+    """A NUL or an unpaired surrogate anywhere in a submission (as a JSON escape, or a surrogate's raw UTF-8 bytes,
+    which ``json.loads`` lets through) is a 422 naming the field, on the gate's fast path and on the framework's
+    route (a body with a profile takes it), and on the Agent Protocol's; text without them, Hangul's 0xED lead bytes
+    included, is accepted. Once a key's surrogate was a 503 (the check read the JSON-mode dump, which replaces it)
+    and a raw surrogate a 500 (the 422's own JSON could not be encoded)."""
+    t = gateway.tenant("unstorable")
+    json_headers = {"Content-Type": "application/json"}
+    bodies: list[tuple[bytes, str]] = [
+        (b'{"goal": "nul \\u0000 here"}', "goal"),
+        (b'{"goal": "x", "metadata": {"k": "lone \\ud800"}}', "metadata"),
+        (b'{"goal": "x", "metadata": {"lone \\uDC00 key": 1}}', "metadata"),
+        (b'{"goal": "raw \xed\xa0\x80 surrogate"}', "goal"),
+        (b'{"goal": "x", "webhook_events": [], "metadata": {"a": ["deep", {"b": "\\u0000"}]}}', "metadata"),
+    ]
+    with gateway.client(t) as c:
+        for body, field in bodies:
+            for extra in (b"", b', "profile": "execution"'):
+                sent = body[:-1] + extra + b"}"
+                answer = c.post("/v1/tasks", content=sent, headers=json_headers)
+                assert answer.status_code == 422, (sent, answer.text)
+                assert field in str(answer.json()["detail"]), answer.text
+        agent_protocol = [
+            b'{"input": "nul \\u0000 here"}',
+            b'{"input": "raw \xed\xa0\x80 surrogate"}',
+            b'{"input": "x", "additional_input": {"k": "lone \\ud800"}}',
+        ]
+        for body in agent_protocol:
+            answer = c.post("/ap/v1/agent/tasks", content=body, headers=json_headers)
+            assert answer.status_code == 422, (body, answer.text)
+            assert "input" in answer.json()["message"], answer.text
+        hangul = "\ud55c\uae00 \ub41c \ubaa9\ud45c"  # 한글 된 목표: lead bytes 0xED and others
+        ok = c.post("/v1/tasks", content=f'{{"goal": "{hangul} [[steps:1]]"}}'.encode(), headers=json_headers)
+        assert ok.status_code == 201, ok.text
+        assert ok.json()["goal"] == "\ud55c\uae00 \ub41c \ubaa9\ud45c [[steps:1]]"
+    with db.session() as s:
+        stored = s.execute(select(func.count()).select_from(Task).where(Task.tenant_id == t.id)).scalar_one()
+    assert stored == 1
+
+
 def test_a_profile_fills_the_tasks_defaults_and_an_unknown_one_is_422(gateway: Gateway, db: Any) -> None:
     t = gateway.tenant("profile")
     with gateway.client(t) as c:
