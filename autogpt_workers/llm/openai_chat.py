@@ -211,7 +211,13 @@ class OpenAIChatModel:
     def complete(self, messages: list[Message], tools: list[ToolSchema]) -> LLMResponse:
         """One chat completion, retried on transient failures; see the module docstring for the policy."""
         try:
-            return self._retrying(self._attempt, messages, tools)
+            try:  # the first attempt outside tenacity's loop: nearly every call succeeds at once
+                return self._attempt(messages, tools)
+            except _Retryable as exc:
+                if self.max_attempts == 1 or not self._waits_in_process(exc):
+                    raise
+                first = exc
+            return self._retry(first, messages, tools)
         except _Retryable as exc:
             if exc.retry_after is not None and exc.retry_after > self.backoff_max_s:
                 raise LLMRateLimited(
@@ -221,6 +227,18 @@ class OpenAIChatModel:
                 ) from exc
             attempts = f"{self.max_attempts} attempt{'s' if self.max_attempts > 1 else ''}"
             raise LLMTransientError(f"{exc.message} (gave up after {attempts})", exc.retry_after) from exc
+
+    def _retry(self, first: _Retryable, messages: list[Message], tools: list[ToolSchema]) -> LLMResponse:
+        """The retry loop once the first attempt failed with ``first``: tenacity's attempt 1 raises it again (so
+        its attempt count, waits and ``before_sleep`` read as if tenacity had made that attempt), then attempts."""
+        pending = [first]
+
+        def attempt() -> LLMResponse:
+            if pending:
+                raise pending.pop()
+            return self._attempt(messages, tools)
+
+        return self._retrying(attempt)
 
     def _attempt(self, messages: list[Message], tools: list[ToolSchema]) -> LLMResponse:
         body = request_body(self.model, messages, tools, self.temperature)
