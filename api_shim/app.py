@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Submit autonomous agent tasks; they run as durable background jobs.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry: off, ours is ``tracing`` (the instrumentation's spans, Prometheus' metrics);
+        # on, it looked the global providers up in the environment at every request
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     if tracing.setup(settings, "autogpt-api"):  # an OTLP endpoint is configured
         tracing.instrument_fastapi(app)

@@ -422,18 +422,19 @@ def _new_task_view(
     waiting: bool,
 ) -> TaskView | None:
     """The new task as ``queries.load_task_view`` reads it back right after the commit, built from what was
-    written (no read-back). ``None`` when the row's ``created_at`` is unknown."""
+    written (no read-back). ``None`` when the row's ``created_at`` is unknown. Built without validation
+    (``model_construct``): every value was validated on the way in, or is ours."""
     if created_at is None:
         return None
-    return TaskView(
+    return TaskView.model_construct(
         id=task_id,
         status=TaskStatus.queued,
         goal=values["goal"],
         priority=submission.priority,
         effective_priority=values["priority"],
-        budget=Budget.model_validate(values["budget"]),
+        budget=Budget.model_construct(**values["budget"]),
         steps_completed=0,
-        usage=Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0, cost_usd=0.0, llm_calls=0),
+        usage=Usage.model_construct(prompt_tokens=0, completion_tokens=0, total_tokens=0, cost_usd=0.0, llm_calls=0),
         error=None,
         created_at=created_at,
         started_at=None,
