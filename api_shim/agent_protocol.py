@@ -27,7 +27,8 @@ from starlette.concurrency import run_in_threadpool
 from api_shim import ap_models as ap
 from api_shim import ap_steps, uploads
 from api_shim.auth import tenant_of
-from api_shim.routes import db_of, json_size, unstorable
+from api_shim.routes import db_of, json_size
+from api_shim.storable import unstorable
 from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
 from autogpt_workers.artifacts import ArtifactNotFound, ArtifactStoreError, artifact_store

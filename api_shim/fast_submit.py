@@ -11,7 +11,6 @@ more of the event loop's time than the submit itself."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api_shim import storable
 from api_shim.routes import MAX_IDEMPOTENCY_KEY, SubmitEndpoint
 from autogpt_workers.contracts import TaskSubmission
 
@@ -68,7 +68,7 @@ class FastSubmit:
         if not json_body or (key is not None and len(key) > MAX_IDEMPOTENCY_KEY):
             return None, None
         try:
-            submission = TaskSubmission.model_validate(json.loads(body))
+            submission = TaskSubmission.model_validate(storable.loads(body))  # NaN & co: FastAPI's route, a 422
             if submission.profile is not None:
                 return None, None
             self.endpoint.check(submission, body)

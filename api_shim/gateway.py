@@ -45,7 +45,19 @@ class EscapedJSONResponse(JSONResponse):
     can carry; ``JSONResponse`` then failed to encode it, a 500."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+        try:
+            return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+        except (ValueError, RecursionError):  # an input JSON cannot carry (NaN, Infinity) or nested past rendering
+            return json.dumps(_without_inputs(content), separators=(",", ":")).encode("ascii")
+
+
+def _without_inputs(content: dict[str, Any]) -> dict[str, Any]:
+    """The 422's content with each error's ``input`` (the client's own value, which it has) as null."""
+    detail = content.get("detail")
+    if not isinstance(detail, list):
+        return {key: value for key, value in content.items() if key != "detail"}
+    errors = [{**error, "input": None} if isinstance(error, dict) else error for error in detail]
+    return {**content, "detail": errors}
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api_shim.storable import unstorable
 from autogpt_workers import lifecycle
 from autogpt_workers.broker import Publisher
 from autogpt_workers.store.db import Database
@@ -45,6 +46,10 @@ class ApproveRequest(BaseModel):
     def _one_decision(self) -> ApproveRequest:
         if self.feedback is not None and (self.command is not None or self.arguments is not None):
             raise ValueError("give either feedback or an edited command/arguments, not both")
+        for name in ("command", "arguments", "feedback"):
+            why = unstorable(getattr(self, name))
+            if why:
+                raise ValueError(f"{name} {why}")
         return self
 
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from api_shim.auth import tenant_of
+from api_shim.storable import plainly_storable, unstorable
 from api_shim.submit_on_loop import submit_on_loop
 from autogpt_workers import tracing
 from autogpt_workers.admission import Policy
@@ -49,24 +50,6 @@ def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), default=str).encode())
 
 
-def unstorable(value: Any) -> str | None:
-    """Why PostgreSQL could not store this JSON value's text (NUL, unpaired surrogates), or None."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return "contains a NUL character"
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "is not valid Unicode (unpaired surrogate)"
-        return None
-    if isinstance(value, dict):
-        items: list[Any] = [*value.keys(), *value.values()]
-        return next((why for why in map(unstorable, items) if why), None)
-    if isinstance(value, list):
-        return next((why for why in map(unstorable, value) if why), None)
-    return None
-
-
 def unprocessable(where: tuple[str, ...], message: str) -> RequestValidationError:
     """A 422 in FastAPI's own shape (``{"detail": [{"loc", "msg", "type"}]}``), as the OpenAPI document says."""
     return RequestValidationError([{"type": "value_error", "loc": where, "msg": message, "input": None}])
@@ -80,23 +63,15 @@ def _load_task(db: Database, task_id: uuid.UUID, tenant_id: str) -> TaskView:
     return view
 
 
-def escapes_free(body: bytes) -> bool:
-    """Whether no string ``json.loads`` parses from these bytes can hold a NUL or an unpaired surrogate, so that the
-    walk for them can be spared: in UTF-8 text only a ``\\u`` escape makes either, or a surrogate's own three bytes
-    (``json.loads`` lets them through; they start with 0xED, as do some Hangul syllables, which take the walk). A
-    NUL byte (UTF-16 or UTF-32 text, which hides the escapes' bytes) takes the walk too."""
-    return b"\\u" not in body and b"\xed" not in body and b"\x00" not in body
-
-
 def _check_limits(submission: TaskSubmission, settings: Settings, body: bytes | None = None) -> None:
     if len(submission.goal) > settings.max_goal_chars:
         limit = settings.max_goal_chars
         raise unprocessable(("body", "goal"), f"goal is {len(submission.goal)} characters; the limit is {limit}")
-    if body is None or not escapes_free(body):
-        # the Python values: the JSON mode's dump replaces an unpaired surrogate in a dict's key, and PostgreSQL
-        # then refused the task's row (a 503 where a 422 is due)
-        for field, value in submission.model_dump().items():
-            why = unstorable(value)
+    if body is None or not plainly_storable(body):
+        # the fields' own values: a JSON-mode dump replaced an unpaired surrogate in a dict's key (PostgreSQL then
+        # refused the task's row: a 503 where a 422 is due), and a dump of any mode stops at pydantic's depth limit
+        for field in TaskSubmission.model_fields:
+            why = unstorable(getattr(submission, field))
             if why:
                 raise unprocessable(("body", field), f"{field} {why}")
     if json_size(submission.metadata) > settings.api_max_input_bytes:

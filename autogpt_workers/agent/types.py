@@ -55,8 +55,8 @@ class Budget(BaseModel):
 
     max_steps: int | None = Field(default=20, ge=1, le=10_000)
     max_tokens: int | None = Field(default=None, ge=1)
-    max_cost_usd: float | None = Field(default=None, gt=0)
-    max_wall_seconds: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_wall_seconds: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class Spent(BaseModel):

@@ -213,6 +213,47 @@ def test_text_postgresql_cannot_store_is_a_clear_422_and_nothing_is_written(gate
     assert stored == 1
 
 
+def test_numbers_and_nesting_json_cannot_carry_are_a_clear_422(gateway: Gateway, db: Any) -> None:
+    """NaN, Infinity, a float past a double's range and nesting past ``storable.MAX_DEPTH``, in every JSON a client
+    sends (a submission's metadata and budget, the Agent Protocol's inputs and a step's, an approval's arguments):
+    a 422 naming the field, nothing written. They were 503s (PostgreSQL refused them, "the store is unavailable":
+    a client would retry for ever) and 500s (the 422 echoing a NaN, pydantic's serializer past its depth)."""
+    from api_shim.storable import MAX_DEPTH
+
+    t = gateway.tenant("numbers")
+    json_headers = {"Content-Type": "application/json"}
+    deep = b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)
+    values = [b"NaN", b"-Infinity", b"1e400", deep]
+    with gateway.client(t) as c:
+        for value in values:
+            for extra in (b"", b', "profile": "execution"'):  # the fast path, the framework's route
+                body = b'{"goal": "x", "metadata": {"v": ' + value + b"}" + extra + b"}"
+                answer = c.post("/v1/tasks", content=body, headers=json_headers)
+                assert answer.status_code == 422 and "metadata" in answer.text, (body, answer.text)
+            if value != deep:
+                body = b'{"goal": "x", "budget": {"max_cost_usd": ' + value + b"}}"
+                answer = c.post("/v1/tasks", content=body, headers=json_headers)
+                assert answer.status_code == 422 and "max_cost_usd" in answer.text, (body, answer.text)
+            body = b'{"input": "x", "additional_input": {"v": ' + value + b"}}"
+            answer = c.post("/ap/v1/agent/tasks", content=body, headers=json_headers)
+            assert answer.status_code == 422 and "additional_input" in answer.json()["message"], answer.text
+        held = c.post("/v1/tasks", json={"goal": "Held [[steps:2]]", "approval": "always"}).json()["id"]
+        step_task = c.post("/ap/v1/agent/tasks", json={"input": "Stepped [[steps:2]]"}).json()["task_id"]
+        for value in values:
+            body = b'{"command": "finish", "arguments": {"reason": ' + value + b"}}"
+            answer = c.post(f"/v1/tasks/{held}/approve", content=body, headers=json_headers)
+            assert answer.status_code == 422 and "arguments" in answer.text, (body, answer.text)
+            body = b'{"input": "go", "additional_input": {"v": ' + value + b"}}"
+            answer = c.post(f"/ap/v1/agent/tasks/{step_task}/steps", content=body, headers=json_headers)
+            assert answer.status_code == 422 and "additional_input" in answer.json()["message"], answer.text
+        fine = c.post("/v1/tasks", json={"goal": "Fine [[steps:1]]", "metadata": {"big": 10**30, "f": 1e308}})
+        assert fine.status_code == 201, fine.text
+        assert fine.json()["metadata"] == {"big": 10**30, "f": 1e308}
+    with db.session() as s:
+        stored = s.execute(select(func.count()).select_from(Task).where(Task.tenant_id == t.id)).scalar_one()
+    assert stored == 3  # held, step_task and fine
+
+
 def test_a_profile_fills_the_tasks_defaults_and_an_unknown_one_is_422(gateway: Gateway, db: Any) -> None:
     t = gateway.tenant("profile")
     with gateway.client(t) as c:
