@@ -92,8 +92,9 @@ class SubmitEndpoint:
         self.profiles = ProfileCatalog(settings.profiles_dir)
 
     def check(self, body: TaskSubmission, raw: bytes | None = None) -> None:
-        """Raises the 422 of a body past the platform's limits (before anything is written); ``raw``, the request's
-        JSON text if at hand, spares the walk for characters PostgreSQL cannot store when it has no escape."""
+        """Raises the 422 of a body past the platform's limits (before anything is written). ``raw``: the request's
+        bytes, as parsed by ``storable.loads``; when ``storable.plainly_storable`` clears them, the walk of every
+        value for what PostgreSQL cannot store is spared."""
         _check_limits(body, self.settings, raw)
 
     async def answer(self, state: Any, body: TaskSubmission, tenant: str, idempotency_key: str | None) -> Response:
