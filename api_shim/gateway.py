@@ -52,12 +52,9 @@ class EscapedJSONResponse(JSONResponse):
 
 
 def _without_inputs(content: dict[str, Any]) -> dict[str, Any]:
-    """The 422's content with each error's ``input`` (the client's own value, which it has) as null."""
-    detail = content.get("detail")
-    if not isinstance(detail, list):
-        return {key: value for key, value in content.items() if key != "detail"}
-    errors = [{**error, "input": None} if isinstance(error, dict) else error for error in detail]
-    return {**content, "detail": errors}
+    """The 422's content (both handlers below give ``detail``, a list of errors) with each error's ``input`` (the
+    client's own value, which it has) as null."""
+    return {**content, "detail": [{**error, "input": None} for error in content["detail"]]}
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -23,7 +23,6 @@ from sqlalchemy.exc import DBAPIError
 
 from autogpt_workers import tracing
 from autogpt_workers.admission import Policy, effective_priority, hold_if_capped
-from autogpt_workers.agent.types import Budget
 from autogpt_workers.broker import Publisher
 from autogpt_workers.config import get_settings
 from autogpt_workers.confirm_batch import ConfirmBatch, Wake
@@ -432,7 +431,7 @@ def _new_task_view(
         goal=values["goal"],
         priority=submission.priority,
         effective_priority=values["priority"],
-        budget=Budget.model_construct(**values["budget"]),
+        budget=submission.budget,  # ``values["budget"]`` is its dump
         steps_completed=0,
         usage=Usage.model_construct(prompt_tokens=0, completion_tokens=0, total_tokens=0, cost_usd=0.0, llm_calls=0),
         error=None,
