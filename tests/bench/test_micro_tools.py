@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from bench import prompt_micro, submit_micro
+from bench import ledger_batch_micro, prompt_micro, submit_micro
 from bench.profile_run import areas
 
 
@@ -41,6 +41,18 @@ def test_submit_micro_batch_rows_follow_the_modes_and_leave_no_task(
     rows = capsys.readouterr().out.splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| prepared", "| 2 per statement"]
     assert _micro_tasks_left(db) == 0
+
+
+def test_ledger_batch_micro_runs_both_sides_to_committed_steps_and_leaves_no_task(
+    migrated: None, settings: Any, db: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both sides commit every step (``measure`` raises otherwise) through the ledger's own statements."""
+    ledger_batch_micro.main(["--database-url", settings.database_url, "--tasks", "3", "--steps", "4", "--rounds", "1"])
+    rows = capsys.readouterr().out.splitlines()[3:]
+    assert [row.split(" | ")[0] for row in rows] == ["| one per round trip", "| 3 per round trip"]
+    with db.session() as s:
+        left = s.scalar(text("SELECT count(*) FROM tasks WHERE tenant_id = :t"), {"t": ledger_batch_micro.TENANT})
+    assert left == 0
 
 
 @pytest.mark.parametrize("value", ["eight", "8,0", "-2"])
