@@ -120,8 +120,35 @@ def cancel_unfinished(db: Any, tenant_id: str | None = None, timeout_s: float = 
     wait_for(lambda: not unfinished(), timeout_s, "unfinished tasks cancelled")
 
 
+def clear_backlog(db: Any, database_url: str, redis_url: str, timeout_s: float = 60) -> None:
+    """What earlier test modules left for the workers (tasks submitted with no worker running, their wake-ups in
+    the think queue) cancelled and drained, and the backlog flag of a dispatcher that saw them lowered: otherwise
+    the gateway's dispatcher finds the queue backed up and holds the first submits in the admission queue
+    (``waiting_for_slot``), whichever order the modules ran in."""
+    from redis import Redis
+
+    from autogpt_workers.backlog import WAITING_SUFFIX, flag_key
+    from autogpt_workers.celery_app import app as celery_app
+    from autogpt_workers.contracts import THINK_QUEUE
+
+    cancel_unfinished(db, timeout_s=timeout_s)
+
+    def drained() -> bool:
+        with celery_app.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(THINK_QUEUE, passive=True).message_count) == 0
+
+    wait_for(drained, timeout_s, "think queue drained")
+    redis = Redis.from_url(redis_url)
+    try:
+        key = flag_key(database_url)
+        redis.delete(key, key + WAITING_SUFFIX)
+    finally:
+        redis.close()
+
+
 @pytest.fixture(scope="session")
-def gateway(stack: Stack, db: Any) -> Iterator[Gateway]:
+def gateway(stack: Stack, db: Any, settings: Any) -> Iterator[Gateway]:
+    clear_backlog(db, settings.database_url, settings.redis_url)
     gw = Gateway(stack, db)
     gw.start()
     try:
