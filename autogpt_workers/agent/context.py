@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from autogpt_workers.agent.frozen import FrozenGroup
+from autogpt_workers.agent.frozen import EMPTY_HISTORY, FrozenGroup, History, HistoryMessages
 from autogpt_workers.agent.memory import RecalledMemory
 from autogpt_workers.agent.prompt import Prompt
 from autogpt_workers.agent.types import Message, StepRecord, TaskContext
-from autogpt_workers.memory.window import fit_to_window
+from autogpt_workers.memory.window import fit_to_window, total_tokens
 
 # Remind the model of its step budget when at most this many steps remain (this one included).
 BUDGET_NOTE_STEPS_LEFT = 3
@@ -48,7 +48,7 @@ def build_messages(
             ),
         },
     ]
-    steps = [(record.index, _step_group(record, prompt)) for record in sorted(history, key=lambda r: r.index)]
+    past = _history(history, prompt)
     notes = []
     if memories:
         notes.append(prompt.memories.format(memories=_memory_lines(memories)))
@@ -58,8 +58,39 @@ def build_messages(
     if ctx.feedback:
         notes.append(prompt.feedback.format(feedback=ctx.feedback))
     tail: list[Message] = [{"role": "user", "content": "\n\n".join(notes)}] if notes else []
-    messages, _ = fit_to_window(head, steps, tail, max_tokens, prompt.history_summary)
+    if max_tokens is None or total_tokens(head) + past.tokens + total_tokens(tail) <= max_tokens:
+        return HistoryMessages(head, past, tail)  # everything fits (``fit_to_window``'s first case)
+    messages, _ = fit_to_window(head, past.steps, tail, max_tokens, prompt.history_summary)
     return messages
+
+
+def _history(history: Sequence[StepRecord], prompt: Prompt) -> History:
+    """The history's messages in step order, extended from the ``History`` kept on the newest record that has one
+    (the think before kept it on its newest), so a think builds only the steps it had not seen; from scratch when
+    none matches. Only the newest record keeps one: a task's kept histories take the room of one history."""
+    records = list(history)
+    text = prompt.extra_tool_call
+    base, start = EMPTY_HISTORY, 0
+    for at in range(len(records), 0, -1):
+        kept = records[at - 1].kept_history(text)
+        if kept is not None and len(kept.records) == at and records[:at] == kept.records:  # the same records
+            base, start = kept, at
+            break
+    new = records[start:]
+    last = base.records[-1].index if base.records else None
+    for record in new:  # in step order after the kept ones (as ``sorted`` would leave them), or from scratch
+        if last is not None and record.index < last:
+            base, start, new = EMPTY_HISTORY, 0, sorted(records, key=lambda r: r.index)
+            break
+        last = record.index
+    if not new:
+        return base
+    steps = [(record.index, _step_group(record, prompt)) for record in new]
+    built = base.extended(new, steps, sum(total_tokens(group) for _, group in steps))
+    new[-1].keep_history(text, built)
+    if base.records and base.records[-1] is not new[-1]:
+        base.records[-1].drop_history()
+    return built
 
 
 def _memory_lines(memories: Sequence[RecalledMemory]) -> str:

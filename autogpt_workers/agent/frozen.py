@@ -9,7 +9,7 @@ committed step are now built once (``agent.context``), and these two derived val
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from autogpt_workers.agent.tool_json import dumps
@@ -84,6 +84,77 @@ class FrozenGroup(list[FrozenMessage]):
     __iadd__ = __imul__ = _refuse
 
 
+class History:
+    """The messages of a task's committed steps in order, with their token estimate's total and their JSON text
+    (each message's, comma-joined), built up one step at a time (``agent.context``): a think that finds them for the
+    steps before its newest adds only the newest, instead of passing over every step of the history again (which made
+    a step's CPU grow with the steps before it). Never changed once built, so a copy is safe to share."""
+
+    __slots__ = ("json", "messages", "records", "steps", "tokens")
+
+    def __init__(
+        self,
+        records: list[Any],
+        steps: list[tuple[int, Sequence[dict[str, Any]]]],
+        messages: list[dict[str, Any]],
+        tokens: int,
+        json: str,
+    ) -> None:
+        self.records = records  # the step records these were built from, in order: a later think checks its own
+        self.steps = steps  # (step index, the step's messages), as ``memory.window.fit_to_window`` takes them
+        self.messages = messages
+        self.tokens = tokens
+        self.json = json
+
+    def extended(self, records: list[Any], steps: list[tuple[int, Sequence[dict[str, Any]]]], tokens: int) -> History:
+        """These followed by more records, their ``steps`` and their ``tokens``' total."""
+        messages = [m for _, group in steps for m in group]
+        texts = ",".join(_text(m) for m in messages)
+        return History(
+            self.records + records,
+            self.steps + steps,
+            self.messages + messages,
+            self.tokens + tokens,
+            self.json + "," + texts if self.json and texts else self.json or texts,
+        )
+
+
+EMPTY_HISTORY = History([], [], [], 0, "")
+
+
+class HistoryMessages(list[dict[str, Any]]):
+    """A step's messages (what comes before the history, the history, what comes after) that know the history's
+    JSON text, so ``messages_json`` encodes only what is around it."""
+
+    __slots__ = ("history_json", "span")
+
+    def __init__(self, head: list[dict[str, Any]], history: History, tail: list[dict[str, Any]]) -> None:
+        super().__init__([*head, *history.messages, *tail])
+        self.span = (len(head), len(head) + len(history.messages))
+        self.history_json = history.json
+
+    def _refuse(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise TypeError("the messages of a think cannot be changed; copy them with list(messages)")
+
+    __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __iadd__ = __imul__ = _refuse
+
+    def __copy__(self) -> list[dict[str, Any]]:
+        return list(self)
+
+    def __reduce__(self) -> tuple[type[list[dict[str, Any]]], tuple[list[dict[str, Any]]]]:
+        return list, (list(self),)  # a copy (deep or pickled) is a plain list of the same messages
+
+
+def _text(message: dict[str, Any]) -> str:
+    return message.json_text() if type(message) is FrozenMessage else dumps(message)
+
+
 def messages_json(messages: list[dict[str, Any]]) -> str:
-    """``dumps(messages)``, with each ``FrozenMessage``'s text from its cache."""
-    return "[" + ",".join(m.json_text() if type(m) is FrozenMessage else dumps(m) for m in messages) + "]"
+    """``dumps(messages)``, with each ``FrozenMessage``'s text from its cache, and the history's text from its
+    ``HistoryMessages``."""
+    if type(messages) is HistoryMessages and messages.history_json:
+        start, stop = messages.span
+        parts = [*(_text(m) for m in messages[:start]), messages.history_json, *(_text(m) for m in messages[stop:])]
+        return "[" + ",".join(parts) + "]"
+    return "[" + ",".join(_text(m) for m in messages) + "]"

@@ -105,6 +105,7 @@ class StepRecord(BaseModel):
     proposal: Proposal
     observation: Observation
     _messages: tuple[str, Sequence[Message]] | None = PrivateAttr(default=None)
+    _history: tuple[str, Any] | None = PrivateAttr(default=None)
 
     def built_messages(self, prompt_text: str) -> Sequence[Message] | None:
         """The messages kept on this record, if they were built with ``prompt_text``."""
@@ -116,6 +117,21 @@ class StepRecord(BaseModel):
 
     def keep_messages(self, prompt_text: str, messages: Sequence[Message]) -> None:
         self._messages = (prompt_text, messages)
+
+    def kept_history(self, prompt_text: str) -> Any:
+        """The ``agent.frozen.History`` of the steps up to this one that was kept on it, if built with
+        ``prompt_text``: only the newest record of a task's history keeps one (``agent.context``)."""
+        private = self.__pydantic_private__
+        kept = private.get("_history") if private else None
+        return kept[1] if kept is not None and kept[0] == prompt_text else None
+
+    def keep_history(self, prompt_text: str, history: Any) -> None:
+        self._history = (prompt_text, history)
+
+    def drop_history(self) -> None:
+        private = self.__pydantic_private__
+        if private:
+            private["_history"] = None
 
     def __eq__(self, other: object) -> bool:  # the kept messages are a cache, not part of the record
         if not isinstance(other, StepRecord):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import re
 from typing import Any
 
-from autogpt_workers.agent.context import build_messages
+import pytest
+
+from autogpt_workers.agent.context import _step_messages, build_messages
+from autogpt_workers.agent.frozen import FrozenMessage, HistoryMessages, messages_json
 from autogpt_workers.agent.prompt import load_prompt
+from autogpt_workers.agent.tool_json import dumps
 from autogpt_workers.agent.types import Budget, Message, Observation, Proposal, Spent, StepRecord, TaskContext
+from autogpt_workers.memory.window import fit_to_window, total_tokens
 
 PROMPT = load_prompt()
 
@@ -189,3 +196,55 @@ def test_a_committed_steps_messages_are_built_once_and_stay_what_a_fresh_build_g
     # a prompt whose reply text for extra calls differs does not get the messages built with another one
     other = PROMPT.model_copy(update={"extra_tool_call": "skipped, {executed} ran"})
     assert build_messages(_ctx(step_index=2), history, other)[3] is not first[3]
+
+
+def _reference(ctx: TaskContext, history: list[StepRecord], max_tokens: int | None = None) -> list[Message]:
+    """What the messages are, built as they were before a think extended the history kept from the one before:
+    every step's messages afresh as plain dicts, in step order, through the window."""
+    head = [dict(m) for m in build_messages(ctx, [], PROMPT)[:2]]
+    steps = [(r.index, _step_messages(r, PROMPT)) for r in sorted(history, key=lambda r: r.index)]
+    messages, _ = fit_to_window(head, steps, [], max_tokens, PROMPT.history_summary)
+    return messages
+
+
+def _kept(records: list[StepRecord]) -> list[int]:
+    return [r.index for r in records if r.kept_history(PROMPT.extra_tool_call) is not None]
+
+
+def test_a_think_extends_the_history_kept_from_the_one_before_and_sends_what_a_fresh_build_would() -> None:
+    records: list[StepRecord] = []
+    for i in range(25):
+        records.append(_valid_step(i, f"c{i}", f"output {i} " * (i % 4)))
+        ctx = _ctx(step_index=i + 1)
+        got = build_messages(ctx, list(records), PROMPT)
+        assert got == _reference(ctx, records)
+        assert messages_json(got) == dumps(list(got))  # the request's JSON, the history's part from what was kept
+        assert _kept(records) == [i]  # only the newest record keeps the history: one history's room per task
+        again = build_messages(ctx, list(records), PROMPT)  # the same think again (a retried LLM call)
+        assert again == got and all(a is b for a, b in zip(again, got, strict=True) if type(a) is FrozenMessage)
+    # three new steps at once (the others ran in another worker process), then the steps out of order
+    records += [_valid_step(i, f"c{i}", f"late {i}") for i in range(25, 28)]
+    got = build_messages(_ctx(step_index=28), list(records), PROMPT)
+    assert got == _reference(_ctx(step_index=28), records) and _kept(records) == [27]
+    shuffled = [*records[10:], *records[:10]]
+    assert build_messages(_ctx(step_index=28), shuffled, PROMPT) == got
+    # a window the history no longer fits: the oldest steps summarised, as before
+    small = total_tokens(got) - 200
+    assert build_messages(_ctx(step_index=28), list(records), PROMPT, max_tokens=small) == _reference(
+        _ctx(step_index=28), records, small
+    )
+    # the same steps as other, equal records (the worker read them again): the same messages
+    fresh = [StepRecord.model_validate(r.model_dump()) for r in records]
+    assert build_messages(_ctx(step_index=28), fresh, PROMPT) == got
+
+
+def test_a_thinks_messages_cannot_be_changed_and_copy_as_plain_lists() -> None:
+    history = [_valid_step(0, "c0", "wrote it"), _valid_step(1, "c1", "again")]
+    messages = build_messages(_ctx(step_index=2), history, PROMPT)
+    assert type(messages) is HistoryMessages
+    with pytest.raises(TypeError, match="cannot be changed"):
+        messages.append({"role": "user", "content": "more"})
+    for copied in (copy.copy(messages), copy.deepcopy(messages), pickle.loads(pickle.dumps(messages))):
+        assert type(copied) is list and copied == messages
+        copied.append({"role": "user", "content": "more"})  # a copy is the caller's own
+    assert messages_json([*messages]) == messages_json(messages) == dumps(list(messages))
