@@ -6,7 +6,8 @@ committed steps, the platform's CPU per step (as the throughput figure does) and
 name (PostgreSQL and RabbitMQ included), and with ``--spy PREFIX`` records each think worker with py-spy
 (``--gil``: only the thread holding the GIL is sampled, so the samples are where the Python CPU goes) into
 ``PREFIX-think.txt``, ``PREFIX-think-2.txt`` (py-spy's raw format; ``--top`` sums them), and prints the samples'
-shares by function and by area of the step (``AREAS``). With ``--tasks 0`` the
+shares by function and by area of the step (``AREAS``). ``--windows N`` cuts the window in N and prints each one's
+steps/s and CPU per step beside the steps a task had committed (how long a think's history was). With ``--tasks 0`` the
 platform idles through the window, and the bench database's transactions are counted per second: the platform's
 periodic rounds (dispatcher, reaper), and one per connection opened (a backend's start-up counts as a commit). A
 profiling aid: one window, no warm-up discipline; ``make bench`` makes the figures.
@@ -25,8 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.env import BenchEnv, xact_counts
-from bench.procs import CpuMeter
+from bench.env import BenchEnv, Sql, xact_counts
+from bench.procs import CpuMeter, cpu_seconds
 from bench.stack import Platform, steps_goal
 
 
@@ -115,6 +116,38 @@ def areas(files: list[str]) -> str:
     return "\n".join([f"{total} samples, by area of the step", *rows])
 
 
+def _windows(db: Sql, platform: Platform, thinkers: list[str], tasks: int, seconds: float, count: int) -> str:
+    """``seconds`` cut into ``count`` windows: in each, the steps committed per second, the steps a task had
+    committed on average (the history a think sends), and the CPU per step of the think workers and of the fake LLM
+    (whose work grows with the request)."""
+    completed = "SELECT count(*) FROM steps WHERE status = 'completed'"
+    think = [platform.workers[name].pid for name in thinkers]
+    assert platform.fake is not None  # started before the workers
+    llm = platform.fake.process.pid
+
+    def sample() -> tuple[int, float, float, float]:
+        return (
+            int(db.scalar(completed)),
+            sum(cpu_seconds(pid) for pid in think),
+            cpu_seconds(llm),
+            time.perf_counter(),
+        )
+
+    lines = ["| window | steps/s | steps per task (mid-window) | think workers' CPU ms/step | fake LLM's CPU ms/step |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    last = sample()
+    for index in range(count):
+        time.sleep(seconds / count)
+        now = sample()
+        steps = max(1, now[0] - last[0])
+        lines.append(
+            f"| {index + 1} | {steps / (now[3] - last[3]):.1f} | {(now[0] + last[0]) / 2 / max(1, tasks):.0f} | "
+            f"{(now[1] - last[1]) / steps * 1000:.2f} | {(now[2] - last[2]) / steps * 1000:.2f} |"
+        )
+        last = now
+    return "\n".join(lines)
+
+
 def _spy_args(spy: str, pid: int, seconds: float) -> list[str]:
     return [spy, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "100", "-f", "raw", "--nonblocking", "--gil"]
 
@@ -127,6 +160,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="steps per task (default: enough for the window)")
     parser.add_argument("--think-workers", type=int, help="think processes (default: one per core)")
     parser.add_argument("--think-concurrency", type=int, help="think threads in all, shared out among the processes")
+    parser.add_argument(
+        "--windows", type=int, default=1, help="cut the window in N and print steps/s and CPU per step in each"
+    )
     parser.add_argument("--spy", metavar="PREFIX", help="record the think workers with py-spy into PREFIX-*.txt")
     parser.add_argument("--top", nargs="+", metavar="FILE", help="only sum py-spy raw files, then exit")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a platform setting")
@@ -187,7 +223,10 @@ def main() -> None:
                 for name, proc in platform.workers.items()
                 if args.spy and name in thinkers
             ]
-            time.sleep(args.seconds)
+            if args.windows > 1:
+                print(_windows(db, platform, thinkers, args.tasks, args.seconds, args.windows))
+            else:
+                time.sleep(args.seconds)
             for p in spies:
                 p.wait()
             c1, after = db.scalar(completed), cpu_by_name()

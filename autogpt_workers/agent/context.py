@@ -67,17 +67,19 @@ def build_messages(
 def _history(history: Sequence[StepRecord], prompt: Prompt) -> History:
     """The history's messages in step order, extended from the ``History`` kept on the newest record that has one
     (the think before kept it on its newest), so a think builds only the steps it had not seen; from scratch when
-    none matches. Only the newest record keeps one: a task's kept histories take the room of one history."""
+    none matches. Only the newest record keeps one: a task's kept histories take the room of one history. A
+    ``History`` lists the records before the one that keeps it, not that one: no reference cycle keeps a dropped
+    task's records alive until the collector runs."""
     records = list(history)
     text = prompt.extra_tool_call
     base, start = EMPTY_HISTORY, 0
     for at in range(len(records), 0, -1):
         kept = records[at - 1].kept_history(text)
-        if kept is not None and len(kept.records) == at and records[:at] == kept.records:  # the same records
+        if kept is not None and len(kept.before) == at - 1 and records[: at - 1] == kept.before:  # the same records
             base, start = kept, at
             break
     new = records[start:]
-    last = base.records[-1].index if base.records else None
+    last = records[start - 1].index if start else None
     for record in new:  # in step order after the kept ones (as ``sorted`` would leave them), or from scratch
         if last is not None and record.index < last:
             base, start, new = EMPTY_HISTORY, 0, sorted(records, key=lambda r: r.index)
@@ -85,11 +87,12 @@ def _history(history: Sequence[StepRecord], prompt: Prompt) -> History:
         last = record.index
     if not new:
         return base
+    holder = records[start - 1] if start else None
     steps = [(record.index, _step_group(record, prompt)) for record in new]
-    built = base.extended(new, steps, sum(total_tokens(group) for _, group in steps))
+    built = base.extended([holder, *new[:-1]] if holder else new[:-1], steps, sum(total_tokens(g) for _, g in steps))
     new[-1].keep_history(text, built)
-    if base.records and base.records[-1] is not new[-1]:
-        base.records[-1].drop_history()
+    if holder is not None:
+        holder.drop_history()
     return built
 
 

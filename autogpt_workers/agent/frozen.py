@@ -90,28 +90,31 @@ class History:
     steps before its newest adds only the newest, instead of passing over every step of the history again (which made
     a step's CPU grow with the steps before it). Never changed once built, so a copy is safe to share."""
 
-    __slots__ = ("json", "messages", "records", "steps", "tokens")
+    __slots__ = ("before", "json", "messages", "steps", "tokens")
 
     def __init__(
         self,
-        records: list[Any],
+        before: list[Any],
         steps: list[tuple[int, Sequence[dict[str, Any]]]],
         messages: list[dict[str, Any]],
         tokens: int,
         json: str,
     ) -> None:
-        self.records = records  # the step records these were built from, in order: a later think checks its own
+        # the step records these were built from, in order, but the newest (the one that keeps this): a later think
+        # checks its own against them
+        self.before = before
         self.steps = steps  # (step index, the step's messages), as ``memory.window.fit_to_window`` takes them
         self.messages = messages
         self.tokens = tokens
         self.json = json
 
-    def extended(self, records: list[Any], steps: list[tuple[int, Sequence[dict[str, Any]]]], tokens: int) -> History:
-        """These followed by more records, their ``steps`` and their ``tokens``' total."""
+    def extended(self, before: list[Any], steps: list[tuple[int, Sequence[dict[str, Any]]]], tokens: int) -> History:
+        """These followed by more steps (``before``: the records to add to ``self.before``), their messages and
+        their ``tokens``' total."""
         messages = [m for _, group in steps for m in group]
         texts = ",".join(_text(m) for m in messages)
         return History(
-            self.records + records,
+            self.before + before,
             self.steps + steps,
             self.messages + messages,
             self.tokens + tokens,

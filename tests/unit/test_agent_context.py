@@ -220,6 +220,8 @@ def test_a_think_extends_the_history_kept_from_the_one_before_and_sends_what_a_f
         assert got == _reference(ctx, records)
         assert messages_json(got) == dumps(list(got))  # the request's JSON, the history's part from what was kept
         assert _kept(records) == [i]  # only the newest record keeps the history: one history's room per task
+        kept = records[-1].kept_history(PROMPT.extra_tool_call)
+        assert kept.before == records[:-1] and all(r is not records[-1] for r in kept.before)  # no cycle through it
         again = build_messages(ctx, list(records), PROMPT)  # the same think again (a retried LLM call)
         assert again == got and all(a is b for a, b in zip(again, got, strict=True) if type(a) is FrozenMessage)
     # three new steps at once (the others ran in another worker process), then the steps out of order
