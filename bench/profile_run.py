@@ -30,6 +30,8 @@ from bench.env import BenchEnv, Sql, xact_counts
 from bench.procs import CpuMeter, cpu_seconds
 from bench.stack import Platform, steps_goal
 
+COMPLETED = "SELECT count(*) FROM steps WHERE status = 'completed'"
+
 
 def cpu_by_name() -> dict[str, float]:
     """CPU seconds of every live process on the host, by command name."""
@@ -120,14 +122,13 @@ def _windows(db: Sql, platform: Platform, thinkers: list[str], tasks: int, secon
     """``seconds`` cut into ``count`` windows: in each, the steps committed per second, the steps a task had
     committed on average (the history a think sends), and the CPU per step of the think workers and of the fake LLM
     (whose work grows with the request)."""
-    completed = "SELECT count(*) FROM steps WHERE status = 'completed'"
     think = [platform.workers[name].pid for name in thinkers]
     assert platform.fake is not None  # started before the workers
     llm = platform.fake.process.pid
 
     def sample() -> tuple[int, float, float, float]:
         return (
-            int(db.scalar(completed)),
+            int(db.scalar(COMPLETED)),
             sum(cpu_seconds(pid) for pid in think),
             cpu_seconds(llm),
             time.perf_counter(),
@@ -208,8 +209,7 @@ def main() -> None:
             steps = args.steps or int((args.seconds + 30) / max(args.latency, 0.05)) + 5
             platform.submit([steps_goal(steps, "profile")] * args.tasks, max_steps=steps + 1)
             time.sleep(8)  # the tasks get going
-            completed = "SELECT count(*) FROM steps WHERE status = 'completed'"
-            c0, before = db.scalar(completed), cpu_by_name()
+            c0, before = db.scalar(COMPLETED), cpu_by_name()
             meter = CpuMeter(platform.sessions()).start()
             t0 = time.perf_counter()
             thinkers = [name for name in platform.workers if name == "think" or name.startswith("think-")]
@@ -229,7 +229,7 @@ def main() -> None:
                 time.sleep(args.seconds)
             for p in spies:
                 p.wait()
-            c1, after = db.scalar(completed), cpu_by_name()
+            c1, after = db.scalar(COMPLETED), cpu_by_name()
             switches1 = thread_switches([platform.workers[name].pid for name in thinkers])
             meter.stop()
             elapsed = time.perf_counter() - t0

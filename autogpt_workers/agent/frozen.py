@@ -142,11 +142,8 @@ class HistoryMessages(list[dict[str, Any]]):
     __setitem__ = __delitem__ = append = extend = insert = pop = remove = clear = sort = reverse = _refuse
     __iadd__ = __imul__ = _refuse
 
-    def __copy__(self) -> list[dict[str, Any]]:
-        return list(self)
-
     def __reduce__(self) -> tuple[type[list[dict[str, Any]]], tuple[list[dict[str, Any]]]]:
-        return list, (list(self),)  # a copy (deep or pickled) is a plain list of the same messages
+        return list, (list(self),)  # a copy (shallow, deep or pickled) is a plain list of the same messages
 
 
 def _text(message: dict[str, Any]) -> str:
