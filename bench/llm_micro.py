@@ -4,7 +4,8 @@ Runs the agent core (``Agent.think``: budget, prompt, messages, the chat complet
 the proposal) against the project's fake LLM over HTTP, as the think worker does, for ``--steps`` steps of the
 bench's scripted task per round, and prints this process's CPU per think (``time.process_time``: the fake LLM
 is another process). No database and no broker: a profiling aid for the LLM client path, not a figure of
-``make bench``. ``--transports``: the HTTP transport under the openai client alone, ours against httpx's.
+``make bench``. ``--transports``: the HTTP transport under the openai client alone, ours against httpx's;
+``--headers``: the client without the SDK's telemetry headers (as ``make_client`` makes it) against with them.
 """
 
 from __future__ import annotations
@@ -63,22 +64,46 @@ def transports(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]
     return per_call
 
 
+def headers(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
+    """CPU per raw call as ``transports`` measures it, on our transport, of the client ``make_client`` makes (without
+    the SDK's telemetry headers) against the same client with them, alternately: microseconds per call, per round."""
+    without = make_client(base_url, None, 10.0, 4)
+    with_them = without.with_options(default_headers=without.platform_headers() | {"X-Stainless-Async": "false"})
+    clients = {"without": without, "with": with_them}
+    body = json.dumps({"model": "scripted-demo", "messages": [{"role": "user", "content": "write a file " * 40}]})
+    per_call: dict[str, list[float]] = {name: [] for name in clients}
+    for r in range(rounds):
+        for name in ("without", "with") if r % 2 == 0 else ("with", "without"):
+            client = clients[name]
+            for _ in range(calls // 10):
+                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+            started = time.process_time()
+            for _ in range(calls):
+                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+            per_call[name].append((time.process_time() - started) / calls * 1e6)
+    return per_call
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.llm_micro", description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20, help="steps of the scripted task (default 20)")
     p.add_argument("--rounds", type=int, default=30, help="tasks run one after another (default 30)")
     p.add_argument("--transports", action="store_true",
                    help="instead: CPU per raw call on our HTTP transport and on httpx's, alternately (--rounds of 200)")
+    p.add_argument("--headers", action="store_true",
+                   help="instead: CPU per raw call without the SDK's telemetry headers and with them (--rounds of 200)")
     args = p.parse_args(argv)
-    if args.transports:
+    if args.transports or args.headers:
+        measure = transports if args.transports else headers
+        first, second = ("lean", "httpx") if args.transports else ("without", "with")
         with start_fake_llm() as server:
-            per_call = transports(server.openai_base_url, args.rounds, 200)
+            per_call = measure(server.openai_base_url, args.rounds, 200)
         for name, values in per_call.items():
             median = statistics.median(values)
             print(f"{name}: CPU per call, {args.rounds} rounds of 200 calls: median {median:.0f} us, "
                   f"min {min(values):.0f} us, max {max(values):.0f} us")
-        lean, httpx = statistics.median(per_call["lean"]), statistics.median(per_call["httpx"])
-        print(f"lean / httpx (medians): {lean / httpx:.2f}")
+        ratio = statistics.median(per_call[first]) / statistics.median(per_call[second])
+        print(f"{first} / {second} (medians): {ratio:.2f}")
         return
     with start_fake_llm() as server, tempfile.TemporaryDirectory() as tmp:
         llm = OpenAIChatModel(make_client(server.openai_base_url, None, 10.0, 4), "scripted-demo")

@@ -8,13 +8,20 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from bench import ledger_batch_micro, prompt_micro, submit_micro
+from bench import ledger_batch_micro, llm_micro, prompt_micro, submit_micro
 from bench.profile_run import areas
 
 
 def test_prompt_micro_prints_the_cpu_per_think(capsys: pytest.CaptureFixture[str]) -> None:
     prompt_micro.main(["--steps", "3", "--output-bytes", "100", "--rounds", "2"])
     assert capsys.readouterr().out.startswith("prompt of 3 steps x 100 B: ")
+
+
+def test_llm_micro_headers_prints_both_clients_and_their_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    llm_micro.main(["--headers", "--rounds", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["without", "with"]
+    assert lines[2].startswith("without / with (medians): ")
 
 
 def _micro_tasks_left(db: Any) -> int:

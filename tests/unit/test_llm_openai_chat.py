@@ -70,6 +70,7 @@ class StubLLM:
     def __init__(self) -> None:
         self.replies: list[Reply] = []
         self.requests: list[tuple[float, dict[str, Any]]] = []
+        self.headers: list[dict[str, str]] = []  # of each request, names in lower case
         self._lock = threading.Lock()
         stub = self
 
@@ -78,6 +79,7 @@ class StubLLM:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub._lock:
                     stub.requests.append((time.monotonic(), body))
+                    stub.headers.append({name.lower(): value for name, value in self.headers.items()})
                     reply = (
                         stub.replies.pop(0) if stub.replies else Reply(500, error_body("stub: no reply left"))
                     )
@@ -290,6 +292,20 @@ def test_connection_refused_is_transient() -> None:
             MESSAGES, TOOLS
         )
     assert [e.reason for e in events] == ["connection"]
+
+
+def test_requests_carry_the_key_and_leave_the_sdks_telemetry_headers_out(stub: StubLLM) -> None:
+    stub.replies = [Reply(body=completion("ok"))]
+    _model(stub.base_url).complete(MESSAGES, TOOLS)
+    (sent,) = stub.headers
+    assert sent["authorization"] == "Bearer sk-test"
+    assert sent["content-type"] == "application/json" and sent["accept"] == "application/json"
+    assert sent["user-agent"].startswith("OpenAI/Python")
+    # the platform's (language, version, OS, architecture, runtime) and the async flag are gone; the two the SDK
+    # sets per request stay
+    assert sorted(name for name in sent if name.startswith("x-stainless-")) == [
+        "x-stainless-read-timeout", "x-stainless-retry-count",
+    ]  # fmt: skip
 
 
 def test_arguments_sent_as_an_object_are_encoded(stub: StubLLM) -> None:
