@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # connection of its own and then waits once for the broker's confirms (``confirm_batch``); 1: one at a time
     api_publish_batch: int = Field(default=16, ge=1)
     # the API's background publisher's threads: two publishing in batches kept up with the most submits and the
-    # lowest tail (``make bench``'s submit figure, the twenty-fourth session's notes in the README)
+    # lowest tail (``make bench``'s submit figure, the twenty-fourth session's notes in docs/benchmark-history.md)
     api_publish_threads: int = Field(default=2, ge=1, le=64)
     # POST /v1/tasks with an ordinary body is answered by the API's gate, past FastAPI's routing (``api_shim.
     # fast_submit``); false: every request through FastAPI's route
