@@ -5,7 +5,8 @@ the proposal) against the project's fake LLM over HTTP, as the think worker does
 bench's scripted task per round, and prints this process's CPU per think (``time.process_time``: the fake LLM
 is another process). No database and no broker: a profiling aid for the LLM client path, not a figure of
 ``make bench``. ``--transports``: the HTTP transport under the openai client alone, ours against httpx's;
-``--headers``: the client without the SDK's telemetry headers (as ``make_client`` makes it) against with them.
+``--shapes``: the call as ``OpenAIChatModel`` makes it (no SDK telemetry headers, an absolute URL) against the SDK's
+headers, its relative path, and both.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.agent.types import Budget, Observation, Spent, StepRecord, TaskContext
 from autogpt_workers.commands import Workspace, default_registry
-from autogpt_workers.llm.openai_chat import OpenAIChatModel, make_client
+from autogpt_workers.llm.openai_chat import OpenAIChatModel, completions_url, make_client
 from autogpt_workers.llm.pricing import price_lookup
 from tests.fake_llm.client import start_fake_llm
 
@@ -64,22 +65,33 @@ def transports(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]
     return per_call
 
 
-def headers(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
-    """CPU per raw call as ``transports`` measures it, on our transport, of the client ``make_client`` makes (without
-    the SDK's telemetry headers) against the same client with them, alternately: microseconds per call, per round."""
-    without = make_client(base_url, None, 10.0, 4)
-    with_them = without.with_options(default_headers=without.platform_headers() | {"X-Stainless-Async": "false"})
-    clients = {"without": without, "with": with_them}
+SHAPES = ("model", "sdk headers", "relative path", "sdk defaults")
+
+
+def shapes(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
+    """CPU per raw call as ``transports`` measures it, on our transport, in four shapes of the same call: as
+    ``OpenAIChatModel`` makes it (the client of ``make_client``, without the SDK's telemetry headers, given the absolute
+    URL), with the SDK's telemetry headers back, with the relative path ``/chat/completions`` instead, and with both
+    (the SDK's defaults). Rounds rotate the shapes' order: microseconds per call, per round."""
+    model = make_client(base_url, None, 10.0, 4)
+    with_headers = model.with_options(default_headers=model.platform_headers() | {"X-Stainless-Async": "false"})
+    url = completions_url(model)
+    cases = {
+        "model": (model, url),
+        "sdk headers": (with_headers, url),
+        "relative path": (model, "/chat/completions"),
+        "sdk defaults": (with_headers, "/chat/completions"),
+    }
     body = json.dumps({"model": "scripted-demo", "messages": [{"role": "user", "content": "write a file " * 40}]})
-    per_call: dict[str, list[float]] = {name: [] for name in clients}
+    per_call: dict[str, list[float]] = {name: [] for name in SHAPES}
     for r in range(rounds):
-        for name in ("without", "with") if r % 2 == 0 else ("with", "without"):
-            client = clients[name]
+        for name in SHAPES[r % 4 :] + SHAPES[: r % 4]:
+            client, path = cases[name]
             for _ in range(calls // 10):
-                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+                client.post(path, content=body.encode(), cast_to=bytes)
             started = time.process_time()
             for _ in range(calls):
-                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+                client.post(path, content=body.encode(), cast_to=bytes)
             per_call[name].append((time.process_time() - started) / calls * 1e6)
     return per_call
 
@@ -90,12 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=30, help="tasks run one after another (default 30)")
     p.add_argument("--transports", action="store_true",
                    help="instead: CPU per raw call on our HTTP transport and on httpx's, alternately (--rounds of 200)")
-    p.add_argument("--headers", action="store_true",
-                   help="instead: CPU per raw call without the SDK's telemetry headers and with them (--rounds of 200)")
+    p.add_argument("--shapes", action="store_true",
+                   help="instead: CPU per raw call as the model makes it against the SDK's headers and relative path "
+                        "(--rounds of 200)")
     args = p.parse_args(argv)
-    if args.transports or args.headers:
-        measure = transports if args.transports else headers
-        first, second = ("lean", "httpx") if args.transports else ("without", "with")
+    if args.transports or args.shapes:
+        measure = transports if args.transports else shapes
+        first, second = ("lean", "httpx") if args.transports else ("model", "sdk defaults")
         with start_fake_llm() as server:
             per_call = measure(server.openai_base_url, args.rounds, 200)
         for name, values in per_call.items():

@@ -17,11 +17,11 @@ def test_prompt_micro_prints_the_cpu_per_think(capsys: pytest.CaptureFixture[str
     assert capsys.readouterr().out.startswith("prompt of 3 steps x 100 B: ")
 
 
-def test_llm_micro_headers_prints_both_clients_and_their_ratio(capsys: pytest.CaptureFixture[str]) -> None:
-    llm_micro.main(["--headers", "--rounds", "2"])
+def test_llm_micro_shapes_prints_each_shape_and_the_ratio(capsys: pytest.CaptureFixture[str]) -> None:
+    llm_micro.main(["--shapes", "--rounds", "2"])
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines[:2]] == ["without", "with"]
-    assert lines[2].startswith("without / with (medians): ")
+    assert [line.split(":")[0] for line in lines[:4]] == list(llm_micro.SHAPES)
+    assert lines[4].startswith("model / sdk defaults (medians): ")
 
 
 def _micro_tasks_left(db: Any) -> int:

@@ -24,6 +24,7 @@ from autogpt_workers.llm.lean_transport import KEEPALIVE_EXPIRY_S, LeanTransport
 from autogpt_workers.llm.openai_chat import (
     OpenAIChatModel,
     RetryEvent,
+    completions_url,
     make_client,
     make_clients,
     parse_retry_after,
@@ -71,6 +72,7 @@ class StubLLM:
         self.replies: list[Reply] = []
         self.requests: list[tuple[float, dict[str, Any]]] = []
         self.headers: list[dict[str, str]] = []  # of each request, names in lower case
+        self.paths: list[str] = []  # of each request
         self._lock = threading.Lock()
         stub = self
 
@@ -80,6 +82,7 @@ class StubLLM:
                 with stub._lock:
                     stub.requests.append((time.monotonic(), body))
                     stub.headers.append({name.lower(): value for name, value in self.headers.items()})
+                    stub.paths.append(self.path)
                     reply = (
                         stub.replies.pop(0) if stub.replies else Reply(500, error_body("stub: no reply left"))
                     )
@@ -306,6 +309,22 @@ def test_requests_carry_the_key_and_leave_the_sdks_telemetry_headers_out(stub: S
     assert sorted(name for name in sent if name.startswith("x-stainless-")) == [
         "x-stainless-read-timeout", "x-stainless-retry-count",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1/", "https://llm.example/openai/v1", "http://h:1",
+     "https://llm.example/v1?api-version=2024-06-01"],
+)  # fmt: skip
+def test_the_absolute_completions_url_is_the_one_the_client_makes_of_the_path(base_url: str) -> None:
+    client = make_client(base_url, "sk-test", 5.0, 4)
+    assert completions_url(client) == str(client._prepare_url("/chat/completions"))
+
+
+def test_requests_go_to_the_base_urls_chat_completions(stub: StubLLM) -> None:
+    stub.replies = [Reply(body=completion("ok"))]
+    _model(stub.base_url).complete(MESSAGES, TOOLS)
+    assert stub.paths == ["/v1/chat/completions"]
 
 
 def test_arguments_sent_as_an_object_are_encoded(stub: StubLLM) -> None:
