@@ -3,9 +3,8 @@
 A step's claim, proposal and commit are each one statement in autocommit (``phase_sql.run_alone``), as is the API's
 submit. Checking a connection out of SQLAlchemy's pool and back in around each of them (a ``Connection`` made, the
 pool's queue and its lock, the checkout and checkin events, the reset on return) cost a think worker about as much
-CPU as the statement's own round trip: ``SELECT 1`` took 112 us of CPU under gevent through the pool, 60 us on a
-held connection, and takes 83 us here (medians of 9 rotated rounds of ``python -m bench.pool_micro --gevent``; 83,
-36 and 60 us in one thread). So the connections used this way stay checked out, in autocommit, on a stack (last in,
+CPU as the prepared statement's own round trip: 108 against 57 us per ``SELECT 1`` under gevent (``python -m
+bench.pool_micro --gevent``). So the connections used this way stay checked out, in autocommit, on a stack (last in,
 first out, as the pool hands them out), at most ``keep`` of them; a statement takes the top one, or a connection from
 the pool when the stack is empty.
 
