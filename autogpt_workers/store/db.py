@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
-
-from autogpt_workers.store.kept_connections import POOL_RECYCLE_S, KeptConnections
-
-KEEP_AT_MOST = 8
 
 
 def make_engine(
@@ -29,7 +25,7 @@ def make_engine(
         # discards every pooled connection of that age, and the callers retry (``StepRunner._persist``, the Celery
         # glue's database-down retry, the next round). ``ping_after_idle_s`` pings only what idled that long
         pool_pre_ping=pre_ping and ping_after_idle_s is None,
-        pool_recycle=POOL_RECYCLE_S,
+        pool_recycle=1800,
         # last in, first out: a checkout takes the connection returned most recently, so at light load a process
         # keeps reusing the few backends that are hot (in PostgreSQL's caches, scheduled) instead of cycling through
         # all of its pool; the rest idle. One task of 50 steps: p50 10.3-10.7 ms against 12.4-13.8 ms first in,
@@ -91,13 +87,11 @@ class CoreTransaction:
 class Database:
     """A process's handle on PostgreSQL."""
 
-    def __init__(self, engine: Engine, kept: KeptConnections | None = None) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.prepared_statements = False  # the step ledger's phase statements are prepared on each connection
         self.prepared_submit = False  # the submit's statements are (the API's engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        # ``autocommit``'s connections, kept between statements (none kept unless ``from_url`` sized it)
-        self._kept = kept if kept is not None else KeptConnections(engine, 0, capacity=0)
 
     @classmethod
     def from_url(
@@ -109,18 +103,11 @@ class Database:
         pre_ping: bool = True,
         ping_after_idle_s: float | None = None,
     ) -> Database:
-        engine = make_engine(url, pool_size, max_overflow, pre_ping, ping_after_idle_s)
-        # up to half the pool, at most 8, kept for single statements; two always left to the pool's other users. None
-        # where every checkout is pinged (``pre_ping`` without an idle age): a caller that asked for that is not on a
-        # hot path
-        keep = min(KEEP_AT_MOST, pool_size // 2) if not pre_ping or ping_after_idle_s is not None else 0
-        ping_s = ping_after_idle_s if pre_ping else None
-        return cls(engine, KeptConnections(engine, keep, capacity=pool_size + max_overflow, ping_after_idle_s=ping_s))
+        return cls(make_engine(url, pool_size, max_overflow, pre_ping, ping_after_idle_s))
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on any exception."""
-        self._kept.make_room()
         with self._sessions() as session, session.begin():
             yield session
 
@@ -129,30 +116,28 @@ class Database:
         """One transaction on a pooled connection, without an ORM session: for code that only runs statements on
         ``.connection()`` (the step ledger's hot path, where the session's bookkeeping was a tenth of the
         worker's CPU). Committed on success, rolled back on any exception."""
-        self._kept.make_room()
         with self.engine.begin() as connection:
             yield CoreTransaction(connection)
 
     @contextmanager
     def autocommit(self) -> Iterator[Connection]:
         """A pooled connection whose statements each commit on their own (the driver's autocommit: no BEGIN and no
-        COMMIT round trip), for a single statement that is a whole transaction. Kept checked out for the next such
-        statement (``kept_connections``), or back to the pool in transactions."""
-        connection, checked_out = self._kept.take()
-        failed = True
-        try:
-            yield connection
-            failed = False
-        finally:
-            self._kept.give(connection, checked_out, failed)
+        COMMIT round trip), for a single statement that is a whole transaction. Back to transactions on return."""
+        with self.engine.connect() as connection:
+            dbapi_connection = connection.connection.dbapi_connection
+            assert dbapi_connection is not None
+            dbapi_connection.autocommit = True
+            try:
+                yield connection
+            finally:
+                with suppress(Exception):  # invalidated on a disconnect: the pool drops it anyway
+                    dbapi_connection.autocommit = False
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session for reads."""
-        self._kept.make_room()
         with self._sessions() as session:
             yield session
 
     def dispose(self) -> None:
-        self._kept.drain()
         self.engine.dispose()

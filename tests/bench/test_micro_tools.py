@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from bench import ledger_batch_micro, llm_micro, pool_micro, prompt_micro, submit_micro
+from bench import ledger_batch_micro, llm_micro, prompt_micro, submit_micro
 from bench.profile_run import areas
 
 
@@ -22,12 +22,6 @@ def test_llm_micro_shapes_prints_each_shape_and_the_ratio(capsys: pytest.Capture
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines[:4]] == list(llm_micro.SHAPES)
     assert lines[4].startswith("model / sdk defaults (medians): ")
-
-
-def test_pool_micro_prints_each_way_of_getting_a_connection(settings: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    url = settings.database_url
-    pool_micro.main(["--database-url", url, "--statements", "20", "--rounds", "3"])
-    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()] == list(pool_micro.MODES)
 
 
 def _micro_tasks_left(db: Any) -> int:
