@@ -20,10 +20,12 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import openai
+
 from autogpt_workers.agent.loop import Agent
 from autogpt_workers.agent.types import Budget, Observation, Spent, StepRecord, TaskContext
 from autogpt_workers.commands import Workspace, default_registry
-from autogpt_workers.llm.openai_chat import OpenAIChatModel, completions_url, make_client
+from autogpt_workers.llm.openai_chat import SDK_HEADERS, OpenAIChatModel, completions_url, make_client
 from autogpt_workers.llm.pricing import price_lookup
 from tests.fake_llm.client import start_fake_llm
 
@@ -46,35 +48,43 @@ def one_round(agent: Agent, workspace: Workspace, steps: int) -> tuple[int, floa
     return steps + 2, cpu
 
 
-def transports(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
-    """CPU per raw chat-completion call (the client's ``post`` of a prepared body, as ``OpenAIChatModel`` makes it)
-    on each HTTP transport under the openai client, in rounds of ``calls`` calls that alternate the transports
-    (lean, httpx, then httpx, lean, ...) so that the host's drift falls on both: microseconds per call, per round."""
-    clients = {name: make_client(base_url, None, 10.0, 4, lean=name == "lean") for name in ("lean", "httpx")}
-    body = json.dumps({"model": "scripted-demo", "messages": [{"role": "user", "content": "write a file " * 40}]})
-    per_call: dict[str, list[float]] = {name: [] for name in clients}
+_BODY = json.dumps({"model": "scripted-demo", "messages": [{"role": "user", "content": "write a file " * 40}]})
+
+
+def _rotated(cases: dict[str, tuple[openai.OpenAI, str]], rounds: int, calls: int) -> dict[str, list[float]]:
+    """CPU per raw chat-completion call (the client's ``post`` of a prepared body to the path) for each case, in
+    rounds of ``calls`` calls that rotate the cases' order so that the host's drift falls on all: microseconds per
+    call, per round."""
+    names = list(cases)
+    per_call: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in ("lean", "httpx") if r % 2 == 0 else ("httpx", "lean"):
-            client = clients[name]
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            client, path = cases[name]
             for _ in range(calls // 10):  # warm: connections, caches
-                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+                client.post(path, content=_BODY.encode(), cast_to=bytes)
             started = time.process_time()
             for _ in range(calls):
-                client.post("/chat/completions", content=body.encode(), cast_to=bytes)
+                client.post(path, content=_BODY.encode(), cast_to=bytes)
             per_call[name].append((time.process_time() - started) / calls * 1e6)
     return per_call
+
+
+def transports(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
+    """The call as ``OpenAIChatModel`` makes it on each HTTP transport under the openai client, ours and httpx's,
+    alternately (lean, httpx, then httpx, lean, ...)."""
+    clients = {name: make_client(base_url, None, 10.0, 4, lean=name == "lean") for name in ("lean", "httpx")}
+    return _rotated({name: (client, completions_url(client)) for name, client in clients.items()}, rounds, calls)
 
 
 SHAPES = ("model", "sdk headers", "relative path", "sdk defaults")
 
 
 def shapes(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
-    """CPU per raw call as ``transports`` measures it, on our transport, in four shapes of the same call: as
-    ``OpenAIChatModel`` makes it (the client of ``make_client``, without the SDK's telemetry headers, given the absolute
-    URL), with the SDK's telemetry headers back, with the relative path ``/chat/completions`` instead, and with both
-    (the SDK's defaults). Rounds rotate the shapes' order: microseconds per call, per round."""
+    """Four shapes of the same call on our transport: as ``OpenAIChatModel`` makes it (the client of
+    ``make_client``, without the SDK's telemetry headers, given the absolute URL), with the SDK's telemetry headers
+    back, with the relative path ``/chat/completions`` instead, and with both (the SDK's defaults)."""
     model = make_client(base_url, None, 10.0, 4)
-    with_headers = model.with_options(default_headers=model.platform_headers() | {"X-Stainless-Async": "false"})
+    with_headers = model.with_options(default_headers=model.platform_headers() | dict.fromkeys(SDK_HEADERS, "false"))
     url = completions_url(model)
     cases = {
         "model": (model, url),
@@ -82,18 +92,7 @@ def shapes(base_url: str, rounds: int, calls: int) -> dict[str, list[float]]:
         "relative path": (model, "/chat/completions"),
         "sdk defaults": (with_headers, "/chat/completions"),
     }
-    body = json.dumps({"model": "scripted-demo", "messages": [{"role": "user", "content": "write a file " * 40}]})
-    per_call: dict[str, list[float]] = {name: [] for name in SHAPES}
-    for r in range(rounds):
-        for name in SHAPES[r % 4 :] + SHAPES[: r % 4]:
-            client, path = cases[name]
-            for _ in range(calls // 10):
-                client.post(path, content=body.encode(), cast_to=bytes)
-            started = time.process_time()
-            for _ in range(calls):
-                client.post(path, content=body.encode(), cast_to=bytes)
-            per_call[name].append((time.process_time() - started) / calls * 1e6)
-    return per_call
+    return _rotated({name: cases[name] for name in SHAPES}, rounds, calls)
 
 
 def main(argv: list[str] | None = None) -> None:
